@@ -1,0 +1,1 @@
+"""The Sidekick-class handset and everything that drives it."""

@@ -1,0 +1,76 @@
+"""The ``sidekick`` command: one argparse parser, one module per subcommand group.
+
+argparse (standard library) is used rather than click or typer: no extra dependency, sub-commands
+and typed options are all this tool needs, and usage errors already exit with status 2.
+Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands and
+sets ``func`` (a callable taking the parsed namespace, returning the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from emulator.cli.common import CliError
+
+COMMAND_MODULES = (
+    "emulator.cli.frames",
+    "emulator.cli.flash",
+    "emulator.cli.serve",
+    "emulator.cli.device",
+    "emulator.cli.fuzz",
+    "emulator.cli.certify",
+    "emulator.cli.simulate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full ``sidekick`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="sidekick",
+        description="Sidekick-class handset emulator, reference sync server and durability fuzzer.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sidekick`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"sidekick: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sidekick: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # last line of defence: one line, traceback only on request
+        if os.environ.get("SIDEKICK_DEBUG"):
+            raise
+        print(
+            f"sidekick: internal error: {type(exc).__name__}: {exc} (set SIDEKICK_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The reference sync server (Trio): bindings, storage backends, admin API, fault modes."""
