@@ -1,8 +1,9 @@
 """Hypothesis strategies for valid records and messages of every type.
 
 ``records()`` draws a record of any kind, ``messages()`` a message of any type and
-``message_of(t)`` a message of one type (a ``MessageType`` or a message class). Every value drawn
-fits the wire format, so encoding it never fails.
+``message_of(t)`` a message of one type (a ``MessageType`` or a message class); ``bodies()``,
+``changes()`` and ``blob_chunks()`` draw the parts. Every value drawn fits the wire format, so
+encoding it never fails; values are not checked against session rules (e.g. LSN order).
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def records(kind: RecordKind | None = None) -> st.SearchStrategy[Record]:
     )
 
 
+def changes() -> st.SearchStrategy[Change]:
+    """One PUSH change (any LSN, base version and record)."""
+    return st.builds(Change, U64, U64, records())
+
+
 @st.composite
 def blob_chunks(draw: st.DrawFn) -> BlobChunk:
     data = draw(st.binary(max_size=64))
@@ -119,7 +125,7 @@ MESSAGES: dict[MessageType, st.SearchStrategy[Message]] = {
     MessageType.CHALLENGE: st.builds(Challenge, U8, ids(), ids(NONCE_LEN), U32, U16),
     MessageType.AUTH: st.builds(Auth, ids(NONCE_LEN), ids(MAC_LEN)),
     MessageType.HELLO_OK: st.builds(HelloOk, ids(), U64, U64, U64, ids(MAC_LEN)),
-    MessageType.PUSH: st.builds(Push, small_tuples(st.builds(Change, U64, U64, records()))),
+    MessageType.PUSH: st.builds(Push, small_tuples(changes())),
     MessageType.PUSH_ACK: st.builds(PushAck, U64),
     MessageType.COMMIT: st.builds(Commit, U64),
     MessageType.DURABLE: st.builds(Durable, U64, U64, small_tuples(st.builds(Assigned, U64, ids(), U64))),
