@@ -1,0 +1,320 @@
+"""``sidekick serve``, ``sidekick accounts``, ``sidekick backup`` and ``sidekick restore``.
+
+The reference server runs on the SQLite store at ``--db`` (default ``./sidekick-server.db``) or
+in memory (``--memory``). Account keys and the server's randomness (nonces, session tokens,
+generations) come from the operating system's secure source here, the one place where it is
+used; ``--seed`` makes a server run deterministic for experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+from typing import Any
+
+import trio
+
+from emulator.cli.common import CliError, parse_hostport
+from server_stub.faults import FaultSet, UnknownFault, describe
+from server_stub.limits import Limits
+from server_stub.session_log import configure_logging
+from server_stub.sim_storage import SimulatedStorage
+from server_stub.sqlite_storage import SqliteStorage, backup_file
+from server_stub.storage import AccountExists, StorageError, UnknownAccount
+
+DEFAULT_DB = "sidekick-server.db"
+DEFAULT_TCP = "127.0.0.1:7400"
+DEFAULT_HTTP = "127.0.0.1:7401"
+DEFAULT_ADMIN = "127.0.0.1:7402"
+log = logging.getLogger("sidekick.server")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve``, ``accounts``, ``backup`` and ``restore``."""
+    serve = subparsers.add_parser("serve", help="run the reference sync server")
+    serve.add_argument("--tcp", default=None, metavar="HOST:PORT", help=f"raw binding (default {DEFAULT_TCP})")
+    serve.add_argument("--http", default=None, metavar="HOST:PORT",
+                       help=f"HTTP binding (default {DEFAULT_HTTP}; skipped with a warning if that port is taken)")
+    serve.add_argument("--admin", default=None, metavar="HOST:PORT",
+                       help=f"admin API (default {DEFAULT_ADMIN})")
+    store = serve.add_mutually_exclusive_group()
+    store.add_argument("--db", default=None, metavar="PATH", help=f"SQLite store (default ./{DEFAULT_DB})")
+    store.add_argument("--memory", action="store_true", help="in-memory store (lost when the server stops)")
+    serve.add_argument("--fault", action="append", default=[], metavar="NAME", help="switch on a fault mode")
+    serve.add_argument("--list-faults", action="store_true", help="list the fault modes and exit")
+    serve.add_argument("--admin-token", default=None, metavar="T",
+                       help="token for the admin API (default: a random one, logged at start)")
+    serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+    serve.add_argument("--no-group-commit", action="store_true", help="one transaction per write (baseline)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="S", help="idle timeout (seconds)")
+    serve.add_argument("--max-sessions", type=int, default=1000, metavar="N", help="concurrent session limit")
+    serve.add_argument("--seed", type=int, default=None, help="seed the server's RNG (experiments only)")
+    serve.set_defaults(func=cmd_serve)
+
+    accounts = subparsers.add_parser("accounts", help="provision accounts and device keys")
+    sub = accounts.add_subparsers(dest="accounts_command", metavar="ACTION")
+    add = sub.add_parser("add", help="add an account; its key is written to --key-file as hex")
+    add.add_argument("name")
+    add.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    add.add_argument("--key", default=None, metavar="HEX", help="the key (default: 32 random bytes)")
+    add.add_argument("--key-file", default=None, metavar="F", help="write the key here (hex, one line)")
+    add.set_defaults(func=cmd_accounts_add)
+    lst = sub.add_parser("list", help="list accounts")
+    lst.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    lst.set_defaults(func=cmd_accounts_list)
+    rm = sub.add_parser("remove", help="remove an account and all its data")
+    rm.add_argument("name")
+    rm.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    rm.set_defaults(func=cmd_accounts_remove)
+    accounts.set_defaults(func=lambda args: _usage(accounts))
+
+    backup = subparsers.add_parser("backup", help="copy a server store to a backup file (online)")
+    backup.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    backup.add_argument("out", metavar="OUT")
+    backup.set_defaults(func=cmd_backup)
+    restore = subparsers.add_parser("restore", help="restore a server store from a backup (new generation)")
+    restore.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    restore.add_argument("backup_file", metavar="IN")
+    restore.add_argument("--fault", action="append", default=[], metavar="NAME",
+                         help="fault mode for the restore (silent-rollback keeps the generation)")
+    restore.set_defaults(func=cmd_restore)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _faults(names: list[str]) -> FaultSet:
+    try:
+        return FaultSet(names)
+    except UnknownFault as exc:
+        raise CliError(str(exc)) from None
+
+
+def _rng(seed: int | None) -> random.Random:
+    return random.Random(seed) if seed is not None else random.SystemRandom()
+
+
+def _open_store(path: str, *, faults: FaultSet | None = None, group_commit: bool = True,
+                seed: int | None = None) -> SqliteStorage:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"no directory {folder} for the store {path}")
+    try:
+        return SqliteStorage(path, rng=_rng(seed), faults=faults, group_commit=group_commit)
+    except StorageError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _store_exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise CliError(f"no server store at {path} (create one with `sidekick accounts add NAME --db {path}`)")
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM."""
+    if args.list_faults:
+        print(describe())
+        return 0
+    faults = _faults(args.fault)
+    addresses: dict[str, tuple[str, int] | None] = {
+        name: parse_hostport(getattr(args, name) or default)
+        for name, default in (("tcp", DEFAULT_TCP), ("http", DEFAULT_HTTP), ("admin", DEFAULT_ADMIN))
+    }
+    if args.max_sessions < 1 or args.idle_timeout <= 0:
+        raise CliError("--max-sessions and --idle-timeout must be positive")
+    limits = Limits(idle_timeout=args.idle_timeout, max_sessions=args.max_sessions,
+                    group_commit=not args.no_group_commit)
+    configure_logging(json_lines=args.log_json)
+    if args.http is None and addresses["http"] is not None and not _port_free(*addresses["http"]):
+        log.warning("default HTTP port %s is in use: HTTP binding not started (give --http HOST:PORT)",
+                    addresses["http"][1])
+        addresses["http"] = None
+    token = args.admin_token or secrets.token_hex(16)
+    try:
+        trio.run(_serve, args, faults, limits, addresses, token)
+    except BaseExceptionGroup as group:
+        os_error = _first(group, OSError)
+        if os_error is None:
+            raise
+        raise CliError(f"cannot listen: {os_error.strerror or os_error}") from None
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc.strerror or exc}") from None
+    return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (used only for the HTTP binding's default port)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[OSError]) -> OSError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve(args: argparse.Namespace, faults: FaultSet, limits: Limits,
+                 addresses: dict[str, tuple[str, int] | None], token: str) -> None:
+    from server_stub.server import SyncServer
+
+    storage: SqliteStorage | SimulatedStorage
+    if args.memory:
+        storage = SimulatedStorage(_rng(args.seed), faults=faults)
+    else:
+        storage = _open_store(args.db or DEFAULT_DB, faults=faults, group_commit=limits.group_commit,
+                              seed=args.seed)
+    server = SyncServer(storage, faults=faults, limits=limits, rng=_rng(args.seed))
+    server.admin_token = token
+    if faults:
+        log.warning("FAULT MODES ON: %s (this server is deliberately wrong)", ", ".join(sorted(faults.names)))
+    if not args.admin_token:
+        log.info("admin token: %s", token)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, server)
+            await server.run(tcp=addresses["tcp"], http=addresses["http"], admin=addresses["admin"])
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.aclose()
+
+
+async def _stop_on_signal(server: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            server.shutdown()
+            return
+
+
+# ---------------------------------------------------------------------------------------- accounts
+
+
+def _read_key(args: argparse.Namespace) -> bytes:
+    if args.key is None:
+        return secrets.token_bytes(32)
+    try:
+        key = bytes.fromhex(args.key.strip())
+    except ValueError:
+        raise CliError("--key must be hex") from None
+    if len(key) < 16:
+        raise CliError("--key must be at least 16 bytes (32 hex digits)")
+    return key
+
+
+def cmd_accounts_add(args: argparse.Namespace) -> int:
+    """Add an account, write its key file."""
+    name = args.name
+    if not name or len(name.encode()) > 982 or not name.isprintable():
+        raise CliError("account names are 1 to 982 bytes of printable UTF-8")
+    key = _read_key(args)
+    storage = _open_store(args.db)
+
+    async def add() -> None:
+        try:
+            await storage.add_account(name, key)
+        finally:
+            await storage.aclose()
+    try:
+        trio.run(add)
+    except AccountExists:
+        raise CliError(f"account {name!r} already exists in {args.db}") from None
+    if args.key_file:
+        try:
+            with open(args.key_file, "w", encoding="ascii") as fh:
+                fh.write(key.hex() + "\n")
+            os.chmod(args.key_file, 0o600)
+        except OSError as exc:
+            raise CliError(f"cannot write key file {args.key_file}: {exc.strerror}") from None
+        print(f"account {name} added to {args.db}; key written to {args.key_file}")
+    else:
+        print(f"account {name} added to {args.db}; key {key.hex()}")
+    return 0
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    """List accounts."""
+    _store_exists(args.db)
+    storage = _open_store(args.db)
+
+    async def listing() -> list[Any]:
+        try:
+            return await storage.list_accounts()
+        finally:
+            await storage.aclose()
+    rows = trio.run(listing)
+    if not rows:
+        print("no accounts")
+    for info in rows:
+        print(f"{info.account}\trecords={info.records}\tdevices={info.devices}\tversion={info.server_version}")
+    return 0
+
+
+def cmd_accounts_remove(args: argparse.Namespace) -> int:
+    """Remove an account."""
+    _store_exists(args.db)
+    storage = _open_store(args.db)
+
+    async def remove() -> None:
+        try:
+            await storage.remove_account(args.name)
+        finally:
+            await storage.aclose()
+    try:
+        trio.run(remove)
+    except UnknownAccount:
+        raise CliError(f"no account {args.name!r} in {args.db}") from None
+    print(f"account {args.name} removed")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- backup
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Online backup of the store."""
+    _store_exists(args.db)
+    try:
+        backup_file(args.db, args.out)
+    except StorageError as exc:
+        raise CliError(str(exc)) from None
+    print(f"backup of {args.db} written to {args.out}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore the store from a backup; the store gets a new generation."""
+    faults = _faults(args.fault)
+    if not os.path.isfile(args.backup_file):
+        raise CliError(f"no backup file {args.backup_file}")
+    storage = _open_store(args.db, faults=faults)
+    try:
+        generation = storage.restore_from_file(args.backup_file)
+    except StorageError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        trio.run(storage.aclose)
+    print(f"{args.db} restored from {args.backup_file}; generation {generation:#x}", file=sys.stdout)
+    return 0

@@ -1,0 +1,75 @@
+"""Fault modes: named, documented server bugs, off by default (the one registry).
+
+Each mode imitates a plausible bug of a real sync server so that the testbed can prove it catches
+it. Code asks ``faults.on("name")`` at the one place the bug lives; a name outside ``FAULT_MODES``
+raises ``KeyError``, so a typo can never silently mean "off". The set is mutable (the admin API
+switches modes at run time) and shared by a server and its storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+FAULT_MODES: dict[str, str] = {
+    "ack-before-durable": "DURABLE is sent before the transaction commits; a crash then loses acknowledged changes",
+    "silent-rollback": "a restore from backup keeps the old generation, so devices cannot see the lost data",
+    "duplicate-on-retransmit": "a retransmitted (device, LSN) is applied again as a new version",
+    "ignore-pull-ack": "the device's anchor is advanced when PULL_END is sent, not on PULL_ACK",
+    "lose-tail-on-crash": "the last committed batch is dropped by a crash (a torn log tail) and the generation is kept",
+    "wrong-watermark": "the durable LSN reported counts changes received but not committed",
+    "reorder-versions": "a truncated pull pages records newest first, so its anchor skips older versions",
+    "forget-conflict-copy": "a conflicting change overwrites the head without keeping a conflict copy",
+}
+"""Every fault mode, with the one line that documents it (``sidekick serve --list-faults``)."""
+
+
+class UnknownFault(ValueError):
+    """A fault name that is not in the registry."""
+
+
+class FaultSet:
+    """The fault modes switched on for one server (empty = the correct server)."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._on: set[str] = set()
+        for name in names:
+            self.enable(name)
+
+    @staticmethod
+    def check(name: str) -> str:
+        """Return ``name`` if it is a registered fault mode, else raise ``UnknownFault``."""
+        if name not in FAULT_MODES:
+            known = ", ".join(sorted(FAULT_MODES))
+            raise UnknownFault(f"unknown fault mode {name!r} (known: {known})")
+        return name
+
+    def on(self, name: str) -> bool:
+        """True if the named fault is switched on (the name must be registered)."""
+        if name not in FAULT_MODES:
+            raise KeyError(name)
+        return name in self._on
+
+    def enable(self, name: str) -> None:
+        """Switch a fault mode on."""
+        self._on.add(self.check(name))
+
+    def disable(self, name: str) -> None:
+        """Switch a fault mode off."""
+        self._on.discard(self.check(name))
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The modes switched on."""
+        return frozenset(self._on)
+
+    def __bool__(self) -> bool:
+        return bool(self._on)
+
+    def __repr__(self) -> str:
+        return f"FaultSet({sorted(self._on)!r})"
+
+
+def describe() -> str:
+    """The registry as text, one ``name  description`` line per mode."""
+    width = max(len(name) for name in FAULT_MODES)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in FAULT_MODES.items())

@@ -1,0 +1,614 @@
+"""SQLite store: WAL, ``synchronous=FULL``, every write through the group-commit writer.
+
+DURABLE is reported only for changes whose transaction has committed (``GroupCommitter``). Reads
+use their own connection in a worker thread (WAL lets them run beside the writer). The schema is
+versioned with ``PRAGMA user_version`` and migrated on open (``MIGRATIONS``).
+
+Backups use SQLite's online backup API; a restore copies the backup in with a NEW generation
+(under the ``silent-rollback`` fault: the current one), in one step, so no crash can leave the
+restored data under the old generation. ``lose-tail-on-crash``: on opening a store that was not
+closed cleanly, the versions of the last committed batch are dropped and the generation is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import trio
+
+from protocol.errors import RemoteProtocolError
+from protocol.messages import Change
+from protocol.records import Record
+from protocol.wire import decode_record, encode_record
+from server_stub.faults import FaultSet
+from server_stub.group_commit import GroupCommitter
+from server_stub.semantics import apply_changes
+from server_stub.storage import (
+    AccountExists,
+    AccountInfo,
+    AnchorAhead,
+    BlobError,
+    BlobState,
+    CommitResult,
+    DeviceState,
+    PullPage,
+    StorageError,
+    StoredVersion,
+    UnknownAccount,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+        "CREATE TABLE accounts (name TEXT PRIMARY KEY, key BLOB NOT NULL, version INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE heads (account TEXT NOT NULL, record_id BLOB NOT NULL, version INTEGER NOT NULL,"
+        " data BLOB NOT NULL, PRIMARY KEY (account, record_id)) WITHOUT ROWID",
+        "CREATE INDEX heads_by_version ON heads (account, version)",
+        "CREATE TABLE versions (account TEXT NOT NULL, version INTEGER NOT NULL, record_id BLOB NOT NULL,"
+        " device_id BLOB, lsn INTEGER, batch INTEGER NOT NULL, data BLOB NOT NULL,"
+        " PRIMARY KEY (account, version)) WITHOUT ROWID",
+        "CREATE INDEX versions_by_lsn ON versions (account, device_id, lsn)",
+        "CREATE TABLE devices (account TEXT NOT NULL, device_id BLOB NOT NULL, applied_lsn INTEGER NOT NULL,"
+        " anchor INTEGER NOT NULL, PRIMARY KEY (account, device_id)) WITHOUT ROWID",
+        "CREATE TABLE blobs (account TEXT NOT NULL, blob_id BLOB NOT NULL, total INTEGER NOT NULL,"
+        " have INTEGER NOT NULL, PRIMARY KEY (account, blob_id))",
+        "CREATE TABLE blob_chunks (account TEXT NOT NULL, blob_id BLOB NOT NULL, offset INTEGER NOT NULL,"
+        " data BLOB NOT NULL, PRIMARY KEY (account, blob_id, offset))",
+    ),
+)
+"""Schema migrations: entry ``i`` takes ``user_version`` from ``i`` to ``i + 1``."""
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> object:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    value = _meta(conn, "generation")
+    assert isinstance(value, int)
+    return value
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _new_generation(rng: random.Random) -> int:
+    return (rng.getrandbits(63) or 1)  # SQLite integers are signed 64-bit
+
+
+class _SqlTx:
+    """``semantics.Tx`` over one account inside the writer's transaction.
+
+    Heads are read once per batch (``prefetch``) and written back with ``flush``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, account: str, batch: int) -> None:
+        self.conn = conn
+        self.account = account
+        self.batch = batch
+        row = conn.execute("SELECT version FROM accounts WHERE name = ?", (account,)).fetchone()
+        if row is None:
+            raise UnknownAccount(account)
+        self.version = self._stored_version = int(row[0])
+        self._heads: dict[bytes, Record | None] = {}
+        self._head_rows: dict[bytes, tuple[str, bytes, int, bytes]] = {}
+        self._version_rows: list[tuple[str, int, bytes, bytes | None, int | None, int, bytes]] = []
+
+    def prefetch(self, record_ids: Sequence[bytes]) -> None:
+        """Read the heads of ``record_ids`` in one query."""
+        wanted = [rid for rid in dict.fromkeys(record_ids) if rid not in self._heads]
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.conn.execute(
+                f"SELECT record_id, data FROM heads WHERE account = ? AND record_id IN ({marks})",
+                (self.account, *part),
+            ).fetchall()
+            found = {bytes(r[0]): decode_record(r[1]) for r in rows}
+            for rid in part:
+                self._heads[rid] = found.get(rid)
+
+    def head(self, record_id: bytes) -> Record | None:
+        if record_id not in self._heads:
+            self.prefetch([record_id])
+        return self._heads[record_id]
+
+    def server_version(self) -> int:
+        return self.version
+
+    def put(self, record: Record, device_id: bytes | None, lsn: int | None) -> None:
+        data = encode_record(record)
+        self._heads[record.record_id] = record
+        self._head_rows[record.record_id] = (self.account, record.record_id, record.version, data)
+        self._version_rows.append((self.account, record.version, record.record_id, device_id, lsn, self.batch, data))
+        self.version = max(self.version, record.version)
+
+    def flush(self) -> None:
+        """Write the heads, history rows and version counter of this batch."""
+        if self._head_rows:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO heads (account, record_id, version, data) VALUES (?, ?, ?, ?)",
+                list(self._head_rows.values()),
+            )
+            self.conn.executemany(
+                "INSERT INTO versions (account, version, record_id, device_id, lsn, batch, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._version_rows,
+            )
+        if self.version != self._stored_version:
+            self.conn.execute("UPDATE accounts SET version = ? WHERE name = ?", (self.version, self.account))
+        self._head_rows.clear()
+        self._version_rows.clear()
+        self._stored_version = self.version
+
+    def applied_lsn(self, device_id: bytes) -> int:
+        row = self.conn.execute(
+            "SELECT applied_lsn FROM devices WHERE account = ? AND device_id = ?", (self.account, device_id)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_applied_lsn(self, device_id: bytes, lsn: int) -> None:
+        self.conn.execute(
+            "INSERT INTO devices (account, device_id, applied_lsn, anchor) VALUES (?, ?, ?, 0)"
+            " ON CONFLICT (account, device_id) DO UPDATE SET applied_lsn = excluded.applied_lsn",
+            (self.account, device_id, lsn),
+        )
+
+    def applied_version(self, device_id: bytes, lsn: int) -> tuple[bytes, int] | None:
+        row = self.conn.execute(
+            "SELECT record_id, version FROM versions WHERE account = ? AND device_id = ? AND lsn = ?"
+            " ORDER BY version LIMIT 1",
+            (self.account, device_id, lsn),
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
+
+class SqliteStorage:
+    """The SQLite backend. ``rng`` draws the server id and generations of a new store and of restores."""
+
+    def __init__(self, path: str | os.PathLike[str], *, rng: random.Random, faults: FaultSet | None = None,
+                 group_commit: bool = True) -> None:
+        self.path = os.fspath(path)
+        self._rng = rng
+        self._faults = faults if faults is not None else FaultSet()
+        try:
+            self._conn = _connect(self.path)
+            self._migrate(self._conn)
+            self._reader = _connect(self.path)
+            self._meta_conn = _connect(self.path)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open store {self.path}: {exc}") from exc
+        self._read_lock = trio.Lock()
+        self._writer = GroupCommitter(self._conn, group=group_commit, faults=self._faults)
+        server_id = _meta(self._meta_conn, "server_id")
+        assert isinstance(server_id, bytes)
+        self._server_id = server_id
+
+    # ------------------------------------------------------------------ open, migrate, identity
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise StorageError(f"store schema {current} is newer than this server's {SCHEMA_VERSION}")
+            for index in range(current, SCHEMA_VERSION):
+                for statement in MIGRATIONS[index]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if _meta(conn, "server_id") is None:
+                _set_meta(conn, "server_id", self._rng.randbytes(16))
+                _set_meta(conn, "generation", _new_generation(self._rng))
+                _set_meta(conn, "batch", 0)
+            elif _meta(conn, "clean") == 0 and self.faults.on("lose-tail-on-crash"):
+                self._drop_last_batch(conn)
+            _set_meta(conn, "clean", 0)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _drop_last_batch(conn: sqlite3.Connection) -> None:
+        """Fault ``lose-tail-on-crash``: forget the versions of the last batch, keep the generation."""
+        row = conn.execute("SELECT MAX(batch) FROM versions").fetchone()
+        if row is None or row[0] is None:
+            return
+        batch = int(row[0])
+        touched = conn.execute(
+            "SELECT DISTINCT account, record_id FROM versions WHERE batch = ?", (batch,)
+        ).fetchall()
+        devices = conn.execute(
+            "SELECT DISTINCT account, device_id FROM versions WHERE batch = ? AND device_id IS NOT NULL", (batch,)
+        ).fetchall()
+        conn.execute("DELETE FROM versions WHERE batch = ?", (batch,))
+        for account, record_id in touched:
+            last = conn.execute(
+                "SELECT version, data FROM versions WHERE account = ? AND record_id = ? ORDER BY version DESC LIMIT 1",
+                (account, record_id),
+            ).fetchone()
+            if last is None:
+                conn.execute("DELETE FROM heads WHERE account = ? AND record_id = ?", (account, record_id))
+            else:
+                conn.execute(
+                    "UPDATE heads SET version = ?, data = ? WHERE account = ? AND record_id = ?",
+                    (last[0], last[1], account, record_id),
+                )
+        for account, device_id in devices:
+            conn.execute(
+                "UPDATE devices SET applied_lsn = COALESCE((SELECT MAX(lsn) FROM versions WHERE account = ?"
+                " AND device_id = ?), 0) WHERE account = ? AND device_id = ?",
+                (account, device_id, account, device_id),
+            )
+        conn.execute(
+            "UPDATE accounts SET version = COALESCE((SELECT MAX(version) FROM versions"
+            " WHERE versions.account = accounts.name), 0)"
+        )
+
+    @property
+    def faults(self) -> FaultSet:
+        """The fault modes this store honours (shared with its writer)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: FaultSet) -> None:
+        self._faults = faults
+        self._writer.faults = faults
+
+    @property
+    def server_id(self) -> bytes:
+        """16-byte id of this store."""
+        return self._server_id
+
+    @property
+    def generation(self) -> int:
+        """Current generation (read from the store: another process may have restored it)."""
+        return _generation(self._meta_conn)
+
+    @property
+    def transactions(self) -> int:
+        """Transactions committed by the writer (each one fsync)."""
+        return self._writer.transactions
+
+    @property
+    def batch_sizes(self) -> dict[int, int]:
+        """How many transactions carried how many write requests."""
+        return dict(self._writer.batch_sizes)
+
+    @property
+    def group_commit(self) -> bool:
+        """Whether concurrent writes share transactions."""
+        return self._writer.group
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, int], T]) -> T:
+        try:
+            return await self._writer.submit(fn)
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._read_lock:
+            try:
+                return await trio.to_thread.run_sync(self._read_tx, fn)
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+
+    def _read_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _require_account(conn: sqlite3.Connection, account: str) -> int:
+        row = conn.execute("SELECT version FROM accounts WHERE name = ?", (account,)).fetchone()
+        if row is None:
+            raise UnknownAccount(account)
+        return int(row[0])
+
+    # ------------------------------------------------------------------ accounts
+
+    async def add_account(self, account: str, key: bytes) -> None:
+        """Provision an account."""
+        def op(conn: sqlite3.Connection, batch: int) -> None:
+            if conn.execute("SELECT 1 FROM accounts WHERE name = ?", (account,)).fetchone():
+                raise AccountExists(f"account {account!r} already exists")
+            conn.execute("INSERT INTO accounts (name, key) VALUES (?, ?)", (account, bytes(key)))
+        await self._write(op)
+
+    async def remove_account(self, account: str) -> None:
+        """Delete an account and everything it holds."""
+        def op(conn: sqlite3.Connection, batch: int) -> None:
+            self._require_account(conn, account)
+            for table in ("heads", "versions", "devices", "blobs", "blob_chunks"):
+                conn.execute(f"DELETE FROM {table} WHERE account = ?", (account,))
+            conn.execute("DELETE FROM accounts WHERE name = ?", (account,))
+        await self._write(op)
+
+    async def list_accounts(self) -> list[AccountInfo]:
+        """Every account, sorted by name."""
+        def fn(conn: sqlite3.Connection) -> list[AccountInfo]:
+            rows = conn.execute(
+                "SELECT name, version, (SELECT COUNT(*) FROM heads WHERE account = name),"
+                " (SELECT COUNT(*) FROM devices WHERE account = name) FROM accounts ORDER BY name"
+            ).fetchall()
+            return [AccountInfo(r[0], int(r[2]), int(r[3]), int(r[1])) for r in rows]
+        return await self._read(fn)
+
+    async def account_key(self, account: str) -> bytes | None:
+        """The account's key, or None."""
+        def fn(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT key FROM accounts WHERE name = ?", (account,)).fetchone()
+            return None if row is None else bytes(row[0])
+        return await self._read(fn)
+
+    # ------------------------------------------------------------------ devices and changes
+
+    async def device_state(self, account: str, device_id: bytes) -> DeviceState:
+        """Watermark, anchor and generation, read together."""
+        def fn(conn: sqlite3.Connection) -> DeviceState:
+            self._require_account(conn, account)
+            generation = _generation(conn)
+            row = conn.execute(
+                "SELECT applied_lsn, anchor FROM devices WHERE account = ? AND device_id = ?", (account, device_id)
+            ).fetchone()
+            lsn, anchor = (int(row[0]), int(row[1])) if row else (0, 0)
+            return DeviceState(account, device_id, lsn, anchor, generation)
+        return await self._read(fn)
+
+    async def devices(self, account: str) -> list[DeviceState]:
+        """Every device of the account."""
+        def fn(conn: sqlite3.Connection) -> list[DeviceState]:
+            self._require_account(conn, account)
+            generation = _generation(conn)
+            rows = conn.execute(
+                "SELECT device_id, applied_lsn, anchor FROM devices WHERE account = ? ORDER BY device_id", (account,)
+            ).fetchall()
+            return [DeviceState(account, bytes(r[0]), int(r[1]), int(r[2]), generation) for r in rows]
+        return await self._read(fn)
+
+    async def commit(self, account: str, device_id: bytes, changes: Sequence[Change]) -> CommitResult:
+        """Apply the changes in the writer's next transaction; return once it committed."""
+        faults = self.faults
+
+        def op(conn: sqlite3.Connection, batch: int) -> CommitResult:
+            tx = _SqlTx(conn, account, batch)
+            tx.prefetch([change.record.record_id for change in changes])
+            applied = apply_changes(tx, device_id, changes, faults)
+            tx.flush()
+            generation = _generation(conn)
+            return CommitResult(generation, applied.durable_lsn, applied.assigned, applied.conflicts)
+        return await self._write(op)
+
+    async def server_version(self, account: str) -> int:
+        """The account's current server version."""
+        return await self._read(lambda conn: self._require_account(conn, account))
+
+    async def pull(self, account: str, anchor: int, limit: int) -> PullPage:
+        """Heads above ``anchor`` in version order, at most ``limit``."""
+        newest_first = self.faults.on("reorder-versions")
+
+        def fn(conn: sqlite3.Connection) -> PullPage:
+            version = self._require_account(conn, account)
+            if anchor > version:
+                raise AnchorAhead(f"anchor {anchor} is above the server version {version}")
+            order = "DESC" if newest_first else "ASC"
+            rows = conn.execute(
+                f"SELECT data FROM heads WHERE account = ? AND version > ? ORDER BY version {order} LIMIT ?",
+                (account, anchor, max(0, limit) + 1),
+            ).fetchall()
+            records = [decode_record(r[0]) for r in rows]
+            more = len(records) > limit
+            page = sorted(records[:limit], key=lambda r: r.version)
+            if more:
+                return PullPage(tuple(page), page[-1].version if page else anchor, True)
+            return PullPage(tuple(page), version, False)
+        try:
+            return await self._read(fn)
+        except RemoteProtocolError as exc:
+            raise StorageError(f"stored record unreadable: {exc}") from exc
+
+    async def ack_pull(self, account: str, device_id: bytes, anchor: int) -> int:
+        """Record the device's anchor as max(old, anchor), durably."""
+        def op(conn: sqlite3.Connection, batch: int) -> int:
+            self._require_account(conn, account)
+            conn.execute(
+                "INSERT INTO devices (account, device_id, applied_lsn, anchor) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT (account, device_id) DO UPDATE SET anchor = MAX(anchor, excluded.anchor)",
+                (account, device_id, anchor),
+            )
+            row = conn.execute(
+                "SELECT anchor FROM devices WHERE account = ? AND device_id = ?", (account, device_id)
+            ).fetchone()
+            return int(row[0])
+        return await self._write(op)
+
+    # ------------------------------------------------------------------ blobs
+
+    async def blob_state(self, account: str, blob_id: bytes) -> BlobState:
+        """Bytes held of a blob."""
+        def fn(conn: sqlite3.Connection) -> BlobState:
+            self._require_account(conn, account)
+            row = conn.execute(
+                "SELECT have, total FROM blobs WHERE account = ? AND blob_id = ?", (account, blob_id)
+            ).fetchone()
+            return BlobState(int(row[0]), int(row[1])) if row else BlobState(0, 0)
+        return await self._read(fn)
+
+    async def write_blob(self, account: str, blob_id: bytes, offset: int, total: int, data: bytes) -> int:
+        """Append a chunk at ``offset`` in the writer's next transaction."""
+        def op(conn: sqlite3.Connection, batch: int) -> int:
+            self._require_account(conn, account)
+            row = conn.execute(
+                "SELECT have, total FROM blobs WHERE account = ? AND blob_id = ?", (account, blob_id)
+            ).fetchone()
+            have, held_total = (int(row[0]), int(row[1])) if row else (0, total)
+            if held_total != total:
+                raise BlobError(f"blob total {total} differs from the {held_total} held")
+            if offset != have:
+                raise BlobError(f"chunk at offset {offset}, the server holds {have}", offset_mismatch=True)
+            if offset + len(data) > total:
+                raise BlobError(f"chunk ends at {offset + len(data)}, beyond total {total}")
+            conn.execute(
+                "INSERT INTO blobs (account, blob_id, total, have) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account, blob_id) DO UPDATE SET have = excluded.have",
+                (account, blob_id, total, have + len(data)),
+            )
+            if data:
+                conn.execute(
+                    "INSERT INTO blob_chunks (account, blob_id, offset, data) VALUES (?, ?, ?, ?)",
+                    (account, blob_id, offset, bytes(data)),
+                )
+            return have + len(data)
+        return await self._write(op)
+
+    async def read_blob(self, account: str, blob_id: bytes) -> bytes | None:
+        """The complete blob, or None."""
+        def fn(conn: sqlite3.Connection) -> bytes | None:
+            self._require_account(conn, account)
+            row = conn.execute(
+                "SELECT have, total FROM blobs WHERE account = ? AND blob_id = ?", (account, blob_id)
+            ).fetchone()
+            if row is None or int(row[0]) != int(row[1]):
+                return None
+            chunks = conn.execute(
+                "SELECT data FROM blob_chunks WHERE account = ? AND blob_id = ? ORDER BY offset", (account, blob_id)
+            ).fetchall()
+            return b"".join(bytes(c[0]) for c in chunks)
+        return await self._read(fn)
+
+    # ------------------------------------------------------------------ inspection
+
+    async def records(self, account: str) -> list[Record]:
+        """Heads in version order."""
+        def fn(conn: sqlite3.Connection) -> list[Record]:
+            self._require_account(conn, account)
+            rows = conn.execute("SELECT data FROM heads WHERE account = ? ORDER BY version", (account,)).fetchall()
+            return [decode_record(r[0]) for r in rows]
+        return await self._read(fn)
+
+    async def history(self, account: str) -> list[StoredVersion]:
+        """Every applied version in version order."""
+        def fn(conn: sqlite3.Connection) -> list[StoredVersion]:
+            self._require_account(conn, account)
+            rows = conn.execute(
+                "SELECT data, device_id, lsn FROM versions WHERE account = ? ORDER BY version", (account,)
+            ).fetchall()
+            return [
+                StoredVersion(decode_record(r[0]), None if r[1] is None else bytes(r[1]),
+                              None if r[2] is None else int(r[2]))
+                for r in rows
+            ]
+        return await self._read(fn)
+
+    # ------------------------------------------------------------------ backup / restore
+
+    def backup(self) -> bytes:
+        """A consistent copy of the committed store, as the bytes of a SQLite database file."""
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            return conn.serialize()
+        finally:
+            conn.close()
+
+    def backup_to_file(self, out: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store to ``out`` (online backup API)."""
+        backup_file(self.path, out)
+
+    def restore(self, snapshot: bytes) -> int:
+        """Replace the store with ``snapshot`` (bytes from ``backup``); return the new generation."""
+        data = bytearray(snapshot)
+        if len(data) >= 20 and data[18] == 2:  # a WAL-mode image: open it as a rollback-journal one
+            data[18] = data[19] = 1
+        source = sqlite3.connect(":memory:")
+        try:
+            source.deserialize(bytes(data))
+            return self._restore_from(source)
+        except sqlite3.Error as exc:
+            raise StorageError(f"not a store backup: {exc}") from exc
+        finally:
+            source.close()
+
+    def restore_from_file(self, path: str | os.PathLike[str]) -> int:
+        """Replace the store with the backup file at ``path``; return the new generation."""
+        if not os.path.isfile(path):
+            raise StorageError(f"no backup file {os.fspath(path)}")
+        source = sqlite3.connect(":memory:")
+        try:
+            with sqlite3.connect(os.fspath(path)) as backup_conn:
+                backup_conn.backup(source)
+            return self._restore_from(source)
+        except sqlite3.Error as exc:
+            raise StorageError(f"not a store backup: {exc}") from exc
+        finally:
+            source.close()
+
+    def _restore_from(self, source: sqlite3.Connection) -> int:
+        if _meta(source, "server_id") is None:
+            raise StorageError("the backup is not a store (no server id)")
+        live = _connect(self.path)
+        try:
+            generation = self.generation
+            new = generation if self.faults.on("silent-rollback") else _new_generation(self._rng)
+            while new == generation and not self.faults.on("silent-rollback"):
+                new = _new_generation(self._rng)
+            _set_meta(source, "generation", new)
+            _set_meta(source, "server_id", self._server_id)
+            _set_meta(source, "clean", 0)
+            source.commit()
+            source.backup(live)
+            return new
+        finally:
+            live.close()
+
+    async def aclose(self) -> None:
+        """Drain the writer, mark the store cleanly closed, close the connections."""
+        await self._writer.aclose()
+        try:
+            _set_meta(self._conn, "clean", 1)
+        except sqlite3.Error:
+            pass
+        for conn in (self._conn, self._reader, self._meta_conn):
+            conn.close()
+
+
+def backup_file(db: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Copy the store at ``db`` to ``out`` with SQLite's online backup API (safe while it serves)."""
+    if not os.path.isfile(db):
+        raise StorageError(f"no store at {os.fspath(db)}")
+    src = sqlite3.connect(os.fspath(db), timeout=30.0)
+    try:
+        if _meta(src, "server_id") is None:
+            raise StorageError(f"{os.fspath(db)} is not a store")
+        dst = sqlite3.connect(os.fspath(out))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"backup failed: {exc}") from exc
+    finally:
+        src.close()
