@@ -1,0 +1,203 @@
+"""Transports of the sync client: raw streams (memory, TCP) and the HTTP binding."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from emulator.transport import (
+    ConnectFailed,
+    HttpChannel,
+    HttpStatusError,
+    StreamChannel,
+    TransportError,
+    http_connector,
+    memory_connector,
+    tcp_connector,
+)
+from protocol.http import HttpBindingError, HttpServerBinding
+from protocol.session import NEED_DATA
+
+
+async def test_stream_channel_carries_bytes_both_ways_and_reports_close() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    channel = StreamChannel(left)
+    await channel.send_all(b"hello")
+    assert await right.receive_some() == b"hello"
+    await right.send_all(b"world")
+    assert await channel.receive_some() == b"world"
+    await right.aclose()
+    assert await channel.receive_some() == b""
+    with pytest.raises(TransportError):
+        await channel.send_all(b"more")
+    await channel.aclose()
+    await channel.aclose()  # closing twice is harmless
+
+
+async def test_memory_connector_runs_the_server_half_per_connection() -> None:
+    seen: list[bytes] = []
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        data = await stream.receive_some()
+        seen.append(data)
+        await stream.send_all(data.upper())
+
+    async with trio.open_nursery() as nursery:
+        connect = memory_connector(serve, nursery)
+        for word in (b"one", b"two"):
+            channel = await connect()
+            await channel.send_all(word)
+            assert await channel.receive_some() == word.upper()
+            await channel.aclose()
+    assert seen == [b"one", b"two"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_tcp_connector_to_a_closed_port_is_connect_failed() -> None:
+    port = _closed_port()
+    with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}"):
+        await tcp_connector("127.0.0.1", port)()
+    with pytest.raises(ConnectFailed):
+        await http_connector("127.0.0.1", port)()
+
+
+async def test_tcp_connector_over_a_real_socket() -> None:
+    async def echo(stream: trio.SocketStream) -> None:
+        data = await stream.receive_some()
+        await stream.send_all(data[::-1])
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, echo, 0)
+        port = listeners[0].socket.getsockname()[1]
+        channel = await tcp_connector("127.0.0.1", port)()
+        await channel.send_all(b"abc")
+        assert await channel.receive_some() == b"cba"
+        await channel.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def _http_server(stream: trio.abc.Stream, answers: list[tuple[int, bytes, str | None]],
+                       seen: list[tuple[bytes, str | None]]) -> None:
+    """Answer each POST with the next (status, body, token), recording (body, token) received."""
+    binding = HttpServerBinding(max_body=1 << 20)
+    for status, body, token in answers:
+        while True:
+            try:
+                request = binding.next_request()
+            except HttpBindingError as exc:
+                await stream.send_all(binding.respond(exc.status or 400))
+                return
+            if request is NEED_DATA:
+                binding.receive_data(await stream.receive_some())
+                continue
+            break
+        if not hasattr(request, "body"):
+            return
+        seen.append((request.body, request.session_token))
+        await stream.send_all(binding.respond(status, body, session_token=token))
+
+
+async def test_http_channel_posts_frames_and_repeats_the_session_token() -> None:
+    device_end, server_end = trio.testing.memory_stream_pair()
+    seen: list[tuple[bytes, str | None]] = []
+    answers = [(200, b"first-answer", "tok-1"), (200, b"", None), (200, b"third", None)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_http_server, server_end, answers, seen)
+        channel = HttpChannel(device_end, "example.invalid")
+        await channel.send_all(b"frames-1")
+        assert await channel.receive_some() == b"first-answer"
+        await channel.send_all(b"frames-2")
+        assert await channel.receive_some() == b""  # an empty answer: nothing more on this exchange
+        await channel.send_all(b"frames-3")
+        assert await channel.receive_some() == b"third"
+        await channel.aclose()
+    assert seen == [(b"frames-1", None), (b"frames-2", "tok-1"), (b"frames-3", "tok-1")]
+
+
+async def test_http_channel_non_200_is_a_typed_error() -> None:
+    device_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_http_server, server_end, [(410, b"unknown session", None)], [])
+        channel = HttpChannel(device_end, "example.invalid")
+        with pytest.raises(HttpStatusError) as info:
+            await channel.send_all(b"x")
+        assert info.value.status == 410
+        assert "unknown session" in str(info.value)
+
+
+async def test_http_channel_server_closing_mid_answer_is_transport_error() -> None:
+    device_end, server_end = trio.testing.memory_stream_pair()
+
+    async def half_answer() -> None:
+        await server_end.receive_some()
+        await server_end.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+                                  b"Content-Type: application/x-sidekick-frames\r\n\r\nshort")
+        await server_end.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(half_answer)
+        channel = HttpChannel(device_end, "example.invalid")
+        with pytest.raises(TransportError):
+            await channel.send_all(b"x")
+
+
+async def test_http_channel_reopens_when_the_server_closed_between_requests() -> None:
+    seen: list[tuple[bytes, str | None]] = []
+    opened: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def reopen() -> trio.abc.Stream:
+            device_end, server_end = trio.testing.memory_stream_pair()
+            opened.append(1)
+            nursery.start_soon(_http_server, server_end, [(200, b"again", None)], seen)
+            return device_end
+
+        first_device, first_server = trio.testing.memory_stream_pair()
+
+        async def close_after_one() -> None:
+            request = await first_server.receive_some()
+            seen.append((request.rsplit(b"\r\n\r\n", 1)[1], None))
+            await first_server.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n"
+                b"X-Sidekick-Session: tok\r\nContent-Type: application/x-sidekick-frames\r\n\r\nonce")
+            await first_server.aclose()
+
+        nursery.start_soon(close_after_one)
+        channel = HttpChannel(first_device, "example.invalid", reopen=reopen)
+        await channel.send_all(b"a")
+        assert await channel.receive_some() == b"once"
+        await channel.send_all(b"b")
+        assert await channel.receive_some() == b"again"
+        await channel.aclose()
+    assert opened == [1]
+    assert seen == [(b"a", None), (b"b", "tok")]
+
+
+async def test_cutting_channel_cuts_at_a_frame_boundary() -> None:
+    from emulator.transport import CuttingChannel
+    from protocol.framing import encode_frame
+    from protocol.messages import Ping, Pong
+
+    left, right = trio.testing.memory_stream_pair()
+    channel = CuttingChannel(StreamChannel(left), budget=3)
+    await channel.send_all(encode_frame(Ping(1), 0))                     # frame 1
+    frames = encode_frame(Pong(1), 0) + encode_frame(Pong(2), 1) + encode_frame(Pong(3), 2)
+    await right.send_all(frames[:20])                                   # a partial frame first
+    await right.send_all(frames[20:])
+    got = await channel.receive_some()                                  # frames 2 and 3, not 4
+    assert got == frames[: 2 * len(encode_frame(Pong(1), 0))]
+    assert channel.frames == 3
+    assert await channel.receive_some() == b""
+    with pytest.raises(TransportError):
+        await channel.send_all(encode_frame(Ping(2), 1))
+    assert await right.receive_some() == encode_frame(Ping(1), 0)
+    assert await right.receive_some() == b""                            # the server sees the close
