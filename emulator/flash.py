@@ -1,0 +1,540 @@
+"""A NAND flash chip model: SLC geometry, program/erase rules, ECC, bad blocks, wear and power loss.
+
+Semantics enforced (each with a typed error):
+
+- a program only clears bits (the page becomes ``old AND new``), at most ``nop`` programs per page
+  between erases; the first program of the pages of a block goes in page order;
+- an erase sets every page of a block to 0xFF;
+- a bad block (factory marked, or grown by a program/erase failure or wear-out) refuses both.
+
+Faults come only from the ``random.Random`` passed in and the ``FlashFaults`` switches:
+power cut at an operation number (``arm_power_cut``), bit flips on read against a
+``ecc_bits_per_512``-bit-per-sector ECC (corrected and counted, or ``UncorrectableError``: never
+wrong data), factory and grown bad blocks, wear-out past ``endurance`` erase cycles.
+
+Memory is sparse: only programmed pages are held, each as one immutable ``bytes`` of
+``page_size + spare_size``; ``snapshot()`` is a shallow copy of that dict.
+The image file format is in ``emulator.flash_image`` (documented in docs/FLASH.md).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Literal
+
+__all__ = [
+    "BadBlockError",
+    "EraseError",
+    "FlashError",
+    "FlashFaults",
+    "FlashSnapshot",
+    "FlashStats",
+    "Geometry",
+    "NandFlash",
+    "NopExceeded",
+    "PowerLoss",
+    "ProgramError",
+    "ProgramOrderError",
+    "UncorrectableError",
+    "UsageError",
+    "CUT_VARIANTS",
+]
+
+SECTOR = 512
+CUT_VARIANTS: tuple[str, ...] = ("clean", "torn")
+OpKind = Literal["read", "program", "erase"]
+
+
+class FlashError(Exception):
+    """Base of every flash error."""
+
+
+class PowerLoss(FlashError):
+    """Power was cut during an operation; the chip keeps what it had (plus the torn op)."""
+
+    def __init__(self, op: int, kind: str, variant: str) -> None:
+        super().__init__(f"power lost at operation {op} ({kind}, {variant})")
+        self.op = op
+        self.kind = kind
+        self.variant = variant
+
+
+class UncorrectableError(FlashError):
+    """A read found more flipped bits in a sector than the ECC corrects."""
+
+
+class BadBlockError(FlashError):
+    """Program or erase of a block that is marked bad."""
+
+
+class ProgramError(FlashError):
+    """The chip reported a program failure; the block is now bad (grown bad block)."""
+
+
+class EraseError(FlashError):
+    """The chip reported an erase failure; the block is now bad (grown bad block or worn out)."""
+
+
+class UsageError(FlashError):
+    """Illegal use of the chip: address out of range, wrong data length."""
+
+
+class ProgramOrderError(UsageError):
+    """First program of a page below a page already programmed in the same block."""
+
+
+class NopExceeded(UsageError):
+    """More partial programs of one page than the part allows (NOP) between erases."""
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Chip geometry; the default is a 64 MiB SLC part (2 KiB + 64 B pages, 128 KiB blocks)."""
+
+    page_size: int = 2048
+    spare_size: int = 64
+    pages_per_block: int = 64
+    blocks: int = 512
+    nop: int = 4
+    endurance: int = 100_000
+    ecc_bits_per_512: int = 1
+
+    def __post_init__(self) -> None:
+        if not 512 <= self.page_size <= 65536 or self.page_size % SECTOR:
+            raise ValueError(f"page_size must be a multiple of 512 in 512..65536, not {self.page_size}")
+        if not 1 <= self.spare_size <= 4096:
+            raise ValueError(f"spare_size must be in 1..4096, not {self.spare_size}")
+        if not 2 <= self.pages_per_block <= 4096:
+            raise ValueError(f"pages_per_block must be in 2..4096, not {self.pages_per_block}")
+        if not 4 <= self.blocks <= 1 << 20:
+            raise ValueError(f"blocks must be in 4..{1 << 20}, not {self.blocks}")
+        if not 1 <= self.nop <= 255 or self.endurance < 1 or not 0 <= self.ecc_bits_per_512 <= 64:
+            raise ValueError("nop must be in 1..255, endurance >= 1, ecc_bits_per_512 in 0..64")
+
+    @property
+    def raw_page(self) -> int:
+        """Bytes per page including the spare area."""
+        return self.page_size + self.spare_size
+
+    @property
+    def pages(self) -> int:
+        """Pages on the chip."""
+        return self.blocks * self.pages_per_block
+
+    @property
+    def capacity(self) -> int:
+        """Data bytes on the chip (spare areas excluded)."""
+        return self.pages * self.page_size
+
+
+@dataclass(frozen=True, slots=True)
+class FlashFaults:
+    """Fault switches; all off by default. Rates are probabilities drawn from the chip's RNG."""
+
+    factory_bad_rate: float = 0.0
+    """Fraction of blocks marked bad at manufacture (spare byte 0 of page 0 != 0xFF)."""
+    read_flip_rate: float = 0.0
+    """Per sector read: probability of bit flips within the ECC limit (corrected, counted)."""
+    read_uncorrectable_rate: float = 0.0
+    """Per sector read: probability of one flip more than the ECC corrects."""
+    program_fail_rate: float = 0.0
+    """Per program: probability the chip reports failure (the block grows bad)."""
+    erase_fail_rate: float = 0.0
+    """Per erase: probability the chip reports failure (the block grows bad)."""
+    wear_out: bool = True
+    """Past ``endurance`` erase cycles an erase fails with probability ``wear_fail_rate``."""
+    wear_fail_rate: float = 0.5
+
+    @classmethod
+    def realistic(cls) -> FlashFaults:
+        """Rates in the spirit of a 2009 SLC part: 2% factory bad blocks, rare read disturb."""
+        return cls(factory_bad_rate=0.02, read_flip_rate=1e-4, read_uncorrectable_rate=1e-7,
+                   program_fail_rate=1e-6, erase_fail_rate=1e-5)
+
+
+@dataclass(slots=True)
+class FlashStats:
+    """Counters of what the chip did."""
+
+    reads: int = 0
+    programs: int = 0
+    erases: int = 0
+    corrected_bits: int = 0
+    uncorrectable_reads: int = 0
+    program_failures: int = 0
+    erase_failures: int = 0
+    power_losses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FlashSnapshot:
+    """Everything needed to put a chip back into an earlier state (``NandFlash.restore``)."""
+
+    pages: dict[int, bytes]
+    nop_used: dict[int, int]
+    next_page: tuple[int, ...]
+    erase_counts: tuple[int, ...]
+    bad: frozenset[int]
+    ops: int
+    rng_state: object = field(default=None)
+
+
+class NandFlash:
+    """One NAND chip. Addresses are (block, page); every read, program and erase is one operation."""
+
+    OP_LOG_LEN = 256
+
+    def __init__(self, geometry: Geometry = Geometry(), *, rng: random.Random | None = None,
+                 faults: FlashFaults | None = None) -> None:
+        self.geometry = geometry
+        self.faults = faults or FlashFaults()
+        self.rng = rng or random.Random(0)
+        self.stats = FlashStats()
+        self.ops = 0
+        """Operations attempted so far (reads, programs, erases)."""
+        self.op_log: deque[tuple[int, str, int, int]] = deque(maxlen=self.OP_LOG_LEN)
+        """The last operations: (op number, kind, block, page or -1)."""
+        self.op_trace: list[str] | None = None
+        """If set to a list, the kind ("read", "program", "erase") of every operation is appended."""
+        self._pages: dict[int, bytes] = {}
+        self._nop: dict[int, int] = {}
+        self._next_page = [0] * geometry.blocks
+        self._erase_counts = [0] * geometry.blocks
+        self._bad: set[int] = set()
+        self._cut_at: int | None = None
+        self._cut_variant = "torn"
+        self._erased_page = b"\xff" * geometry.raw_page
+        self._erased_data = b"\xff" * geometry.page_size
+        self._erased_spare = b"\xff" * geometry.spare_size
+        if self.faults.factory_bad_rate > 0:
+            for block in range(geometry.blocks):
+                if self.rng.random() < self.faults.factory_bad_rate:
+                    self._mark_bad(block)
+
+    @property
+    def faults(self) -> FlashFaults:
+        """The fault switches in force (may be replaced at any time)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: FlashFaults) -> None:
+        self._faults = faults
+        self._read_fault_rate = faults.read_flip_rate + faults.read_uncorrectable_rate
+
+    # ------------------------------------------------------------------ queries
+
+    def is_bad(self, block: int) -> bool:
+        """True if the block is marked bad (the bad-block table; not an operation)."""
+        self._check_block(block)
+        return block in self._bad
+
+    def bad_blocks(self) -> list[int]:
+        """Blocks marked bad, ascending."""
+        return sorted(self._bad)
+
+    def erase_count(self, block: int) -> int:
+        """Erase cycles this block has seen."""
+        self._check_block(block)
+        return self._erase_counts[block]
+
+    def is_erased(self, block: int, page: int) -> bool:
+        """True if the page holds nothing programmed (a model query, not an operation)."""
+        return block * self.geometry.pages_per_block + page not in self._pages
+
+    def programmed_pages(self) -> int:
+        """Pages holding programmed bits."""
+        return len(self._pages)
+
+    def mark_bad(self, block: int) -> None:
+        """Mark a block bad (what firmware does after a failure): spare byte 0 of page 0 := 0x00."""
+        self._check_block(block)
+        self._mark_bad(block)
+
+    # ------------------------------------------------------------------ faults
+
+    def arm_power_cut(self, at_op: int, variant: str = "torn") -> None:
+        """Cut the power during operation number ``at_op`` (1-based, counted by ``ops``).
+
+        ``clean``: the operation does nothing. ``torn``: a program leaves a random subset of its
+        bits programmed; an erase leaves the block partly erased. Either way ``PowerLoss`` is raised
+        and the cut is disarmed: the chip then accepts a reboot (a fresh mount by its user).
+        """
+        if variant not in CUT_VARIANTS:
+            raise ValueError(f"unknown power-cut variant {variant!r}; expected one of {CUT_VARIANTS}")
+        if at_op <= self.ops:
+            raise ValueError(f"operation {at_op} is already past (ops = {self.ops})")
+        self._cut_at = at_op
+        self._cut_variant = variant
+
+    def disarm_power_cut(self) -> None:
+        """Cancel an armed power cut."""
+        self._cut_at = None
+
+    @property
+    def armed(self) -> bool:
+        """True while a power cut is pending."""
+        return self._cut_at is not None
+
+    # ------------------------------------------------------------------ operations
+
+    def read_page(self, block: int, page: int) -> tuple[bytes, bytes]:
+        """Read (data, spare). Flips within the ECC limit are corrected; beyond it UncorrectableError."""
+        index = self._index(block, page)
+        if self._tick("read", block, page):
+            self._cut("read", block, page)
+        self.stats.reads += 1
+        raw = self._pages.get(index)
+        faults = self.faults
+        if faults.read_flip_rate or faults.read_uncorrectable_rate:
+            self._read_faults(block, page)
+        if raw is None:
+            return self._erased_data, self._erased_spare
+        size = self.geometry.page_size
+        return raw[:size], raw[size:]
+
+    def read_raw(self, block: int, page: int) -> bytes:
+        """Read data and spare as one ``bytes`` (same rules as ``read_page``)."""
+        geometry = self.geometry
+        if not (0 <= block < geometry.blocks and 0 <= page < geometry.pages_per_block):
+            raise UsageError(f"address {block}:{page} out of range")
+        self.ops += 1
+        self.op_log.append((self.ops, "read", block, page))
+        if self.op_trace is not None:
+            self.op_trace.append("read")
+        if self.ops == self._cut_at:
+            self._cut("read", block, page)
+        self.stats.reads += 1
+        if self._read_fault_rate:
+            self._read_faults(block, page)
+        return self._pages.get(block * geometry.pages_per_block + page, self._erased_page)
+
+    def read_run(self, block: int, first: int = 0) -> list[bytes]:
+        """Sequential read: pages ``first``, ``first + 1``, ... up to and including the first erased
+        page of the block (one operation each, as ``read_raw``); the programmed pages, in order."""
+        geometry = self.geometry
+        ppb = geometry.pages_per_block
+        if not (0 <= block < geometry.blocks and 0 <= first < ppb):
+            raise UsageError(f"address {block}:{first} out of range")
+        pages = self._pages
+        base = block * ppb
+        out: list[bytes] = []
+        log = self.op_log
+        trace = self.op_trace
+        faults = self._read_fault_rate
+        for page in range(first, ppb):
+            self.ops += 1
+            log.append((self.ops, "read", block, page))
+            if trace is not None:
+                trace.append("read")
+            if self.ops == self._cut_at:
+                self._cut("read", block, page)
+            self.stats.reads += 1
+            if faults:
+                self._read_faults(block, page)
+            raw = pages.get(base + page)
+            if raw is None:
+                break
+            out.append(raw)
+        return out
+
+    def program_page(self, block: int, page: int, data: bytes, spare: bytes = b"") -> None:
+        """Program a page: bits go 1 -> 0 only (old AND new). Short data/spare is padded with 0xFF."""
+        geometry = self.geometry
+        index = self._index(block, page)
+        if len(data) > geometry.page_size or len(spare) > geometry.spare_size:
+            raise UsageError(f"program of {len(data)}+{len(spare)} bytes into a "
+                             f"{geometry.page_size}+{geometry.spare_size} page")
+        if block in self._bad:
+            raise BadBlockError(f"program of bad block {block}")
+        used = self._nop.get(index, 0)
+        if used >= geometry.nop:
+            raise NopExceeded(f"page {block}:{page} programmed {used} times since erase (NOP {geometry.nop})")
+        if used == 0 and page < self._next_page[block]:
+            raise ProgramOrderError(f"first program of page {block}:{page} after page "
+                                    f"{self._next_page[block] - 1} of the same block")
+        new = bytes(data) + b"\xff" * (geometry.page_size - len(data)) + bytes(spare) \
+            + b"\xff" * (geometry.spare_size - len(spare))
+        old = self._pages.get(index)
+        if old is not None:
+            new = _and(old, new)
+        if self._tick("program", block, page):
+            if self._cut_variant == "torn":
+                self._store_page(index, block, page, used, self._torn_program(old, new))
+            self._cut("program", block, page)
+        self.stats.programs += 1
+        if self.faults.program_fail_rate and self.rng.random() < self.faults.program_fail_rate:
+            self.stats.program_failures += 1
+            self._store_page(index, block, page, used, self._torn_program(old, new))
+            self._mark_bad(block)
+            raise ProgramError(f"program failure on {block}:{page}; block {block} is now bad")
+        self._store_page(index, block, page, used, new)
+
+    def erase_block(self, block: int) -> None:
+        """Erase a block: every page back to 0xFF, one more erase cycle."""
+        self._check_block(block)
+        if block in self._bad:
+            raise BadBlockError(f"erase of bad block {block}")
+        if self._tick("erase", block, -1):
+            if self._cut_variant == "torn":
+                self._torn_erase(block)
+            self._cut("erase", block, -1)
+        self.stats.erases += 1
+        faults = self.faults
+        worn = faults.wear_out and self._erase_counts[block] >= self.geometry.endurance
+        if (worn and self.rng.random() < faults.wear_fail_rate) or (
+                faults.erase_fail_rate and self.rng.random() < faults.erase_fail_rate):
+            self.stats.erase_failures += 1
+            self._erase_counts[block] += 1
+            self._mark_bad(block)
+            raise EraseError(f"erase failure on block {block}{' (worn out)' if worn else ''}; now bad")
+        self._erase(block)
+
+    # ------------------------------------------------------------------ snapshot, image
+
+    def snapshot(self) -> FlashSnapshot:
+        """A cheap copy of the chip's state (pages are shared immutable bytes)."""
+        return FlashSnapshot(dict(self._pages), dict(self._nop), tuple(self._next_page),
+                             tuple(self._erase_counts), frozenset(self._bad), self.ops,
+                             self.rng.getstate())
+
+    def restore(self, snap: FlashSnapshot) -> None:
+        """Put the chip back into the snapshot's state (power cut disarmed)."""
+        self._pages = dict(snap.pages)
+        self._nop = dict(snap.nop_used)
+        self._next_page = list(snap.next_page)
+        self._erase_counts = list(snap.erase_counts)
+        self._bad = set(snap.bad)
+        self.ops = snap.ops
+        if snap.rng_state is not None:
+            self.rng.setstate(snap.rng_state)  # type: ignore[arg-type]
+        self._cut_at = None
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write the chip to an image file (format in docs/FLASH.md)."""
+        from emulator.flash_image import save_image
+
+        save_image(self, path)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], *, rng: random.Random | None = None,
+             faults: FlashFaults | None = None) -> NandFlash:
+        """Read an image file; ImageError if it is not a valid flash image."""
+        from emulator.flash_image import load_image
+
+        return load_image(path, rng=rng, faults=faults)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_block(self, block: int) -> None:
+        if not 0 <= block < self.geometry.blocks:
+            raise UsageError(f"block {block} out of range 0..{self.geometry.blocks - 1}")
+
+    def _index(self, block: int, page: int) -> int:
+        geometry = self.geometry
+        if not (0 <= block < geometry.blocks and 0 <= page < geometry.pages_per_block):
+            raise UsageError(f"address {block}:{page} out of range")
+        return block * geometry.pages_per_block + page
+
+    def _tick(self, kind: str, block: int, page: int) -> bool:
+        """Count one operation; True if the power cut falls on it."""
+        self.ops += 1
+        self.op_log.append((self.ops, kind, block, page))
+        if self.op_trace is not None:
+            self.op_trace.append(kind)
+        return self.ops == self._cut_at
+
+    def _cut(self, kind: str, block: int, page: int) -> None:
+        variant = self._cut_variant if kind != "read" else "clean"
+        self._cut_at = None
+        self.stats.power_losses += 1
+        raise PowerLoss(self.ops, kind, variant)
+
+    def _store_page(self, index: int, block: int, page: int, used: int, raw: bytes) -> None:
+        if raw == self._erased_page and index not in self._pages:
+            self._nop[index] = used + 1  # nothing visible, but a partial program was spent
+        else:
+            self._pages[index] = raw
+            self._nop[index] = used + 1
+        if page >= self._next_page[block]:
+            self._next_page[block] = page + 1
+
+    def _torn_program(self, old: bytes | None, new: bytes) -> bytes:
+        """What an interrupted program leaves: either the page programmed up to a random byte
+        (the rest untouched), or a random subset of the bits it would clear, cleared."""
+        base = old if old is not None else self._erased_page
+        n = len(new)
+        if self.rng.random() < 0.5:
+            cut = self.rng.randrange(n)
+            return new[:cut] + base[cut:]
+        base_int = int.from_bytes(base, "big")
+        to_clear = base_int & ~int.from_bytes(new, "big")
+        keep = to_clear & self.rng.getrandbits(n * 8)
+        return (base_int & ~keep).to_bytes(n, "big")
+
+    def _torn_erase(self, block: int) -> None:
+        """Leave a block partly erased: each page erased, untouched, or with some bits set."""
+        ppb = self.geometry.pages_per_block
+        first = block * ppb
+        for index in range(first, first + ppb):
+            raw = self._pages.get(index)
+            if raw is None:
+                continue
+            roll = self.rng.random()
+            if roll < 1 / 3:
+                del self._pages[index]
+            elif roll < 2 / 3:
+                n = len(raw)
+                self._pages[index] = (int.from_bytes(raw, "big") | self.rng.getrandbits(n * 8)).to_bytes(n, "big")
+        self._erase_counts[block] += 1
+        self._reset_block_state(block)
+
+    def _erase(self, block: int) -> None:
+        ppb = self.geometry.pages_per_block
+        first = block * ppb
+        pages = self._pages
+        for index in range(first, first + ppb):
+            pages.pop(index, None)
+        self._erase_counts[block] += 1
+        self._reset_block_state(block)
+
+    def _reset_block_state(self, block: int) -> None:
+        ppb = self.geometry.pages_per_block
+        first = block * ppb
+        nop = self._nop
+        highest = -1
+        for index in range(first, first + ppb):
+            if index in self._pages:
+                nop[index] = 1
+                highest = index - first
+            else:
+                nop.pop(index, None)
+        self._next_page[block] = highest + 1
+
+    def _mark_bad(self, block: int) -> None:
+        self._bad.add(block)
+        index = block * self.geometry.pages_per_block
+        raw = self._pages.get(index, self._erased_page)
+        size = self.geometry.page_size
+        self._pages[index] = raw[:size] + b"\x00" + raw[size + 1:]
+
+    def _read_faults(self, block: int, page: int) -> None:
+        """Draw bit flips for each sector of a read: corrected within the ECC limit, else an error."""
+        faults = self.faults
+        rng = self.rng
+        limit = self.geometry.ecc_bits_per_512
+        for _sector in range(self.geometry.page_size // SECTOR):
+            roll = rng.random()
+            if roll < faults.read_uncorrectable_rate:
+                self.stats.uncorrectable_reads += 1
+                raise UncorrectableError(f"uncorrectable read of {block}:{page}: "
+                                         f"{limit + 1} flipped bits in one sector (ECC corrects {limit})")
+            if roll < faults.read_uncorrectable_rate + faults.read_flip_rate and limit:
+                self.stats.corrected_bits += rng.randint(1, limit)
+
+
+def _and(a: bytes, b: bytes) -> bytes:
+    n = len(a)
+    return (int.from_bytes(a, "big") & int.from_bytes(b, "big")).to_bytes(n, "big")
