@@ -370,7 +370,7 @@ async def test_server_that_cannot_prove_the_key_is_refused() -> None:
     assert not any(isinstance(m, Push) for m in script.received)
 
 
-async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock() -> None:
+async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
     phone = new_handset()
     phone.add(Note("n"))
     script = Script()
@@ -397,7 +397,7 @@ async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock() ->
     assert len(set(round(g / (BACKOFF_BASE * 2 ** i), 6) for i, g in enumerate(gaps))) > 1  # jittered
 
 
-async def test_silent_server_times_out_on_the_trio_clock() -> None:
+async def test_silent_server_times_out_on_the_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
     phone = new_handset()
     phone.add(Note("n"))
     phone.timeout = 5.0
@@ -410,7 +410,7 @@ async def test_silent_server_times_out_on_the_trio_clock() -> None:
     assert states(phone) == {"PUSHED": 1}
 
 
-async def test_power_cut_during_sync_stops_it_and_reboot_resumes() -> None:
+async def test_power_cut_during_sync_stops_it_and_reboot_resumes(autojump_clock: trio.testing.MockClock) -> None:
     phone = new_handset()
     phone.add(Note("n"))
     script = Script(hang_on=Commit)
