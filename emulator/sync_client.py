@@ -105,6 +105,10 @@ class SyncError(Exception):
     retryable = True
 
 
+class DeviceIdRetired(SyncError):
+    """The server knows this device id with a history we cannot continue; a new id was taken."""
+
+
 class ConnectionLost(SyncError):
     """The connection closed or broke before the sync finished."""
 
@@ -334,11 +338,17 @@ class _Driver:
         reason: str | None = None
         if not meta.server_id:
             if hello_ok.durable_lsn >= meta.next_lsn:
-                # This device id has history on the server (e.g. after a factory reset): fresh LSNs
-                # must lie above it or the server would take new changes for duplicates.
-                self.store.set_meta(next_lsn=hello_ok.durable_lsn + 1)
-                if self.store.pending():
-                    self.store.mark_all_dirty()
+                # R-IDEM-4: this device id has history on the server beyond our LSN counter (e.g.
+                # after a forced factory reset). The server may also hold received, not yet durable
+                # changes above its watermark, so no LSN we issue is safe under this id: retire it
+                # and come back as a new device on the next attempt.
+                new_id = self.handset.rng.randbytes(len(meta.device_id))
+                log.warning("%s: device id %s already has LSNs through %d on the server (ours end at "
+                            "%d); taking the new device id %s", self.handset.name or meta.device_id.hex(),
+                            meta.device_id.hex(), hello_ok.durable_lsn, meta.next_lsn - 1, new_id.hex())
+                self.store.set_meta(device_id=new_id)
+                raise DeviceIdRetired(f"device id {meta.device_id.hex()} retired; reconnecting as "
+                                      f"{new_id.hex()}")
             self.store.set_meta(server_id=hello_ok.server_id, generation=hello_ok.generation,
                                 durable_lsn=hello_ok.durable_lsn, anchor=meta.anchor)
             return

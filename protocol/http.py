@@ -42,7 +42,8 @@ __all__ = [
 FRAMES_CONTENT_TYPE: Final = "application/x-sidekick-frames"
 SESSION_HEADER: Final = "X-Sidekick-Session"
 DEFAULT_PATH: Final = "/sync"
-DEFAULT_MAX_BODY: Final = 4 * MAX_MAX_FRAME
+DEFAULT_MAX_BODY: Final = 64 * MAX_MAX_FRAME
+"""Largest response body a client accepts: a pull page with its photos (blobs may reach 16 MiB)."""
 
 _TOKEN = re.compile(r"[!-~]{1,256}")
 _VISIBLE = re.compile(r"[!-~]+")

@@ -76,8 +76,9 @@ def apply_changes(tx: Tx, device_id: bytes, changes: Sequence[Change], faults: F
         duplicate = change.lsn <= watermark
         if duplicate and not faults.on("duplicate-on-retransmit"):
             known = tx.applied_version(device_id, change.lsn)
-            head = tx.head(record_id)
-            earlier = known[1] if known is not None and known[0] == record_id else (head.version if head else 0)
+            # R-DUR-6: a duplicate whose version is no longer known reports 0, never the head's
+            # version (the device would then edit "up to date" and overwrite another edit).
+            earlier = known[1] if known is not None and known[0] == record_id else 0
             assigned.append(Assigned(change.lsn, record_id, earlier))
             continue
         head = tx.head(record_id)

@@ -111,11 +111,13 @@ class Script:
             return []
         if hasattr(event, "mac"):  # AUTH
             inputs = dict(server_nonce=nonce, device_nonce=event.device_nonce, account=ACCOUNT,  # type: ignore[union-attr]
-                          device_id=DEVICE_ID, server_id=self.server_id)
+                          device_id=session.device_id, server_id=self.server_id)
             if self.refuse_auth or not auth.verify(auth.device_mac(self.key, **inputs), event.mac):  # type: ignore[union-attr]
                 return [Error(ErrorCode.AUTH_FAILED, True, "bad credentials")]
             mac = auth.server_mac(b"x" * 32 if self.bad_server_mac else self.key, **inputs)
-            return [HelloOk(self.server_id, self.generation, self.durable_lsn, self.anchor, mac)]
+            known = session.device_id == DEVICE_ID  # the script's history belongs to DEVICE_ID only
+            return [HelloOk(self.server_id, self.generation, self.durable_lsn if known else 0,
+                            self.anchor if known else 0, mac)]
         if isinstance(event, Push):
             self.pushed_lsns.extend(c.lsn for c in event.changes)
             self._pending = getattr(self, "_pending", []) + list(event.changes)
@@ -290,13 +292,15 @@ async def test_regression_marks_everything_dirty_and_pushes_it_all(change: str,
     assert phone.store.meta.generation == lost.generation
 
 
-async def test_first_contact_is_not_a_regression_and_lsns_skip_the_servers_history() -> None:
+async def test_first_contact_with_a_known_device_id_retires_it() -> None:
     phone = new_handset()
     phone.add(Note("after a reset"))
     script = Script(durable_lsn=50, anchor=0)  # the server remembers this device id up to LSN 50
-    report = await sync_with(phone, script)
+    report = await sync_with(phone, script, attempts=2)
     assert report.regression is None
-    assert script.pushed_lsns and min(script.pushed_lsns) > 50
+    assert report.attempts == 2
+    assert phone.store.meta.device_id != DEVICE_ID  # R-IDEM-4: a new id, not LSNs above 50
+    assert script.pushed_lsns == [1]
     assert states(phone) == {"DURABLE": 1}
 
 
