@@ -626,8 +626,14 @@ class _Driver:
     def _take_chunk(chunk: BlobChunk, blobs: dict[bytes, bytearray], totals: dict[bytes, int]) -> bool:
         """Append a pulled chunk; False if it does not continue its blob."""
         buf = blobs.setdefault(chunk.blob_id, bytearray())
-        if totals.setdefault(chunk.blob_id, chunk.total) != chunk.total or chunk.offset != len(buf) \
-                or len(buf) + len(chunk.data) > chunk.total or chunk.total > MAX_BLOB:
+        if totals.setdefault(chunk.blob_id, chunk.total) != chunk.total or chunk.total > MAX_BLOB:
+            return False
+        end = chunk.offset + len(chunk.data)
+        if len(buf) == chunk.total and end <= chunk.total:
+            # The blob again, already complete in this pull: two photos (a record and its conflict
+            # copy) may share one blob, and the server sends it for each (PROTOCOL.md section 14).
+            return bytes(buf[chunk.offset:end]) == chunk.data
+        if chunk.offset != len(buf) or end > chunk.total:
             return False
         buf.extend(chunk.data)
         return True

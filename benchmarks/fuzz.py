@@ -1,0 +1,113 @@
+"""Fuzzer throughput and time to first detection; prints JSON.
+
+Figures: sync sessions per second on one core on the correct system, simulated seconds per wall
+second, and for every mutant the wall time to first detection from several start seeds (median,
+max); plus a cProfile summary of where a clean run spends its time. Same-run baseline: the same
+worlds with every fault kind off (sessions/s without the fault machinery's extra work).
+
+    python benchmarks/fuzz.py [--runs 30] [--starts 3] [--max-runs 150] [--mutants a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import time
+from typing import Any
+
+from emulator.sim.signatures import MUTANT_SIGNATURES
+from emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
+
+
+def throughput(runs: int, options: SimOptions, start: int = 1000) -> dict[str, Any]:
+    """Sessions/s, runs/s and simulated s per wall s over ``runs`` seeds (one process, one core)."""
+    sessions = 0
+    sim = 0.0
+    violations = 0
+    kinds: dict[str, int] = {}
+    began = time.process_time()
+    for seed in range(start, start + runs):
+        result = run_world(seed, options)
+        sessions += result.stats["sessions"]
+        sim += result.stats["sim_time"]
+        violations += result.violation is not None
+        if result.violation is not None:
+            name = f"{result.violation.invariant}/{result.violation.what}"
+            kinds[name] = kinds.get(name, 0) + 1
+    cpu = max(time.process_time() - began, 1e-9)
+    return {"runs": runs, "sessions": sessions, "cpu_seconds": round(cpu, 2),
+            "sessions_per_cpu_second": round(sessions / cpu, 1), "runs_per_cpu_second": round(runs / cpu, 2),
+            "simulated_seconds_per_cpu_second": round(sim / cpu, 1), "violations": violations, "violations_by_kind": kinds}
+
+
+def detection(mutant: str, starts: list[int], max_runs: int) -> dict[str, Any]:
+    """CPU seconds until the first violation showing the mutant (its signature), from each start
+    seed; runs that break an invariant for another reason are counted in ``other_violations``."""
+    times: list[float] = []
+    found: list[dict[str, Any]] = []
+    other = 0
+    for start in starts:
+        began = time.process_time()
+        hit = None
+        for seed in range(start, start + max_runs):
+            result = run_world(seed, SimOptions(mutant=mutant))
+            if result.violation is not None and result.violation.what not in MUTANT_SIGNATURES[mutant]:
+                other += 1
+            elif result.violation is not None:
+                hit = {"seed": seed, "runs": seed - start + 1, "invariant": result.violation.invariant,
+                       "what": result.violation.what}
+                break
+        elapsed = time.process_time() - began
+        if hit is not None:
+            times.append(elapsed)
+            found.append(hit)
+    return {
+        "found": f"{len(times)}/{len(starts)}",
+        "median_seconds": round(statistics.median(times), 2) if times else None,
+        "max_seconds": round(max(times), 2) if times else None,
+        "first_hits": found,
+        "other_violations": other,
+    }
+
+
+def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
+    """The functions where clean runs spend most time (cProfile, by own time)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for seed in range(2000, 2000 + runs):
+        run_world(seed)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append({"function": f"{filename.split('site-packages/')[-1].split('/work/main/')[-1]}:{line}({name})",
+                     "calls": calls, "own_seconds": round(tottime, 3), "cumulative_seconds": round(cumtime, 3)})
+    rows.sort(key=lambda row: row["own_seconds"], reverse=True)
+    return rows[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=30, help="seeds for the throughput figures")
+    parser.add_argument("--starts", type=int, default=3, help="start seeds per mutant")
+    parser.add_argument("--max-runs", type=int, default=150, help="runs per start before giving up")
+    parser.add_argument("--mutants", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--profile-runs", type=int, default=5)
+    args = parser.parse_args()
+    mutants = [m for m in args.mutants.split(",") if m] or list(ALL_MUTANTS)
+    starts = [1 + 1000 * i for i in range(args.starts)]
+    report = {
+        "correct_system": throughput(args.runs, SimOptions()),
+        "baseline_no_faults": throughput(args.runs, SimOptions(faults=frozenset())),
+        "detection": {m: detection(m, starts, args.max_runs) for m in mutants},
+        "profile_top": profile_summary(args.profile_runs),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

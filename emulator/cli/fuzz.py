@@ -1,0 +1,237 @@
+"""``sidekick fuzz``: the durability fuzz campaign; ``sidekick replay TRACE``: one failure, told.
+
+``fuzz`` runs seeded simulations (handsets, the embedded reference server, a faulty network) until
+the budget is spent or an invariant breaks. Exit 0: no violation; 1: a violation (its trace and a
+shrunk reproduction are in --out); 2: usage or internal error. ``replay`` runs a trace again and
+prints its story: exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from emulator.cli.common import CliError, parse_hostport
+from emulator.mutants import DEVICE_MUTANTS
+from emulator.sim.nemesis import FAULT_KINDS, parse_faults
+from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
+from emulator.sim.story import tell
+from emulator.sim.trace import TraceError, load_trace, replay
+from emulator.sim.world import ALL_MUTANTS, SimOptions
+
+__all__ = ["register"]
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shard {text!r}: expected K/N, e.g. 2/8") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"bad shard {text!r}: need 1 <= K <= N")
+    return k, n
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _budget(text: str) -> Budget:
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fuzz`` and ``replay``."""
+    fuzz = subparsers.add_parser("fuzz", help="fuzz sync sessions under faults; check durability invariants",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fuzz.add_argument("--budget", type=_budget, default=Budget(seconds=60.0), metavar="B",
+                      help="wall time (60s, 5m) or number of runs (200-runs); default 60s")
+    fuzz.add_argument("--seed", type=int, default=None, metavar="S",
+                      help="first seed (default: a random one, printed)")
+    fuzz.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
+                      help="run only shard K of N of the seed space (CI jobs never overlap)")
+    fuzz.add_argument("--mutant", metavar="NAME", help="switch on one planted bug (see --list-mutants)")
+    fuzz.add_argument("--faults", default="all", metavar="LIST",
+                      help="fault kinds the swarm may pick, comma separated, or all/none "
+                           f"({', '.join(FAULT_KINDS)})")
+    fuzz.add_argument("--devices", type=_positive, default=2, metavar="N", help="handsets per account (default 2)")
+    fuzz.add_argument("--accounts", type=_positive, default=2, metavar="N", help="accounts (default 2)")
+    fuzz.add_argument("--steps", type=_positive, default=40, metavar="N",
+                      help="steps of the fault phase per run (default 40)")
+    fuzz.add_argument("--binding", choices=("raw", "http", "mixed"), default="mixed",
+                      help="how handsets reach the server (default: mixed)")
+    fuzz.add_argument("--out", default="sidekick-out", metavar="DIR",
+                      help="where failing traces go (default ./sidekick-out)")
+    fuzz.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    fuzz.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    fuzz.add_argument("--jobs", type=_positive, default=1, metavar="N", help="worker processes (default 1)")
+    fuzz.add_argument("--no-shrink", action="store_true", help="write the failing trace only")
+    fuzz.add_argument("--list-mutants", action="store_true", help="list the planted bugs and exit")
+    fuzz.add_argument("--server", metavar="HOST:PORT",
+                      help="black-box mode against a running server (see `sidekick certify`)")
+    fuzz.set_defaults(func=run_fuzz)
+
+    rep = subparsers.add_parser("replay", help="replay a fuzz trace exactly and tell its story",
+                                description="Run a trace written by `sidekick fuzz` again and print what happened. "
+                                "Exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace.")
+    rep.add_argument("trace", metavar="TRACE", help="a trace file from `sidekick fuzz --out`")
+    rep.add_argument("--json", action="store_true", help="print a JSON summary instead of the story")
+    rep.add_argument("--tail", type=_positive, default=None, metavar="N",
+                     help="tell only the last N events")
+    rep.set_defaults(func=run_replay)
+
+
+def _list_mutants() -> int:
+    width = max(len(name) for name in ALL_MUTANTS)
+    for name, text in ALL_MUTANTS.items():
+        side = "device" if name in DEVICE_MUTANTS else "server"
+        print(f"{name:<{width}}  {side:<6}  {text}")
+    return 0
+
+
+def _options(args: argparse.Namespace) -> SimOptions:
+    if args.mutant is not None and args.mutant not in ALL_MUTANTS:
+        raise CliError(f"unknown mutant {args.mutant!r} (sidekick fuzz --list-mutants)")
+    try:
+        faults = parse_faults(args.faults)
+        return SimOptions(accounts=args.accounts, devices=args.devices, steps=args.steps, faults=faults,
+                          mutant=args.mutant, binding=args.binding)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+class _Progress:
+    """tqdm bar on stderr: runs, seeds/s, simulated time, faults injected, failures."""
+
+    def __init__(self, budget: Budget) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        total = budget.runs if budget.runs is not None else None
+        self.bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True, leave=True,
+                        desc="fuzz", disable=None)
+
+    def __call__(self, summary: RunSummary, result: CampaignResult) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"seed {summary.seed} sim {result.sim_time:,.0f}s faults {result.faults} "
+                                 f"sessions {result.sessions} failures {len(result.failures) + summary.failed}",
+                                 refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_fuzz(args: argparse.Namespace) -> int:
+    """The campaign."""
+    if args.list_mutants:
+        return _list_mutants()
+    if args.server is not None:
+        parse_hostport(args.server)
+        raise CliError("black-box fuzzing of a running server is not part of `sidekick fuzz` yet; "
+                       "use `sidekick certify --server HOST:PORT` for a server you run")
+    options = _options(args)
+    start = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    out = Path(args.out)
+    campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=args.jobs, out=out,
+                        shrink_runs=0 if args.no_shrink else 40)
+    print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "
+          f"mutant {args.mutant or 'none'}, {args.jobs} job(s)", file=sys.stderr)
+    progress = _Progress(args.budget)
+    try:
+        result = run_campaign(campaign, progress)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        progress.close()
+    summary = _summary(args, start, result)
+    if args.junit:
+        _write_junit(Path(args.junit), summary, result)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    for failure in result.failures:
+        print(f"VIOLATION seed {failure.seed}: {failure.invariant} ({failure.what}): {failure.text}", file=sys.stderr)
+        print(f"  trace:  {failure.trace}", file=sys.stderr)
+        if failure.shrunk:
+            print(f"  shrunk: {failure.shrunk} ({failure.shrunk_steps} steps)", file=sys.stderr)
+        print(f"  replay: sidekick replay {failure.shrunk or failure.trace}", file=sys.stderr)
+    if not result.failures:
+        print(f"sidekick fuzz: {result.runs} run(s), {result.sessions} sync sessions, "
+              f"{result.sim_time:,.0f} simulated s, {result.faults} faults: no violation", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
+def _summary(args: argparse.Namespace, start: int, result: CampaignResult) -> dict[str, Any]:
+    wall = max(result.wall, 1e-9)
+    return {
+        "result": "violation" if result.failures else "clean",
+        "seed_start": start,
+        "shard": f"{args.shard[0]}/{args.shard[1]}",
+        "jobs": args.jobs,
+        "budget": str(args.budget),
+        "mutant": args.mutant,
+        "runs": result.runs,
+        "sessions": result.sessions,
+        "sessions_per_second": round(result.sessions / wall, 1),
+        "runs_per_second": round(result.runs / wall, 2),
+        "simulated_seconds": round(result.sim_time, 1),
+        "faults_injected": result.faults,
+        "wall_seconds": round(result.wall, 2),
+        "failures": [f.as_dict() for f in result.failures],
+    }
+
+
+def _write_junit(path: Path, summary: dict[str, Any], result: CampaignResult) -> None:
+    cases = [f'  <testcase classname="sidekick.fuzz" name={quoteattr("campaign " + summary["shard"])} '
+             f'time="{summary["wall_seconds"]}"/>']
+    for failure in result.failures:
+        cases.append(
+            f'  <testcase classname="sidekick.fuzz" name={quoteattr(f"seed {failure.seed}")}>\n'
+            f'    <failure message={quoteattr(failure.text)} type={quoteattr(failure.invariant)}>'
+            f'{escape(f"trace: {failure.trace}; shrunk: {failure.shrunk}; replay with: sidekick replay {failure.trace}")}'
+            f'</failure>\n  </testcase>')
+    xml = (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="sidekick-fuzz" tests="{len(cases)}" '
+           f'failures="{len(result.failures)}" time="{summary["wall_seconds"]}">\n' + "\n".join(cases)
+           + "\n</testsuite>\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(xml)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Replay one trace and tell it."""
+    try:
+        trace = load_trace(args.trace)
+    except TraceError as exc:
+        raise CliError(str(exc)) from None
+    result = replay(trace)
+    if args.json:
+        print(json.dumps({
+            "reproduced": result.reproduced, "exact": result.exact,
+            "first_difference": result.first_difference,
+            "violation": result.new_trace["violation"],
+        }, indent=2))
+    else:
+        sys.stdout.write(tell(result.new_trace, limit=args.tail))
+        if result.exact:
+            print("replayed exactly: every event as recorded")
+        else:
+            print(f"replay differs from the recording (first difference at event {result.first_difference}): "
+                  "the code changed since the trace was written")
+        print("violation reproduced" if result.reproduced else "violation did not reproduce")
+    return 1 if result.reproduced else 0

@@ -1,0 +1,219 @@
+"""The invariants, checked against the ledger (never against the code's own bookkeeping).
+
+1. ``discard-before-durable``: a device never drops (or marks clean, or acknowledges a pull of)
+   a version before the server confirmed it DURABLE in the server's current generation;
+2. ``durable-lost``: a server keeping its generation never loses a version it confirmed, never
+   claims durable what it was not asked to commit, never advances an anchor without PULL_ACK,
+   never applies one (device, LSN) twice;
+3. ``convergence``: after heal, every leaf version is on the server (head or conflict copy) and
+   every device of its account holds exactly the server's live records; syncs go quiet;
+4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from emulator.sim.ledger import Key, Ledger, key_of
+from emulator.store import RecordStore, SyncState
+from protocol.messages import Durable, HelloOk, Message, PullAck
+from protocol.records import Photo, Record
+
+__all__ = ["INVARIANTS", "Violation", "check_device", "check_heal", "check_server_history", "check_wire"]
+
+INVARIANTS = {
+    "discard-before-durable": "1: no device discards a version before DURABLE in the server's current generation",
+    "durable-lost": "2: a server keeping its generation never loses (or overclaims) what it confirmed DURABLE",
+    "convergence": "3: after heal every leaf version is on the server and on every device of its account",
+    "crash": "4: no crash, hang or untyped exception",
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A broken invariant: which, what exactly, and the versions and devices involved."""
+
+    invariant: str
+    what: str
+    text: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for traces."""
+        return {"invariant": self.invariant, "what": self.what, "text": self.text, "details": self.details}
+
+
+def _rid(record_id: bytes) -> str:
+    return record_id.hex()[:8]
+
+
+# ---------------------------------------------------------------------------------------- 1
+
+
+def check_device(ledger: Ledger, device: str, store: RecordStore, generation: int) -> Violation | None:
+    """Invariant 1 for one powered device: every own leaf version not confirmed DURABLE in
+    ``generation`` (the server's current one) is still the device's head, and not marked clean."""
+    track = ledger.devices[device]
+    for record_id, key in list(track.own.items()):
+        version = ledger.versions[key]
+        if not version.leaf:
+            del track.own[record_id]
+            continue
+        confirmed = generation in track.confirmed.get(key, ())
+        head = store.get(record_id)
+        if head is None or key_of(head.record) != key:
+            if confirmed:
+                del track.own[record_id]  # released after DURABLE: allowed
+                ledger.released.setdefault(key, set()).add(generation)
+                continue
+            now = "nothing" if head is None else (
+                f"{ledger.label(key_of(head.record))} ({'tombstone' if head.record.deleted else 'live'})")
+            return Violation(
+                "discard-before-durable", "discarded",
+                f"{device} discarded {version.label} of record {_rid(record_id)} before the server confirmed "
+                f"it DURABLE in generation {generation:#x}; the device now holds {now}",
+                {"device": device, "version": version.label, "record": record_id.hex(),
+                 "generation": generation, "now": now},
+            )
+        body = head.record.body
+        if isinstance(body, Photo) and not head.record.deleted and not confirmed and not store.has_blob(body.blob_id):
+            return Violation(
+                "discard-before-durable", "blob-discarded",
+                f"{device} lost the image of photo {version.label} (blob {body.blob_id.hex()[:8]}) before the "
+                f"server confirmed the photo DURABLE",
+                {"device": device, "version": version.label, "blob": body.blob_id.hex()},
+            )
+        if head.state is SyncState.DURABLE and head.generation == generation and not confirmed:
+            return Violation(
+                "discard-before-durable", "marked-clean",
+                f"{device} marked {version.label} of record {_rid(record_id)} clean (DURABLE in "
+                f"{generation:#x}) without having received DURABLE for it",
+                {"device": device, "version": version.label, "record": record_id.hex(), "generation": generation},
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------------------- wire
+
+
+def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
+               store: RecordStore | None) -> Violation | None:
+    """Protocol promises visible on one message (called before the ledger learns of it)."""
+    track = ledger.devices[device]
+    if direction == "sent" and isinstance(message, PullAck) and store is not None:
+        if store.meta.anchor < message.anchor:
+            return Violation(
+                "discard-before-durable", "pull-ack-before-flash",
+                f"{device} sent PULL_ACK({message.anchor}) before the pulled records were on flash "
+                f"(the store's anchor is {store.meta.anchor})",
+                {"device": device, "ack": message.anchor, "stored_anchor": store.meta.anchor},
+            )
+    if direction != "received":
+        return None
+    if isinstance(message, HelloOk | Durable) and message.durable_lsn > track.max_commit_lsn:
+        name = "HELLO_OK" if isinstance(message, HelloOk) else "DURABLE"
+        return Violation(
+            "durable-lost", "overclaimed-watermark",
+            f"the server told {device} in {name} that LSN {message.durable_lsn} is durable, but the device "
+            f"never asked to commit beyond LSN {track.max_commit_lsn}",
+            {"device": device, "claimed": message.durable_lsn, "committed": track.max_commit_lsn},
+        )
+    if isinstance(message, HelloOk) and message.anchor > track.max_pull_ack:
+        return Violation(
+            "durable-lost", "anchor-without-pull-ack",
+            f"the server holds anchor {message.anchor} for {device}, which never acknowledged a pull beyond "
+            f"{track.max_pull_ack}",
+            {"device": device, "anchor": message.anchor, "acked": track.max_pull_ack},
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------- 2
+
+
+def check_server_history(ledger: Ledger, account: str, generation: int, history: Sequence[Any],
+                         device_names: dict[bytes, str]) -> Violation | None:
+    """Invariant 2 on the server's history of one account (``StoredVersion`` items)."""
+    held = {key_of(item.record) for item in history}
+    for device, key in ledger.confirmed_keys(generation, account):
+        if key not in held:
+            version = ledger.versions.get(key)
+            label = version.label if version else "?"
+            return Violation(
+                "durable-lost", "lost",
+                f"the server confirmed {label} DURABLE to {device} in generation {generation:#x} and has lost "
+                f"it without changing generation",
+                {"device": device, "version": label, "generation": generation},
+            )
+    seen: dict[tuple[bytes, int], Record] = {}
+    for item in history:
+        if item.device_id is None or item.lsn is None:
+            continue
+        where = (bytes(item.device_id), int(item.lsn))
+        if where in seen:
+            name = device_names.get(where[0], where[0].hex()[:8])
+            return Violation(
+                "durable-lost", "applied-twice",
+                f"the server applied change LSN {where[1]} of {name} twice (versions {seen[where].version} "
+                f"and {item.record.version} of record {_rid(item.record.record_id)})",
+                {"device": name, "lsn": where[1], "versions": [seen[where].version, item.record.version]},
+            )
+        seen[where] = item.record
+    return None
+
+
+# ---------------------------------------------------------------------------------------- 3
+
+
+def _live(records: Iterable[Record]) -> dict[bytes, Key]:
+    return {r.record_id: key_of(r) for r in records if not r.deleted}
+
+
+def check_heal(ledger: Ledger, account: str, server_heads: Sequence[Record],
+               device_heads: Mapping[str, Sequence[Record]], released_before: set[Key],
+               device_blobs: Mapping[str, set[bytes]] | None = None) -> Violation | None:
+    """Invariant 3 for one account after heal. ``released_before``: versions devices let go of
+    (after DURABLE) in an older generation, which a restore may legitimately have lost, and versions
+    only a full handset holds (it cannot push them; they are kept, not lost)."""
+    on_server = {key_of(r) for r in server_heads}
+    for version in ledger.leaves(account):
+        if version.key in on_server or version.key in released_before:
+            continue
+        return Violation(
+            "convergence", "missing-on-server",
+            f"after heal, leaf version {version.label} of record {_rid(version.record_id)} (made on "
+            f"{', '.join(version.creators)}) is not on the server, neither as head nor as conflict copy",
+            {"version": version.label, "record": version.record_id.hex(), "creators": version.creators},
+        )
+    server_live = _live(server_heads)
+    for device, heads in sorted(device_heads.items()):
+        live = _live(heads)
+        missing = sorted(set(server_live) - set(live))
+        extra = sorted(set(live) - set(server_live))
+        differ = sorted(rid for rid in set(live) & set(server_live) if live[rid] != server_live[rid])
+        if missing or extra or differ:
+            def show(rids: list[bytes], source: dict[bytes, Key]) -> list[str]:
+                return [f"{_rid(rid)}={ledger.label(source[rid])}" for rid in rids[:6]]
+            return Violation(
+                "convergence", "diverged",
+                f"after heal, {device} differs from the server: missing {show(missing, server_live)}, "
+                f"extra {show(extra, live)}, different {show(differ, live)} (server has "
+                f"{show(differ, server_live)})",
+                {"device": device, "missing": [r.hex() for r in missing], "extra": [r.hex() for r in extra],
+                 "different": [r.hex() for r in differ]},
+            )
+        blobs = (device_blobs or {}).get(device)
+        if blobs is None:
+            continue
+        for record in heads:
+            body = record.body
+            if isinstance(body, Photo) and not record.deleted and body.blob_id not in blobs:
+                return Violation(
+                    "convergence", "blob-missing",
+                    f"after heal, {device} shows photo {ledger.label(key_of(record))} (record "
+                    f"{_rid(record.record_id)}) without its image (blob {body.blob_id.hex()[:8]})",
+                    {"device": device, "record": record.record_id.hex(), "blob": body.blob_id.hex()},
+                )
+    return None

@@ -1,0 +1,760 @@
+"""The deterministic simulation world: accounts of handsets, the reference server, a faulty network.
+
+One ``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)``; every component draws from
+its own RNG derived from the root seed (``derive``), so a seed gives the same run, event for event.
+A run has two phases. *Faults*: ``steps`` steps of user edits, syncs and nemesis actions (the
+swarm says which fault kinds are on). *Heal*: faults off, every handset powered, then rounds of
+syncs until a round in which no handset pushed or pulled anything. The oracle
+(``emulator.sim.oracle``) checks its invariants after every step, at chosen messages, after
+every server fault, and at the end; the first violation stops the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+
+from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
+from emulator.handset import Handset, HandsetError, PoweredOff
+from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
+from emulator.sim.ledger import Key, Ledger, key_of
+from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
+from emulator.sim.network import SimNetwork
+from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
+from emulator.sim.simflash import SimFlash
+from emulator.sim.summary import summarize
+from emulator.sim.trace_log import Timeline
+from emulator.sim.workload import Workload
+from emulator.store import RecordStore, StoreError, StoreFull
+from emulator.sync_client import SyncError, SyncReport
+from protocol.messages import Bye, Commit, Message, PullAck
+from protocol.records import Photo, Record
+from server_stub.faults import FAULT_MODES, FaultSet
+from server_stub.limits import Limits
+from server_stub.server import SyncServer
+from server_stub.sim_storage import SimSnapshot, SimulatedStorage
+from server_stub.storage import UnknownAccount
+
+__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "derive", "run_world", "with_swarm"]
+
+_T = TypeVar("_T")
+
+ALL_MUTANTS: dict[str, str] = {**DEVICE_MUTANTS, **FAULT_MODES}
+"""Every planted bug ``--mutant`` accepts: device mutants, then server fault modes."""
+
+GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=8)
+"""A small chip, so garbage collection runs often within one simulated run."""
+TIGHT_GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6)
+"""A chip so small that live data fills most blocks: collection moves live entries (some seeds)."""
+
+WATCHDOG = 1800.0
+"""Simulated seconds one sync attempt may take before it counts as a hang."""
+SETTLE = 200.0
+"""Simulated seconds the heal phase waits for stalled bytes and pending reboots."""
+STEP_MEAN = 3.0
+"""Mean simulated seconds between two steps of the fault phase."""
+_USER_WEIGHT = 10.0
+_SYNC_WEIGHT = 7.0
+_BACKUP_WEIGHT = 1.0
+
+
+def derive(seed: int, name: str) -> int:
+    """A component's seed: SHA-256 of the root seed and the component's name."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """What one run simulates (everything else comes from the seed)."""
+
+    accounts: int = 2
+    devices: int = 2
+    steps: int = 40
+    faults: frozenset[str] = frozenset(FAULT_KINDS)
+    mutant: str | None = None
+    binding: str = "mixed"
+    swarm: Swarm | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.accounts <= 16:
+            raise ValueError(f"accounts must be in 1..16, not {self.accounts}")
+        if not 1 <= self.devices <= 16:
+            raise ValueError(f"devices must be in 1..16 per account, not {self.devices}")
+        if not 0 <= self.steps <= 100_000:
+            raise ValueError(f"steps must be in 0..100000, not {self.steps}")
+        unknown = sorted(set(self.faults) - FAULT_KINDS.keys())
+        if unknown:
+            raise ValueError(f"unknown fault kind(s): {', '.join(unknown)}")
+        if self.mutant is not None and self.mutant not in ALL_MUTANTS:
+            raise ValueError(f"unknown mutant {self.mutant!r} (sidekick fuzz --list-mutants)")
+        if self.binding not in ("raw", "http", "mixed"):
+            raise ValueError(f"binding must be raw, http or mixed, not {self.binding!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (traces)."""
+        return {
+            "accounts": self.accounts, "devices": self.devices, "steps": self.steps,
+            "faults": sorted(self.faults), "mutant": self.mutant, "binding": self.binding,
+            "swarm": self.swarm.as_dict() if self.swarm is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimOptions:
+        """Inverse of ``as_dict`` (ValueError/TypeError/KeyError on a bad value)."""
+        swarm = data.get("swarm")
+        return cls(
+            accounts=int(data["accounts"]), devices=int(data["devices"]), steps=int(data["steps"]),
+            faults=frozenset(str(f) for f in data["faults"]), mutant=data.get("mutant"),
+            binding=str(data.get("binding", "mixed")),
+            swarm=Swarm.from_dict(swarm) if swarm is not None else None,
+        )
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run: its timeline, the first violation (None: clean) and counters."""
+
+    seed: int
+    options: SimOptions
+    swarm: Swarm
+    events: list[dict[str, Any]]
+    violation: Violation | None
+    stats: dict[str, Any]
+
+
+@dataclass(eq=False)
+class _Device:
+    """One handset in the world and what the world knows of it."""
+
+    name: str
+    account: str
+    flash: SimFlash
+    handset: Handset
+    binding: str
+    connect: Any
+    syncing: bool = False
+    full: bool = False
+    rebooting: bool = False
+    pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
+
+
+class _LogCatcher(logging.Handler):
+    """Collects error records of the server (a logged exception is an untyped exception)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and record.name.startswith("sidekick"):
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                text += f": {type(exc).__name__}: {exc}"
+            self.errors.append(text)
+
+
+class World:
+    """One simulated run (see the module docstring). ``run()`` once per object."""
+
+    def __init__(self, seed: int, options: SimOptions = SimOptions(),
+                 script: Sequence[tuple[str, int]] | None = None) -> None:
+        self.seed = seed
+        self.options = options
+        self.script = list(script) if script is not None else None
+        """Explicit fault-phase steps ``(action, device index)`` instead of the seed's draw:
+        ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        self.swarm = options.swarm if options.swarm is not None else draw_swarm(self._rng("swarm"), options.faults)
+        self.timeline = Timeline()
+        self.ledger = Ledger()
+        self.violation: Violation | None = None
+        self.devices: list[_Device] = []
+        self._by_name: dict[str, _Device] = {}
+        self._by_id: dict[bytes, str] = {}
+        mutant = options.mutant
+        self.device_mutants = Mutants(frozenset({mutant})) if mutant in DEVICE_MUTANTS else NO_MUTANTS
+        server_faults = FaultSet([mutant]) if mutant in FAULT_MODES else FaultSet()
+        self.storage = SimulatedStorage(self._rng("storage"), faults=server_faults)
+        self.limits = Limits(pull_records=4)
+        self.backups: list[SimSnapshot] = []
+        self.geometry = TIGHT_GEOMETRY if self._rng("geometry").random() < 0.5 else GEOMETRY
+        self.rng = self._rng("nemesis")
+        self.workload = Workload(self._rng("workload"))
+        self.server: SyncServer | None = None
+        self._server_scope: trio.CancelScope | None = None
+        self._server_epoch = 0
+        self._healing = False
+        self.sessions = 0
+        self.nemesis_count = 0
+        self.generations = 1
+        self.clock: trio.testing.MockClock | None = None
+        self._catcher = _LogCatcher()
+        self.sim_time = 0.0
+
+    def _rng(self, name: str) -> random.Random:
+        return random.Random(derive(self.seed, name))
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> RunResult:
+        """Run the world to the end (or the first violation) and return the result."""
+        import trio._core._run as trio_run  # noqa: PLC0415 - the scheduler's tie-breaking RNG
+
+        trio_run._r.seed(derive(self.seed, "trio-scheduler"))
+        self.clock = trio.testing.MockClock(autojump_threshold=0)
+        loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
+        saved = [(lg.propagate, lg.level) for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(self._catcher)
+            lg.propagate = False
+        try:
+            trio.run(self._main, clock=self.clock)
+        except Exception as exc:  # an exception no part handled: invariant 4, with the trace so far
+            leaf = _innermost(exc)
+            where = _where(leaf)
+            violation = Violation("crash", "untyped-exception",
+                                  f"{type(leaf).__name__}: {leaf} (raised in {where})",
+                                  {"exception": type(leaf).__name__, "where": where})
+            self.violation = self.violation or violation
+            t = self.timeline.events[-1]["t"] if self.timeline.events else 0.0
+            self.timeline.events.append({"t": t, "kind": "violation", **violation.as_dict()})
+            self.sim_time = t
+        finally:
+            for lg, (propagate, _level) in zip(loggers, saved, strict=True):
+                lg.removeHandler(self._catcher)
+                lg.propagate = propagate
+        stats = {
+            "sim_time": round(self.sim_time, 3),
+            "sessions": self.sessions,
+            "versions": len(self.ledger.by_vid),
+            "faults": self.nemesis_count + sum(getattr(getattr(self, "network", None), "injected", {}).values()),
+            "generations": self.generations,
+            "events": len(self.timeline.events) + self.timeline.dropped,
+        }
+        return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats)
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as root:
+            self._root = root
+            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root)
+            self.timeline.record("start", seed=self.seed, swarm=self.swarm.as_dict(),
+                                 mutant=self.options.mutant)
+            await self._setup()
+            with trio.CancelScope() as self._stop:
+                async with trio.open_nursery() as work:
+                    self._work = work
+                    await self._fault_phase()
+                    if self.violation is None:
+                        await self._heal_phase()
+                    work.cancel_scope.cancel()
+            self.sim_time = trio.current_time()
+            self.timeline.record("end", outcome="violation" if self.violation else "clean")
+            root.cancel_scope.cancel()
+
+    def _fail(self, violation: Violation) -> None:
+        if self.violation is not None:
+            return
+        self.violation = violation
+        self.timeline.record("violation", **violation.as_dict())
+        self._stop.cancel()
+
+    # ------------------------------------------------------------------ setup
+
+    async def _setup(self) -> None:
+        opts = self.options
+        bindings = ("raw", "http")
+        for a in range(opts.accounts):
+            account = f"acct{a}"
+            key = self._rng(f"key/{account}").randbytes(32)
+            await self.storage.add_account(account, key)
+            for d in range(opts.devices):
+                name = f"{account}.d{d}"
+                flash = SimFlash(self.geometry, rng=self._rng(f"flash/{name}"), faults=self.swarm.flash())
+                device_id = self._rng(f"id/{name}").randbytes(16)
+                handset = Handset.create(flash, device_id=device_id, account=account, key=key,
+                                         rng=self._rng(f"handset/{name}"), mutants=self.device_mutants,
+                                         name=name, observer=self)
+                flash.set_cut_rate(self.swarm.kinds.get("power-cut", 0.0) * 0.02, self._rng(f"battery/{name}"))
+                binding = opts.binding if opts.binding != "mixed" else bindings[(a + d) % 2]
+                device = _Device(name, account, flash, handset, binding, self.network.connector(name, binding))
+                self.devices.append(device)
+                self._by_name[name] = device
+                self._by_id[device_id] = name
+                self.ledger.add_device(name, account)
+                self.timeline.record("device", dev=name, binding=binding, id=device_id.hex()[:8])
+        self.backups.append(self.storage.backup())
+        await self._start_server()
+
+    # ------------------------------------------------------------------ server
+
+    async def _start_server(self) -> None:
+        self._server_epoch += 1
+        server = SyncServer(self.storage, limits=self.limits, rng=self._rng(f"server/{self._server_epoch}"))
+        self.server = server
+        scope = trio.CancelScope()
+        self._server_scope = scope
+        nursery: trio.Nursery = await self._root.start(self._server_tasks, scope)
+
+        def spawn(binding: str, stream: trio.abc.Stream) -> None:
+            nursery.start_soon(self._serve, server, binding, stream)
+
+        self.network.set_server(spawn)
+
+    async def _server_tasks(self, scope: trio.CancelScope,
+                            task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+
+    async def _serve(self, server: SyncServer, binding: str, stream: trio.abc.Stream) -> None:
+        try:
+            if binding == "raw":
+                await server.serve_stream(stream)
+            else:
+                await server.serve_http_stream(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # the server must handle everything a device or network does
+            self._fail(Violation("crash", "server-exception",
+                                 f"the server raised {type(exc).__name__}: {exc}", {"binding": binding}))
+        finally:
+            await trio.aclose_forcefully(stream)
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        if self._catcher.errors and self.violation is None:
+            text = self._catcher.errors[0]
+            self._fail(Violation("crash", "server-error", f"the server logged an error: {text}", {"log": text}))
+
+    async def _stop_server(self, why: str) -> None:
+        self.network.set_server(None)
+        if self._server_scope is not None:
+            self._server_scope.cancel()
+            self._server_scope = None
+        self.server = None
+        await self.network.reset_all()
+        self.timeline.record("server.down", why=why)
+
+    async def _restart_later(self, delay: float, epoch: int) -> None:
+        await trio.sleep(delay)
+        if self._server_epoch == epoch and self.server is None:
+            await self._start_server()
+            self.timeline.record("server.up", generation=f"{self.storage.generation:#x}")
+
+    # ------------------------------------------------------------------ observer (SyncObserver)
+
+    def on_message(self, handset: Handset, direction: str, message: Message) -> None:
+        """Ledger, timeline and wire checks for one message of one handset."""
+        name = handset.name
+        self.timeline.record("msg", dev=name, dir=direction, **summarize(message, self.ledger.label))
+        device = self._by_name[name]
+        store = handset.store if (direction == "sent" and isinstance(message, PullAck) and handset.powered) else None
+        violation = check_wire(self.ledger, name, direction, message, store)
+        if violation is not None:
+            self._fail(violation)
+            return
+        self.ledger.message(name, direction, message)
+        if direction == "sent" and isinstance(message, Commit | PullAck | Bye):
+            self._check_device(device)
+
+    def on_regression(self, handset: Handset, reason: str) -> None:
+        """A handset detected a server regression."""
+        self.timeline.record("regression", dev=handset.name, reason=reason)
+
+    # ------------------------------------------------------------------ checks
+
+    def _quietly(self, device: _Device, read: Callable[[RecordStore], _T]) -> _T:
+        """Read the device's store for the oracle (reads never set off a write-aimed cut)."""
+        return read(device.handset.store)
+
+    def _check_device(self, device: _Device) -> None:
+        if self.violation is not None or not device.handset.powered:
+            return
+        generation = self.storage.generation
+        try:
+            violation = self._quietly(device, lambda store: check_device(self.ledger, device.name, store, generation))
+        except (StoreError, FlashError) as exc:
+            violation = self._unreadable(device, exc)
+        if violation is not None:
+            self._fail(violation)
+
+    @staticmethod
+    def _unreadable(device: _Device, exc: Exception) -> Violation:
+        return Violation("crash", "store-unreadable",
+                         f"{device.name}'s store cannot be read: {type(exc).__name__}: {exc}",
+                         {"device": device.name})
+
+    def _check_devices(self) -> None:
+        for device in self.devices:
+            self._check_device(device)
+
+    async def _check_server(self) -> None:
+        if self.violation is not None:
+            return
+        generation = self.storage.generation
+        for a in range(self.options.accounts):
+            account = f"acct{a}"
+            try:
+                history = await self.storage.history(account)
+            except UnknownAccount:
+                history = []
+            violation = check_server_history(self.ledger, account, generation, history, self._by_id)
+            if violation is not None:
+                self._fail(violation)
+                return
+
+    # ------------------------------------------------------------------ phases
+
+    async def _fault_phase(self) -> None:
+        weights = {"user": _USER_WEIGHT, "sync": _SYNC_WEIGHT}
+        if self.swarm.on("server-restore"):
+            weights["backup"] = _BACKUP_WEIGHT
+        weights.update(self.swarm.step_weights())
+        names = list(weights)
+        values = [weights[n] for n in names]
+        count = self.options.steps if self.script is None else len(self.script)
+        for step in range(count):
+            await trio.sleep(self.rng.expovariate(1.0 / STEP_MEAN))
+            if self.script is None:
+                action = self.rng.choices(names, values)[0]
+                device = self.devices[self.rng.randrange(len(self.devices))]
+            else:
+                action, index = self.script[step]
+                device = self.devices[index % len(self.devices)]
+            if action == "wait":
+                await trio.sleep(30.0)
+            elif action == "user":
+                self._user(device)
+            elif action == "sync":
+                if device.handset.powered and not device.syncing:
+                    self._work.start_soon(self._sync, device)
+            else:
+                await self._nemesis(action, device)
+            self._check_devices()
+            if action.startswith("server") or step % 8 == 7:
+                await self._check_server()
+            if self.violation is not None:
+                return
+
+    async def _heal_phase(self) -> None:
+        self._healing = True
+        self.timeline.record("heal")
+        self.network.heal()
+        for device in self.devices:
+            device.flash.cancel_cut()
+            device.flash.faults = FlashFaults()
+        if self.server is None:
+            self._server_epoch += 1
+            await self._start_server()
+            self.timeline.record("server.up", generation=f"{self.storage.generation:#x}")
+        await trio.sleep(SETTLE)
+        for _ in range(100):
+            if not any(d.syncing or d.rebooting for d in self.devices):
+                break
+            await trio.sleep(10.0)
+        for device in self.devices:
+            if not device.handset.powered and not device.rebooting:
+                self._reboot(device)
+        rounds = 6 + 2 * len(self.devices)
+        for number in range(rounds):
+            quiet = True
+            for device in self.devices:
+                report = await self._sync(device)
+                if report is None and device.full:
+                    continue  # a full store cannot take more: not a durability question
+                if report is None or report.pushed or report.pulled or report.regression:
+                    quiet = False
+                if self.violation is not None:
+                    return
+            self._check_devices()
+            await self._check_server()
+            if self.violation is not None:
+                return
+            if quiet:
+                self.timeline.record("quiet", round=number + 1)
+                break
+        else:
+            self._fail(Violation("convergence", "not-quiet",
+                                 f"after heal, syncs did not go quiet within {rounds} rounds", {"rounds": rounds}))
+            return
+        await self._check_final()
+
+    async def _check_final(self) -> None:
+        final = self.storage.generation
+        released_before = {key for key, gens in self.ledger.released.items() if final not in gens}
+        # a full handset cannot push: what it still holds is kept, not lost
+        released_before |= {key for d in self.devices if d.full for key in self.ledger.devices[d.name].own.values()}
+        for a in range(self.options.accounts):
+            account = f"acct{a}"
+            try:
+                heads = await self.storage.records(account)
+            except UnknownAccount:
+                heads = []
+            device_heads: dict[str, list[Record]] = {}
+            device_blobs: dict[str, set[bytes]] = {}
+            for d in self.devices:
+                if d.account != account or d.full:
+                    continue
+                try:
+                    device_heads[d.name] = self._quietly(d, lambda store: [v.record for v in store.records()])
+                    device_blobs[d.name] = self._quietly(d, lambda store: set(store.blob_ids()))
+                except (StoreError, FlashError) as exc:
+                    self._fail(self._unreadable(d, exc))
+                    return
+            violation = check_heal(self.ledger, account, heads, device_heads, released_before, device_blobs)
+            if violation is not None:
+                self._fail(violation)
+                return
+
+    # ------------------------------------------------------------------ sync
+
+    async def _sync(self, device: _Device) -> SyncReport | None:
+        if device.syncing or not device.handset.powered:
+            return None
+        device.syncing = True
+        self.sessions += 1
+        self.timeline.record("sync", dev=device.name)
+        report: SyncReport | None = None
+        outcome = "ok"
+        try:
+            with trio.move_on_after(WATCHDOG) as watchdog:
+                report = await device.handset.sync_once(device.connect)
+            if watchdog.cancelled_caught:
+                self._fail(Violation("crash", "hang", f"{device.name}: one sync attempt ran past the "
+                                     f"{WATCHDOG:g} s watchdog", {"device": device.name}))
+                return None
+        except SyncError as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        except PowerLoss:
+            outcome = "power lost"
+            self._power_lost(device)
+        except (PoweredOff, HandsetError):
+            outcome = "powered off"
+            self._power_lost(device)
+        except StoreFull as exc:
+            outcome = f"store full: {exc}"
+            device.full = True
+        except (StoreError, FlashError) as exc:
+            self._fail(Violation("crash", "device-store", f"{device.name}: sync failed on its store: "
+                                 f"{type(exc).__name__}: {exc}", {"device": device.name}))
+        except Exception as exc:
+            self._fail(Violation("crash", "device-exception", f"{device.name}: sync raised "
+                                 f"{type(exc).__name__}: {exc}", {"device": device.name}))
+        finally:
+            device.syncing = False
+        if report is not None:
+            device.full = False
+            self.timeline.record("sync.ok", dev=device.name, pushed=report.pushed, pulled=report.pulled,
+                                 durable=report.durable, conflicts=len(report.conflicts),
+                                 regression=report.regression)
+        else:
+            self.timeline.record("sync.fail", dev=device.name, why=outcome[:160])
+        return report
+
+    # ------------------------------------------------------------------ users
+
+    def _user(self, device: _Device) -> None:
+        handset = device.handset
+        if not handset.powered:
+            return
+        try:
+            live = [(v.record.record_id, v.record.body) for v in handset.store.records() if not v.record.deleted]
+            op = self.workload.next_op(live)
+            if op.kind == "photo":
+                caption = op.caption
+                device.pending = (lambda r, c=caption: isinstance(r.body, Photo) and r.body.caption == c
+                                  and not r.deleted, None, None, "photo")
+                record_id = handset.take_photo(caption, op.photo)
+                head = handset.store.get(record_id)
+                assert head is not None
+                self._created(device, "photo", record_id, key_of(head.record), None)
+                return
+            if op.kind == "import":
+                for body in op.bodies:
+                    new: Key = (False, body)
+                    device.pending = (lambda r, k=new: key_of(r) == k, None, None, "add")
+                    record_id = handset.add(body)
+                    self._created(device, "add", record_id, new, None)
+                return
+            if op.kind == "add":
+                assert op.body is not None
+                key: Key = (False, op.body)
+                device.pending = (lambda r, k=key: key_of(r) == k, None, None, "add")
+                record_id = handset.add(op.body)
+                self._created(device, "add", record_id, key, None)
+                return
+            assert op.record_id is not None
+            head = handset.store.get(op.record_id)
+            assert head is not None
+            parent = key_of(head.record)
+            key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
+            device.pending = (lambda r, k=key: key_of(r) == k, parent, op.record_id, op.kind)
+            if op.kind == "delete":
+                handset.delete(op.record_id)
+            else:
+                assert op.body is not None
+                handset.edit(op.record_id, op.body)
+            self._created(device, op.kind, op.record_id, key, parent)
+        except PowerLoss:
+            self.timeline.record("user.cut", dev=device.name)
+            self._power_lost(device)
+        except StoreFull:
+            device.pending = None
+            device.full = True
+            self.timeline.record("user.full", dev=device.name)
+        except (StoreError, FlashError, HandsetError) as exc:
+            device.pending = None
+            self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
+                                 f"{type(exc).__name__}: {exc}", {"device": device.name}))
+
+    def _created(self, device: _Device, kind: str, record_id: bytes, key: Key, parent: Key | None,
+                 note: str = "") -> None:
+        device.pending = None
+        version = self.ledger.created(device.name, record_id, key, parent, trio.current_time())
+        fields: dict[str, Any] = {"dev": device.name, "op": kind, "rec": record_id.hex()[:8], "v": version.label}
+        if parent is not None:
+            fields["parent"] = self.ledger.label(parent)
+        if note:
+            fields["note"] = note
+        self.timeline.record("user", **fields)
+
+    def _resolve_pending(self, device: _Device) -> None:
+        """After a reboot: did the user operation the power cut interrupted reach flash?"""
+        pending = device.pending
+        device.pending = None
+        if pending is None:
+            return
+        match, parent, record_id, kind = pending
+        for version in self._quietly(device, lambda store: store.records()):
+            if match(version.record):
+                self._created(device, kind, version.record.record_id, key_of(version.record), parent,
+                              note="committed before the power cut")
+                return
+        self.timeline.record("user.lost", dev=device.name, op=kind,
+                             rec=record_id.hex()[:8] if record_id else None, note="not committed before the cut")
+
+    # ------------------------------------------------------------------ power
+
+    def _power_lost(self, device: _Device) -> None:
+        device.handset.power_cut()
+        if not device.rebooting:
+            device.rebooting = True
+            self._work.start_soon(self._reboot_later, device)
+
+    async def _reboot_later(self, device: _Device) -> None:
+        await trio.sleep(self.rng.uniform(1.0, 30.0))
+        self._reboot(device)
+
+    def _reboot(self, device: _Device) -> None:
+        device.rebooting = False
+        for _attempt in range(3):
+            try:
+                device.handset.reboot()
+            except PowerLoss:
+                self.timeline.record("power.cut", dev=device.name, during="mount")
+                continue
+            except Exception as exc:
+                self._fail(Violation("crash", "mount-failed", f"{device.name} does not boot after a power cut: "
+                                     f"{type(exc).__name__}: {exc}", {"device": device.name}))
+                return
+            self.timeline.record("boot", dev=device.name)
+            try:
+                self._resolve_pending(device)
+            except (StoreError, FlashError) as exc:
+                self._fail(self._unreadable(device, exc))
+                return
+            self._check_device(device)
+            return
+        self._fail(Violation("crash", "mount-failed", f"{device.name} cannot boot", {"device": device.name}))
+
+    # ------------------------------------------------------------------ nemesis
+
+    async def _nemesis(self, action: str, device: _Device) -> None:
+        rng = self.rng
+        if action == "backup":
+            self.backups.append(self.storage.backup())
+            self.backups = self.backups[-6:]
+            self.timeline.record("server.backup", n=len(self.backups))
+            return
+        self.nemesis_count += 1
+        if action == "partition":
+            self.network.partition(device.name, rng.uniform(5.0, 90.0))
+        elif action == "power-cut":
+            if not device.handset.powered:
+                return
+            if rng.random() < 0.4:
+                self.timeline.record("power.cut", dev=device.name, during="now")
+                self._power_lost(device)
+            else:
+                writes = rng.randint(1, 12)
+                roll = rng.random()
+                variant = "torn" if roll < 0.5 else "prefix" if roll < 0.8 else "clean"
+                device.flash.cut_at_write(writes, variant)
+                self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
+        elif action == "clock-jump":
+            seconds = rng.uniform(30.0, 400.0)
+            self.timeline.record("clock.jump", seconds=round(seconds, 3))
+            assert self.clock is not None
+            self.clock.jump(seconds)
+        elif action in ("server-crash", "server-restart", "server-restore"):
+            await self._server_fault(action)
+
+    async def _server_fault(self, action: str) -> None:
+        rng = self.rng
+        if self.server is None:
+            return
+        if action == "server-crash":
+            self.storage.crash()
+            await self._stop_server("crash")
+        elif action == "server-restart":
+            await self.storage.aclose()
+            await self._stop_server("restart")
+        else:
+            snapshot = self.backups[min(int(rng.expovariate(0.7)), len(self.backups) - 1)] if self.backups \
+                else self.storage.backup()
+            await self._stop_server("restore")
+            before = self.storage.generation
+            self.storage.restore(snapshot)
+            if self.storage.generation != before:
+                self.generations += 1
+            self.timeline.record("server.restore", generation=f"{self.storage.generation:#x}",
+                                 backup_generation=f"{snapshot.generation:#x}")
+        await self._check_server()
+        self._work.start_soon(self._restart_later, rng.uniform(0.5, 20.0), self._server_epoch)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return "?"
+    code = last.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{last.tb_lineno} {code.co_name}"
+
+
+def run_world(seed: int, options: SimOptions = SimOptions()) -> RunResult:
+    """Run one seed and return its result."""
+    return World(seed, options).run()
+
+
+def with_swarm(result: RunResult) -> SimOptions:
+    """The run's options with its swarm made explicit (what shrinking varies)."""
+    return replace(result.options, swarm=result.swarm)
+

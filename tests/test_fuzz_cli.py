@@ -1,0 +1,108 @@
+"""``sidekick fuzz`` and ``sidekick replay`` from the command line, and the campaign runner."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from emulator.cli import main
+from emulator.sim.runner import Budget, parse_budget, seeds
+from emulator.sim.world import ALL_MUTANTS
+
+
+def test_list_mutants_names_device_and_server_bugs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fuzz", "--list-mutants"]) == 0
+    out = capsys.readouterr().out
+    for name in ALL_MUTANTS:
+        assert name in out
+    assert "device" in out and "server" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fuzz", "--mutant", "no-such-bug"], "unknown mutant"),
+    (["fuzz", "--faults", "drop,meteor"], "unknown fault kind"),
+    (["fuzz", "--server", "localhost:1"], "certify"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["fuzz", "--budget", "soon"], ["fuzz", "--shard", "3/2"], ["fuzz", "--jobs", "0"]])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_clean_campaign_exits_0_with_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junit = tmp_path / "fuzz.xml"
+    code = main(["fuzz", "--budget", "3-runs", "--seed", "1", "--json", "--out", str(tmp_path / "out"),
+                 "--junit", str(junit), "--steps", "15"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["result"] == "clean" and summary["runs"] == 3 and summary["failures"] == []
+    assert summary["sessions"] > 0 and summary["simulated_seconds"] > 0
+    suite = ET.parse(junit).getroot()
+    assert suite.get("failures") == "0" and suite.get("tests") == "1"
+    assert not (tmp_path / "out").exists()
+
+
+def test_mutant_campaign_exits_1_and_its_trace_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    junit = tmp_path / "fuzz.xml"
+    code = main(["fuzz", "--budget", "5-runs", "--seed", "1", "--mutant", "mark-clean-on-push-ack",
+                 "--out", str(out), "--junit", str(junit), "--json"])
+    assert code == 1
+    summary = json.loads(capsys.readouterr().out)
+    failure = summary["failures"][0]
+    assert failure["invariant"] == "discard-before-durable"
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"seed-{failure['seed']}.shrunk.json", f"seed-{failure['seed']}.trace.json"]
+    assert ET.parse(junit).getroot().get("failures") == "1"
+    for name in files:
+        assert main(["replay", str(out / name)]) == 1
+        story = capsys.readouterr().out
+        assert "INVARIANT BROKEN" in story and "replayed exactly" in story and "violation reproduced" in story
+    assert main(["replay", "--json", str(out / files[0])]) == 1
+    assert json.loads(capsys.readouterr().out)["exact"] is True
+
+
+def test_replay_of_a_file_that_is_not_a_trace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["replay", str(bad)]) == 2
+    assert main(["replay", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not a sidekick-fuzz-trace" in err and "cannot read" in err and "Traceback" not in err
+
+
+def test_two_jobs_run_disjoint_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fuzz", "--budget", "2-runs", "--seed", "4", "--jobs", "2", "--json", "--steps", "10",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == 2
+
+
+def test_budgets_parse() -> None:
+    assert parse_budget("60s") == Budget(seconds=60)
+    assert parse_budget("2m") == Budget(seconds=120)
+    assert parse_budget("500-runs") == Budget(runs=500)
+    assert parse_budget("7") == Budget(runs=7)
+    for bad in ("", "0s", "-3", "fast", "0-runs"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+
+
+def test_shards_and_jobs_split_the_seed_space_without_overlap() -> None:
+    taken: list[int] = []
+    for k in (1, 2, 3):
+        for job in (0, 1):
+            taken += list(itertools.islice(seeds(100, (k, 3), job, 2), 10))
+    assert len(taken) == len(set(taken)) == 60
+    assert sorted(taken) == list(range(100, 160))
