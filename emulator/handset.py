@@ -110,12 +110,12 @@ class Handset:
     @property
     def powered(self) -> bool:
         """True while the handset is on."""
-        return self._store is not None
+        return self._store is not None and not self._store.dead
 
     @property
     def store(self) -> RecordStore:
         """The mounted record store; PoweredOff while the power is off."""
-        if self._store is None:
+        if self._store is None or self._store.dead:  # a PowerLoss inside a store call: off at once
             raise PoweredOff(f"{self.name or 'handset'} is off (power cut); reboot() it")
         return self._store
 

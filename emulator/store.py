@@ -893,6 +893,11 @@ class RecordStore:
 
     # ------------------------------------------------------------------ transactions
 
+    @property
+    def dead(self) -> bool:
+        """True once power was lost under this store object (mount the flash again)."""
+        return self._dead
+
     def _alive(self) -> None:
         if self._dead:
             raise StoreError("power was lost under this store object: mount the flash again")
