@@ -139,6 +139,9 @@ class DeviceMeta:
     generation: int
     durable_lsn: int
     anchor: int
+    server_anchor: int = 0
+    """The highest anchor the server confirmed holding for this device (HELLO_OK, or a PONG after
+    PULL_ACK); the regression check compares against it, since a PULL_ACK may be lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1311,7 +1314,7 @@ class RecordStore:
             struct.pack(">H", len(account)), account,
             struct.pack(">B", len(meta.key)), bytes(meta.key),
             struct.pack(">QB", meta.next_lsn, len(meta.server_id)), bytes(meta.server_id),
-            struct.pack(">QQQ", meta.generation, meta.durable_lsn, meta.anchor),
+            struct.pack(">QQQQ", meta.generation, meta.durable_lsn, meta.anchor, meta.server_anchor),
         ))
 
     @staticmethod
@@ -1341,6 +1344,8 @@ class RecordStore:
         next_lsn, n = take(">QB")
         server_id = blob(n)
         generation, durable_lsn, anchor = take(">QQQ")
-        return DeviceMeta(device_id, account, key, next_lsn, server_id, generation, durable_lsn, anchor), epoch
+        (server_anchor,) = take(">Q") if len(value) - pos >= 8 else (0,)
+        return DeviceMeta(device_id, account, key, next_lsn, server_id, generation, durable_lsn, anchor,
+                          server_anchor), epoch
 
 

@@ -350,7 +350,8 @@ class _Driver:
                 raise DeviceIdRetired(f"device id {meta.device_id.hex()} retired; reconnecting as "
                                       f"{new_id.hex()}")
             self.store.set_meta(server_id=hello_ok.server_id, generation=hello_ok.generation,
-                                durable_lsn=hello_ok.durable_lsn, anchor=meta.anchor)
+                                durable_lsn=hello_ok.durable_lsn, anchor=meta.anchor,
+                                server_anchor=hello_ok.anchor)
             return
         if hello_ok.server_id != meta.server_id:
             reason = f"server id changed from {meta.server_id.hex()} to {hello_ok.server_id.hex()}"
@@ -359,15 +360,18 @@ class _Driver:
         elif hello_ok.durable_lsn < meta.durable_lsn:
             reason = (f"server's durable watermark for this device went back from {meta.durable_lsn} "
                       f"to {hello_ok.durable_lsn} in the same generation")
-        elif hello_ok.anchor < meta.anchor:
-            reason = (f"server's pull anchor for this device went back from {meta.anchor} "
+        elif hello_ok.anchor < meta.server_anchor:
+            # Compared with what the server confirmed, not with our own anchor: a PULL_ACK lost with
+            # its connection leaves the server legitimately behind us (R-GEN-4).
+            reason = (f"server's pull anchor for this device went back from {meta.server_anchor} "
                       f"to {hello_ok.anchor} in the same generation")
         elif hello_ok.durable_lsn >= meta.next_lsn:
             reason = (f"server claims LSN {hello_ok.durable_lsn} durable, above any this device issued "
                       f"({meta.next_lsn - 1})")
         if reason is None:
-            if hello_ok.durable_lsn > meta.durable_lsn:
-                self.store.set_meta(durable_lsn=hello_ok.durable_lsn)
+            if hello_ok.durable_lsn > meta.durable_lsn or hello_ok.anchor > meta.server_anchor:
+                self.store.set_meta(durable_lsn=max(meta.durable_lsn, hello_ok.durable_lsn),
+                                    server_anchor=max(meta.server_anchor, hello_ok.anchor))
             return
         if self.mutants.on("ignore-generation-change"):
             self.store.set_meta(server_id=hello_ok.server_id, generation=hello_ok.generation,
@@ -393,7 +397,7 @@ class _Driver:
         self.prune_first = self.mutants.on("delete-local-missing-on-server")
         anchor = meta.anchor if self.mutants.on("keep-anchor-after-restore") else 0
         self.store.set_meta(server_id=hello_ok.server_id, generation=hello_ok.generation,
-                            durable_lsn=hello_ok.durable_lsn, anchor=anchor)
+                            durable_lsn=hello_ok.durable_lsn, anchor=anchor, server_anchor=hello_ok.anchor)
 
     # -- push
 
@@ -614,7 +618,9 @@ class _Driver:
                 await self.send(PullAck(message.anchor))
             if not message.more:
                 await self.send(Ping(self.handset.rng.getrandbits(63)))
-                await self.expect(Pong)
+                await self.expect(Pong)  # answered after our PULL_ACK: the server holds the anchor
+                if self.store.meta.server_anchor != message.anchor:
+                    self.store.set_meta(server_anchor=message.anchor)
                 return True
 
     def _hello_ok_now(self) -> HelloOk:

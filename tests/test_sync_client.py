@@ -450,3 +450,34 @@ async def test_mutant_pull_ack_before_flash_acknowledges_what_a_power_cut_then_l
         phone.reboot()
         assert phone.store.get(record.record_id) is None
         assert (script.anchor == 1) is acked   # the mutant told the server it had the record
+
+
+async def test_a_lost_pull_ack_is_not_taken_for_a_regression(autojump_clock: trio.testing.MockClock) -> None:
+    phone = new_handset()
+    phone.timeout = 5.0
+    script = Script()
+    script.records.append(Record(b"R" * 16, 1, False, Note("from the desktop")))
+    script.version = 1
+    script.hang_on = PullAck  # the PULL_ACK never reaches the server's state
+    with pytest.raises(SyncFailed):
+        await sync_with(phone, script)
+    assert phone.store.meta.anchor == 1  # the pull is on flash
+    assert script.anchor == 0           # the server never learnt it
+    script.hang_on = None
+    report = await sync_with(phone, script)
+    assert report.regression is None    # behind us by one lost PULL_ACK: no recovery sync
+    assert script.anchor == 1
+    assert phone.store.meta.server_anchor == 1
+    assert states(phone) == {"DURABLE": 1}
+
+
+async def test_an_anchor_below_what_the_server_confirmed_is_a_regression() -> None:
+    phone = new_handset()
+    script = Script()
+    script.records.append(Record(b"R" * 16, 1, False, Note("from the desktop")))
+    script.version = 1
+    await sync_with(phone, script)
+    assert phone.store.meta.server_anchor == 1
+    script.anchor = 0  # the server forgot a PULL_ACK it had confirmed (PONG after it)
+    report = await sync_with(phone, script)
+    assert report.regression is not None and "anchor" in report.regression

@@ -1,0 +1,212 @@
+"""``sidekick simulate``: a fleet of handsets over 2009-era radio links against the reference server.
+
+Simulated time (a day passes in minutes of wall time), deterministic for a seed: the same seed
+gives the same JSON, byte for byte. ``--report DIR`` writes a self-contained HTML page with plots;
+``--compare A.json B.json --report DIR`` puts two runs side by side. docs/SIMULATE.md explains the
+profiles, the scenario file format and every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from emulator.cli.common import CliError
+from emulator.fleet.durations import DurationError, format_duration, parse_duration
+from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
+from emulator.fleet.scenario import EMPTY, load_scenario
+
+__all__ = ["register"]
+
+_QUIET_LOGGERS = ("emulator", "sidekick", "server_stub")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``sidekick simulate``."""
+    sim = subparsers.add_parser(
+        "simulate", help="simulate a fleet of handsets and write a report",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim.add_argument("--devices", default="100", metavar="N", help="handsets (default 100)")
+    sim.add_argument("--accounts", default=None, metavar="N",
+                     help="user accounts; handsets are dealt to them in turn (default: one per handset)")
+    sim.add_argument("--duration", default="24h", metavar="D", help="simulated time, e.g. 2h, 24h, 3d (default 24h)")
+    sim.add_argument("--workload", default="typical", metavar="NAME|FILE",
+                     help=f"user activity: {', '.join(WORKLOADS)} or a .toml file (default typical)")
+    sim.add_argument("--network", default="mixed", metavar="NAME|FILE",
+                     help=f"radio links: mixed, {', '.join(NETWORKS)}, name=share,... or a .toml file "
+                          "(default mixed)")
+    sim.add_argument("--server-events", default=None, metavar="FILE",
+                     help="scenario file of server events (e.g. fixtures/scenarios/2009-outage.toml)")
+    sim.add_argument("--handset", default="correct", metavar="correct|2009",
+                     help="handset behaviour: correct, or 2009 (restores from the server on reboot)")
+    sim.add_argument("--seed", default="1", metavar="S", help="root seed (default 1)")
+    sim.add_argument("--report", default=None, metavar="DIR", help="write report.html (and report.json) here")
+    sim.add_argument("--json", default=None, metavar="FILE", help="write the JSON figures to FILE ('-' = stdout)")
+    sim.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
+                     help="render two earlier runs side by side into --report DIR (no simulation)")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    sim.set_defaults(func=_cmd_simulate)
+
+
+def _int(text: str, name: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"--{name} must be a whole number, not {text!r}") from None
+    if value < low:
+        raise CliError(f"--{name} must be at least {low}")
+    return value
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
+    from emulator.fleet.engine import FleetConfig, run_fleet
+
+    devices = _int(args.devices, "devices", 1)
+    accounts = _int(args.accounts, "accounts", 1) if args.accounts is not None else None
+    if accounts is not None and accounts > devices:
+        raise CliError(f"--accounts ({accounts}) cannot exceed --devices ({devices})")
+    seed = _int(args.seed, "seed", 0)
+    if args.handset not in ("correct", "2009"):
+        raise CliError(f"--handset must be correct or 2009, not {args.handset!r}")
+    try:
+        duration = parse_duration(args.duration)
+        if duration <= 0:
+            raise CliError("--duration must be positive")
+        workload = load_workload(args.workload)
+        network = NetworkMix.parse(args.network)
+        scenario = load_scenario(args.server_events) if args.server_events else EMPTY
+    except (ProfileError, DurationError) as exc:
+        raise CliError(str(exc)) from None
+    late = [e for e in scenario.events if e.at > duration]
+    if late:
+        print(f"sidekick: note: {len(late)} server event(s) after the run's end are ignored", file=sys.stderr)
+    config = FleetConfig(
+        devices=devices, accounts=accounts, duration=duration, workload=workload, network=network,
+        scenario=scenario, handset=args.handset, seed=seed,
+        labels={"workload": args.workload, "network": args.network,
+                "scenario": args.server_events or "none"},
+    )
+    json_path = Path(args.json) if args.json and args.json != "-" else None
+    if json_path is not None and json_path.is_dir():
+        raise CliError(f"--json {json_path}: is a directory")
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise CliError(f"--report {args.report}: exists and is not a directory")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    started = time.perf_counter()
+    bar = None if args.no_progress else _progress_bar(duration)
+    try:
+        run = run_fleet(config, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    report = run.report
+    text = json.dumps(report, indent=1, sort_keys=True) + "\n"
+    try:
+        if args.json == "-":
+            sys.stdout.write(text)
+        elif json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(text, encoding="utf-8")
+        page = None
+        if args.report:
+            from emulator.fleet.report import write_report
+
+            page = write_report(Path(args.report), [(_label(report), report)])
+    except OSError as exc:
+        raise CliError(f"cannot write the report: {exc.strerror or exc}") from None
+    if args.json != "-":
+        _print_summary(report, page, json_path)
+    print(f"sidekick: simulated {format_duration(duration)} of {devices} handsets in {wall:.1f} s of wall time "
+          f"({duration * devices / max(wall, 1e-9):,.0f} device-seconds per second)", file=sys.stderr)
+    return 0
+
+
+class _progress_bar:  # noqa: N801 - used like a function
+    """A tqdm bar on stderr: simulated hours covered, with the current figures."""
+
+    def __init__(self, duration: float) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self.bar = tqdm(total=round(duration / 3600, 3), unit="h", desc="simulated", file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} h "
+                                   "[{elapsed}<{remaining}{postfix}]")
+        self.done = 0.0
+
+    def update(self, now: float, figures: dict[str, Any]) -> None:
+        hours = round(now / 3600, 3)
+        self.bar.set_postfix(figures, refresh=False)
+        self.bar.update(hours - self.done)
+        self.done = hours
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _label(report: dict[str, Any]) -> str:
+    config = report.get("config", {})
+    return f"{config.get('handset', '?')} handset"
+
+
+def _print_summary(report: dict[str, Any], page: Path | None, json_path: Path | None) -> None:
+    totals = report["totals"]
+    lost = totals["data_loss_records"]
+    if lost:
+        print(f"DATA LOSS: {lost} records of {totals['data_loss_users']} users are on neither the server "
+              "nor any of their handsets")
+    else:
+        print(f"no data lost: {totals['user_versions']} record versions written, all on the server or a handset")
+    print(f"syncs: {totals['syncs']} ({totals['syncs_failed']} failed), retries {totals['retries']}, "
+          f"conflicts {totals['conflicts']}, regressions detected {totals['regressions_detected']}")
+    oldest = totals["oldest_at_risk_max_s"]
+    print(f"records at risk: peak {totals['records_at_risk_max']}, oldest "
+          f"{format_duration(oldest) if oldest else 'none'}; handsets out of date: peak "
+          f"{totals['devices_out_of_date_max']}")
+    for net, figures in report["sync_by_network"].items():
+        print(f"  {net:<7} {figures['devices']:>6} handsets  p50 {figures['p50']:7.2f} s  "
+              f"p95 {figures['p95']:7.2f} s  p99 {figures['p99']:7.2f} s  "
+              f"{figures['bytes_per_device_per_day'] / 1024:8.1f} KiB/handset/day")
+    if json_path is not None:
+        print(f"JSON: {json_path}")
+    if page is not None:
+        print(f"report: {page}")
+
+
+def _load_run(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{path}: not a JSON report of sidekick simulate ({exc})") from None
+    if not isinstance(data, dict) or not all(k in data for k in ("totals", "timeline", "sync_by_network")):
+        raise CliError(f"{path}: not a JSON report of sidekick simulate")
+    return data
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from emulator.fleet.report import write_report
+
+    if not args.report:
+        raise CliError("--compare needs --report DIR")
+    runs = [_load_run(path) for path in args.compare]
+    labels = [_label(run) for run in runs]
+    if labels[0] == labels[1]:
+        labels = [Path(path).stem for path in args.compare]
+    if labels[0] == labels[1]:
+        labels = [f"A: {labels[0]}", f"B: {labels[1]}"]
+    try:
+        page = write_report(Path(args.report), list(zip(labels, runs, strict=True)), name="compare.html")
+    except OSError as exc:
+        raise CliError(f"cannot write the report: {exc.strerror or exc}") from None
+    print(f"report: {page}")
+    return 0

@@ -1,0 +1,679 @@
+"""The fleet engine: many handsets, their users, radio links and the server, in one ``trio.run``.
+
+One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
+``trio.testing.MockClock`` with ``autojump_threshold=0``, so a simulated day passes as fast as the
+work in it allows. A single scheduler task pops ``(time, seq, device, action)`` from a heap: idle
+handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
+handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
+time) over a ``RadioLink`` to the in-process ``SyncServer`` on ``SimulatedStorage``. Server events
+come from the scenario. Every ``sample_every`` seconds the fleet is sampled. At the end the fleet
+heals (server up, no drops or partitions, every handset on and synced) and the ledger counts the
+versions lost.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import heapq
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.testing
+
+from emulator.flash import Geometry, NandFlash, PowerLoss
+from emulator.fleet.durations import format_duration
+from emulator.fleet.ledger import ContentKey, Ledger, content_key
+from emulator.fleet.metrics import FleetMetrics, LossEvent, Sample, SyncRecord
+from emulator.fleet.profiles import NetworkMix, NetworkProfile, WorkloadProfile
+from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connector
+from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
+from emulator.handset import Handset, HandsetError
+from emulator.mutants import NO_MUTANTS, Mutants
+from emulator.store import StoreError, StoreFull
+from emulator.sync_client import SyncError
+from emulator.transport import Connector
+from protocol.messages import Change, Message
+from protocol.records import CalendarEvent, Contact, Note, Photo, RecordBody, RecordKind, Todo
+from server_stub.limits import Limits
+from server_stub.server import SyncServer
+from server_stub.sim_storage import SimSnapshot, SimulatedStorage
+
+__all__ = ["HANDSETS", "FleetConfig", "FleetRun", "derive_rng", "run_fleet"]
+
+HANDSETS: dict[str, Mutants] = {
+    "correct": NO_MUTANTS,
+    "2009": Mutants(frozenset({"restore-from-server-on-reboot"})),
+}
+"""Handset behaviours: the correct one, and the 2009 firmware that restores from the server on reboot."""
+
+_CHANGE, _SYNC, _POWER_OFF, _POWER_ON, _SAMPLE, _BACKUP, _OUTAGE_END, _SLOW_END = range(8)
+_EVENT = 100  # + index of the scenario's event
+_KIND_NAMES = {k: k.name.lower() for k in RecordKind}
+
+
+def derive_rng(seed: int, *name: object) -> random.Random:
+    """An independent generator for one component, from the root seed and the component's name."""
+    text = "/".join(str(part) for part in (seed, *name)).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(text).digest()[:8], "big"))
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """One fleet run. ``accounts`` defaults to one per handset; handsets are dealt to accounts
+    round-robin. ``labels`` are the user's spellings (file names) echoed in the report."""
+
+    devices: int
+    workload: WorkloadProfile
+    network: NetworkMix
+    duration: float = 86400.0
+    accounts: int | None = None
+    scenario: Scenario = EMPTY
+    handset: str = "correct"
+    seed: int = 0
+    sample_every: float = 600.0
+    attempts: int = 5
+    retry_base: float = 300.0
+    flash_blocks: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError("at least one device")
+        if self.accounts is not None and not 1 <= self.accounts <= self.devices:
+            raise ValueError("accounts must be between 1 and the number of devices")
+        if self.duration <= 0 or self.sample_every <= 0:
+            raise ValueError("duration and sample interval must be positive")
+        if self.handset not in HANDSETS:
+            raise ValueError(f"handset must be one of {', '.join(HANDSETS)}")
+
+    @property
+    def account_count(self) -> int:
+        """Accounts in the run."""
+        return self.accounts if self.accounts is not None else self.devices
+
+
+@dataclass
+class FleetRun:
+    """A finished run: the JSON report and figures the benchmark wants (never in the JSON)."""
+
+    report: dict[str, Any]
+    events_processed: int
+    syncs: int
+
+
+class _Device:
+    """One handset with its user, link and schedule state."""
+
+    __slots__ = ("index", "account", "handset", "profile", "coverage", "user_rng", "connector", "tally",
+                 "syncing", "sync_due", "dirty", "failures", "seen_generation", "seen_anchor", "live",
+                 "serial", "periodic_at")
+
+    def __init__(self, index: int, account: int, profile: NetworkProfile, handset: Handset,
+                 user_rng: random.Random, coverage: Coverage, connector: Connector, tally: LinkTally) -> None:
+        self.index = index
+        self.account = account
+        self.profile = profile
+        self.handset = handset
+        self.user_rng = user_rng
+        self.coverage = coverage
+        self.connector = connector
+        self.tally = tally
+        self.syncing = False
+        self.sync_due = math.inf
+        self.dirty = False
+        self.failures = 0
+        self.seen_generation = 0
+        self.seen_anchor = 0
+        self.live: dict[RecordKind, list[bytes]] = {}
+        self.serial = 0
+        self.periodic_at = 0.0
+
+
+class _Storage:
+    """The server's storage as the fleet sees it: a thin wrapper that tells the ledger what was
+    committed, adds the slow disk's commit delay and tracks each account's server version."""
+
+    def __init__(self, inner: SimulatedStorage, ledger: Ledger, account_index: dict[str, int]) -> None:
+        self.inner = inner
+        self.ledger = ledger
+        self.account_index = account_index
+        self.commit_delay = 0.0
+        self.versions: list[int] = [0] * len(account_index)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def generation(self) -> int:
+        return self.inner.generation
+
+    @property
+    def server_id(self) -> bytes:
+        return self.inner.server_id
+
+    async def commit(self, account: str, device_id: bytes, changes: Sequence[Change]) -> Any:
+        if self.commit_delay:
+            await trio.sleep(self.commit_delay)
+        result = await self.inner.commit(account, device_id, changes)
+        index = self.account_index[account]
+        self.ledger.committed(index, changes)
+        self.versions[index] = await self.inner.server_version(account)
+        return result
+
+
+class _Observer:
+    """Counts the server regressions handsets detect."""
+
+    def __init__(self, metrics: FleetMetrics) -> None:
+        self.metrics = metrics
+
+    def on_message(self, handset: Handset, direction: str, message: Message) -> None:
+        pass
+
+    def on_regression(self, handset: Handset, reason: str) -> None:
+        self.metrics.regressions += 1
+
+
+def _retag(text: str, tag: str) -> str:
+    """``text`` with its edit tag (after " #") replaced by ``tag``."""
+    return f"{text.partition(' #')[0]} #{tag}"
+
+
+def _flash_blocks(workload: WorkloadProfile, duration: float) -> int:
+    """Blocks of 16 x 2 KiB pages for one handset: what the run's photos and records need, twice
+    over, plus room for garbage collection."""
+    days = duration / 86400
+    photos = workload.per_day.get(RecordKind.PHOTO, 0.0) * days * 3 + 2
+    need = photos * (workload.photo_bytes + 4096) + workload.changes_per_day * days * 3 * 1024 + 65536
+    return max(24, math.ceil(2 * need / (16 * 2048)) + 8)
+
+
+class _Fleet:
+    """The state of one run (see the module docstring)."""
+
+    def __init__(self, config: FleetConfig, progress: Callable[[float, dict[str, Any]], None] | None) -> None:
+        self.config = config
+        self.progress = progress
+        self.workload = config.workload
+        self.metrics = FleetMetrics(duration=config.duration)
+        self.accounts = [f"user{i:05d}" for i in range(config.account_count)]
+        self.ledger = Ledger(len(self.accounts))
+        self.events_rng = derive_rng(config.seed, "server-events")
+        self.storage = _Storage(SimulatedStorage(derive_rng(config.seed, "storage")), self.ledger,
+                                {name: i for i, name in enumerate(self.accounts)})
+        self.server = SyncServer(self.storage, limits=Limits(max_sessions=1 << 30),
+                                 rng=derive_rng(config.seed, "server"))
+        self.mutants = HANDSETS[config.handset]
+        self.geometry = Geometry(pages_per_block=16,
+                                 blocks=config.flash_blocks or _flash_blocks(config.workload, config.duration))
+        self.observer = _Observer(self.metrics)
+        self.devices: list[_Device] = []
+        self.by_account: list[list[int]] = [[] for _ in self.accounts]
+        self.heap: list[tuple[float, int, int, int]] = []
+        self.seq = 0
+        self.backups: dict[float, SimSnapshot] = {}
+        self.down_until = -math.inf
+        self.store_full = 0
+        self.errors: dict[str, int] = {}
+        self.events_processed = 0
+        self.kinds = [k for k, rate in self.workload.per_day.items() if rate > 0]
+        self.kind_rates = [self.workload.per_day[k] for k in self.kinds]
+        self.change_rate = sum(self.kind_rates) / 86400
+        self.reboot_rate = self.workload.reboots_per_day / 86400
+        self.world: RadioWorld
+        self.syncs: trio.Nursery
+
+    # ------------------------------------------------------------------ setup
+
+    async def provision(self) -> None:
+        config = self.config
+        for name in self.accounts:
+            await self.storage.inner.add_account(name, hashlib.sha256(b"key/" + name.encode()).digest())
+        for index in range(config.devices):
+            account = index % len(self.accounts)
+            profile = config.network.assign(index, config.devices)
+            name = self.accounts[account]
+            handset = Handset.create(
+                NandFlash(self.geometry), device_id=hashlib.sha256(f"device/{index}".encode()).digest()[:16],
+                account=name, key=hashlib.sha256(b"key/" + name.encode()).digest(),
+                rng=derive_rng(config.seed, "handset", index), mutants=self.mutants, name=f"handset{index}",
+                observer=self.observer,
+            )
+            coverage = Coverage(profile, derive_rng(config.seed, "coverage", index))
+            tally = LinkTally()
+            connector = radio_connector(self.server.serve_stream, profile, coverage,
+                                        derive_rng(config.seed, "radio", index), tally, self.world)
+            device = _Device(index, account, profile, handset, derive_rng(config.seed, "user", index), coverage,
+                             connector, tally)
+            self.devices.append(device)
+            self.by_account[account].append(index)
+            for kind, count in self.workload.initial.items():
+                for _ in range(count):
+                    self._create(device, kind, 0.0)
+            self._next_change(device, 0.0)
+            self._next_power_off(device, 0.0)
+            # periodic syncs: handset i of n first at (i + 1/2) / n of the interval, then every interval
+            device.periodic_at = (index + 0.5) / config.devices * self.workload.sync_interval
+            self._schedule_sync(device, device.periodic_at)
+        for event_index, event in enumerate(self.config.scenario.events):
+            self._push(event.at, -1, _EVENT + event_index)
+        for at in self.config.scenario.backup_times:
+            self._push(at, -1, _BACKUP)
+        t = 0.0
+        while t <= config.duration:
+            self._push(t, -1, _SAMPLE)
+            t += config.sample_every
+
+    def _push(self, at: float, device: int, action: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (at, self.seq, device, action))
+
+    def _next_change(self, device: _Device, now: float) -> None:
+        if self.change_rate > 0:
+            self._push(now + device.user_rng.expovariate(self.change_rate), device.index, _CHANGE)
+
+    def _next_power_off(self, device: _Device, now: float) -> None:
+        if self.reboot_rate > 0:
+            self._push(now + device.user_rng.expovariate(self.reboot_rate), device.index, _POWER_OFF)
+
+    def _schedule_sync(self, device: _Device, at: float) -> None:
+        if at < device.sync_due:
+            device.sync_due = at
+            self._push(at, device.index, _SYNC)
+
+    # ------------------------------------------------------------------ the scheduler
+
+    async def run(self) -> None:
+        duration = self.config.duration
+        while self.heap:
+            at, _, index, action = heapq.heappop(self.heap)
+            if at > duration:
+                break
+            if at > trio.current_time():
+                await trio.sleep_until(at)
+            self.events_processed += 1
+            if index >= 0:
+                device = self.devices[index]
+                if action == _CHANGE:
+                    self._user_change(device)
+                elif action == _SYNC:
+                    if at == device.sync_due:
+                        device.sync_due = math.inf
+                        self._start_sync(device)
+                elif action == _POWER_OFF:
+                    self._power_off(device, self._off_time(device))
+                    self._next_power_off(device, at)
+                elif action == _POWER_ON:
+                    self._power_on(device)
+            elif action == _SAMPLE:
+                self._sample()
+            elif action == _BACKUP:
+                self.backups[at] = self.storage.inner.backup()
+            elif action == _SLOW_END:
+                self.storage.commit_delay = 0.0
+            elif action == _OUTAGE_END:
+                self.world.server_up = at >= self.down_until
+            else:
+                self._server_event(self.config.scenario.events[action - _EVENT])
+
+    # ------------------------------------------------------------------ users
+
+    def _user_change(self, device: _Device) -> None:
+        now = trio.current_time()
+        self._next_change(device, now)
+        handset = device.handset
+        if not handset.powered:
+            return
+        rng = device.user_rng
+        kind = rng.choices(self.kinds, self.kind_rates)[0]
+        ids = device.live.setdefault(kind, [])
+        roll = rng.random()
+        try:
+            if ids and roll < self.workload.delete_fraction:
+                record_id = ids.pop(rng.randrange(len(ids)))
+                head = handset.store.get(record_id)
+                if head is None or head.record.deleted:
+                    return
+                handset.delete(record_id)
+                self.ledger.wrote(device.account, device.index, record_id, _KIND_NAMES[kind], head.record.body,
+                                  deleted=True, now=now)
+            elif ids and roll < self.workload.delete_fraction + self.workload.edit_fraction:
+                record_id = ids[rng.randrange(len(ids))]
+                head = handset.store.get(record_id)
+                if head is None or head.record.deleted:
+                    ids.remove(record_id)
+                    return
+                body = self._edited(device, head.record.body)
+                handset.edit(record_id, body)
+                self.ledger.wrote(device.account, device.index, record_id, _KIND_NAMES[kind], body,
+                                  deleted=False, now=now)
+            else:
+                self._create(device, kind, now)
+        except StoreFull:
+            self.store_full += 1
+            return
+        except StoreError as exc:
+            self._note_error(exc)
+            return
+        except (PowerLoss, HandsetError):
+            return
+        self.metrics.user_changes += 1
+        device.dirty = True
+        self._schedule_sync(device, now + self.workload.sync_delay)
+
+    def _create(self, device: _Device, kind: RecordKind, now: float) -> None:
+        """The user creates a record of ``kind`` (a photo: takes one)."""
+        handset = device.handset
+        if kind is RecordKind.PHOTO:
+            data = device.user_rng.randbytes(self.workload.photo_bytes)
+            device.serial += 1
+            record_id = handset.take_photo(f"photo {device.index}-{device.serial}", data)
+            head = handset.store.get(record_id)
+            assert head is not None
+            body = head.record.body
+        else:
+            body = self._new_body(device, kind)
+            record_id = handset.add(body)
+        device.live.setdefault(kind, []).append(record_id)
+        self.ledger.wrote(device.account, device.index, record_id, _KIND_NAMES[kind], body, deleted=False, now=now)
+
+    def _new_body(self, device: _Device, kind: RecordKind) -> RecordBody:
+        device.serial += 1
+        n = device.serial
+        if kind is RecordKind.CONTACT:
+            return Contact(f"Contact {device.index}-{n}", (f"+1555{n:07d}",), (f"c{n}@example.com",))
+        if kind is RecordKind.EVENT:
+            start = 1_254_355_200 + n * 3600
+            return CalendarEvent(f"Event {n}", start, start + 1800, "Palo Alto")
+        if kind is RecordKind.TODO:
+            return Todo(f"To do {n}", False, 0, n % 3)
+        return Note(f"Note {n}", f"text of note {n} on handset {device.index}")
+
+    def _edited(self, device: _Device, body: RecordBody) -> RecordBody:
+        """A new body for an edit; every edit differs from every earlier version."""
+        device.serial += 1
+        tag = f"v{device.serial}"
+        if isinstance(body, Contact):
+            return Contact(_retag(body.name, tag), (*body.phones[:2], f"+1555{device.serial:07d}"), body.emails)
+        if isinstance(body, CalendarEvent):
+            return CalendarEvent(_retag(body.title, tag), body.start + 900, body.end + 900, body.location)
+        if isinstance(body, Todo):
+            return Todo(_retag(body.title, tag), not body.done, body.due, body.priority)
+        if isinstance(body, Note):
+            return Note(_retag(body.title, tag), f"text of note, {tag}")
+        assert isinstance(body, Photo)
+        return Photo(_retag(body.caption, tag), body.blob_id, body.size, body.sha256, body.content_type)
+
+    # ------------------------------------------------------------------ power
+
+    def _off_time(self, device: _Device) -> float:
+        """How long a handset stays off after a power cut: 1 to 10 minutes."""
+        return float(device.user_rng.uniform(60.0, 600.0))
+
+    def _power_off(self, device: _Device, off_for: float) -> None:
+        if not device.handset.powered:
+            return
+        device.handset.power_cut()
+        self._push(trio.current_time() + off_for, device.index, _POWER_ON)
+
+    def _power_on(self, device: _Device) -> None:
+        handset = device.handset
+        if handset.powered:
+            return
+        try:
+            handset.reboot()
+        except (StoreError, PowerLoss) as exc:  # the store did not mount: counted as a handset error
+            self._note_error(exc)
+            return
+        self.metrics.reboots += 1
+        meta = handset.store.meta
+        device.seen_anchor = meta.anchor
+        if self.mutants.names:
+            device.live = {}
+            for version in handset.live_records():
+                device.live.setdefault(version.record.kind, []).append(version.record.record_id)
+            self._check_losses(device.account)
+        self._schedule_sync(device, trio.current_time() + self.workload.sync_delay)
+
+    def _holdings(self, index: int) -> set[ContentKey] | None:
+        handset = self.devices[index].handset
+        if not handset.powered:
+            return None
+        return {key for key in (content_key(v.record) for v in handset.store.records()) if key is not None}
+
+    def _check_losses(self, account: int) -> None:
+        if not any(not v.durable and v.lost_at is None for v in self.ledger.latest[account].values()):
+            return
+        holds = {index: self._holdings(index) for index in self.by_account[account]}
+        self.ledger.check_account(account, holds, trio.current_time())
+
+    # ------------------------------------------------------------------ syncs
+
+    def _start_sync(self, device: _Device) -> None:
+        if device.syncing:
+            device.dirty = True
+            return
+        if not device.handset.powered:
+            return
+        device.syncing = True
+        device.dirty = False
+        self.syncs.start_soon(self._sync, device)
+
+    async def _sync(self, device: _Device) -> None:
+        tally = device.tally
+        tally.bytes_up = tally.bytes_down = tally.connections = tally.drops = 0
+        started = trio.current_time()
+        ok = False
+        frames = conflicts = attempts = 0
+        try:
+            report = await device.handset.sync(device.connector, attempts=self.config.attempts)
+        except SyncError as exc:
+            attempts = getattr(exc, "attempts", 1)
+        except (HandsetError, PowerLoss):
+            attempts = 1
+        except StoreFull:
+            self.store_full += 1
+            attempts = 1
+        except Exception as exc:  # a bug below must not end the run: it is counted and named
+            self._note_error(exc)
+            attempts = 1
+        else:
+            ok = True
+            frames = report.frames_sent + report.frames_received
+            conflicts = len(report.conflicts)
+            attempts = report.attempts
+            device.seen_generation = report.generation
+            device.seen_anchor = report.anchor
+        finally:
+            device.syncing = False
+        now = trio.current_time()
+        self.metrics.syncs.append(SyncRecord(started, device.index, device.profile.name, now - started, ok,
+                                             tally.bytes_up, tally.bytes_down, frames, conflicts, attempts))
+        if now > self.config.duration:
+            return
+        interval = self.workload.sync_interval
+        while device.periodic_at <= now:
+            device.periodic_at += interval
+        if ok:
+            device.failures = 0
+            if device.dirty:
+                self._schedule_sync(device, now + self.workload.sync_delay)
+            self._schedule_sync(device, device.periodic_at)
+        elif device.handset.powered:
+            device.failures += 1
+            wait = min(interval, self.config.retry_base * 2 ** (device.failures - 1))
+            self._schedule_sync(device, now + wait * device.user_rng.uniform(0.75, 1.25))
+
+    def _note_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"[:160]
+        self.errors[text] = self.errors.get(text, 0) + 1
+
+    # ------------------------------------------------------------------ server events
+
+    def _server_event(self, event: ServerEvent) -> None:
+        now = trio.current_time()
+        inner = self.storage.inner
+        self.metrics.server_events.append({"at": event.at, "kind": event.kind, "description": event.describe()})
+        if event.kind == "crash":
+            inner.crash()
+            self.world.break_all()
+        elif event.kind == "outage":
+            self.down_until = max(self.down_until, now + event.duration)
+            self.world.server_up = False
+            self.world.break_all()
+            self._push(now + event.duration, -1, _OUTAGE_END)
+        elif event.kind in ("restore", "silent-rollback"):
+            snapshot = self.backups[event.backup_at]
+            silent = event.kind == "silent-rollback"
+            already = inner.faults.on("silent-rollback")
+            if silent:
+                inner.faults.enable("silent-rollback")
+            inner.restore(snapshot)
+            if silent and not already:
+                inner.faults.disable("silent-rollback")
+            self.world.break_all()
+            self._after_restore()
+        elif event.kind == "slow-disk":
+            self.storage.commit_delay = event.commit_delay
+            self._push(now + event.duration, -1, _SLOW_END)
+        elif event.kind == "fleet-reboot":
+            count = max(1, round(event.fraction * len(self.devices)))
+            for index in sorted(self.events_rng.sample(range(len(self.devices)), count)):
+                device = self.devices[index]
+                self._power_off(device, self._off_time(device))
+
+    def _after_restore(self) -> None:
+        for index, name in enumerate(self.accounts):
+            durable = self.storage.inner.durable_records(name)
+            self.ledger.server_now_holds(index, durable)
+            self.storage.versions[index] = max((r.version for r in durable), default=0)
+        self.ledger.reorder()
+        for account in range(len(self.accounts)):
+            self._check_losses(account)
+
+    # ------------------------------------------------------------------ samples
+
+    def _sample(self) -> None:
+        now = trio.current_time()
+        generation = self.storage.generation
+        versions = self.storage.versions
+        out_of_date = 0
+        for device in self.devices:
+            if device.seen_anchor != versions[device.account] or (
+                    device.seen_generation not in (0, generation)):
+                out_of_date += 1
+        sample = Sample(now, len(self.ledger.at_risk), self.ledger.oldest_at_risk(now), out_of_date,
+                        self.world.server_up, len(self.ledger.losses))
+        self.metrics.samples.append(sample)
+        if self.progress is not None:
+            self.progress(now, {"at risk": sample.at_risk, "lost": sample.lost_so_far,
+                                "syncs": len(self.metrics.syncs)})
+
+    # ------------------------------------------------------------------ the end
+
+    async def heal(self) -> int:
+        """Server up, no drops or partitions, every handset on; every handset syncs until clean."""
+        self.world.server_up = True
+        self.world.drops = False
+        self.world.partitions = False
+        self.storage.commit_delay = 0.0
+        healed = 0
+        for device in self.devices:
+            if not device.handset.powered:
+                self._power_on(device)
+        limiter = trio.CapacityLimiter(256)
+
+        async def one(device: _Device) -> None:
+            nonlocal healed
+            async with limiter:
+                for _ in range(3):
+                    try:
+                        await device.handset.sync(device.connector, attempts=self.config.attempts)
+                    except (SyncError, HandsetError, PowerLoss):
+                        continue
+                    except Exception as exc:
+                        self._note_error(exc)
+                        continue
+                    healed += 1
+                    return
+
+        # two rounds: the second brings every handset the changes the others pushed in the first
+        for _ in range(2):
+            async with trio.open_nursery() as nursery:
+                for device in self.devices:
+                    nursery.start_soon(one, device)
+        return healed
+
+    def final_losses(self) -> None:
+        now = trio.current_time()
+        for index, name in enumerate(self.accounts):
+            held = {key for key in map(content_key, self.storage.inner.durable_records(name)) if key is not None}
+            for device_index in self.by_account[index]:
+                holdings = self._holdings(device_index)
+                if holdings:
+                    held |= holdings
+            self.ledger.final_check(index, held, now)
+
+    def summary(self, healed: int) -> dict[str, Any]:
+        config = self.config
+        metrics = self.metrics
+        for loss in self.ledger.losses:
+            version = loss.version
+            metrics.losses.append(LossEvent(min(loss.at, config.duration), self.accounts[version.account],
+                                            version.device, version.record_id.hex(), version.kind, version.created))
+        report = metrics.summary(devices=len(self.devices),
+                                 networks={d.index: d.profile.name for d in self.devices})
+        report["config"] = {
+            "devices": config.devices,
+            "accounts": config.account_count,
+            "duration": format_duration(config.duration),
+            "workload": config.labels.get("workload", config.workload.name),
+            "network": config.labels.get("network", ", ".join(
+                f"{name} {share:.0%}" for name, share in config.network.shares.items())),
+            "server events": config.labels.get("scenario", config.scenario.name),
+            "handset": config.handset,
+            "seed": config.seed,
+            "flash per handset": f"{self.geometry.blocks} blocks of {self.geometry.pages_per_block} pages",
+        }
+        report["totals"]["store_full"] = self.store_full
+        report["totals"]["handset_errors"] = sum(self.errors.values())
+        report["handset_errors"] = dict(sorted(self.errors.items()))
+        report["totals"]["user_versions"] = self.ledger.created
+        report["totals"]["healed_handsets"] = healed
+        report["totals"]["records_at_risk_end"] = len(self.ledger.at_risk)
+        return report
+
+
+def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None) -> FleetRun:
+    """Run one fleet simulation to the end and return its report (deterministic for the seed)."""
+    fleet = _Fleet(config, progress)
+    import trio._core._run as trio_run  # the scheduler's tie-break order, seeded for determinism
+
+    trio_run._r.seed(derive_rng(config.seed, "trio").getrandbits(64))
+
+    async def main() -> dict[str, Any]:
+        async with trio.open_nursery() as servers:
+            fleet.world = RadioWorld(servers)
+            await fleet.provision()
+            async with trio.open_nursery() as syncs:
+                fleet.syncs = syncs
+                await fleet.run()
+            await trio.sleep_until(max(trio.current_time(), config.duration))
+            healed = await fleet.heal()
+            fleet.final_losses()
+            servers.cancel_scope.cancel()
+        return fleet.summary(healed)
+
+    # The fleet holds millions of long-lived objects: fewer cyclic-GC passes over them (restored after).
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 1000)
+    try:
+        report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        gc.set_threshold(*thresholds)
+    return FleetRun(report, fleet.events_processed, len(fleet.metrics.syncs))

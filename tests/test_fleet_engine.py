@@ -1,0 +1,137 @@
+"""The fleet engine: determinism, a tiny fleet against hand-computed figures, and the 2009 scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fixtures
+from emulator.fleet.engine import FleetConfig, derive_rng, run_fleet
+from emulator.fleet.profiles import NetworkMix, load_workload
+from emulator.fleet.scenario import load_scenario
+
+LAB_NETWORK = """
+[profile.lab]
+down_bps = 80000
+up_bps = 80000
+rtt = 0.5
+[mix]
+lab = 1
+"""
+
+FIXED_WORKLOAD = """
+name = "fixed"
+per_day = { contact = 0 }
+initial = { contact = 3, note = 2 }
+reboots_per_day = 0
+sync_interval = "1h"
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _run(**changes: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {"devices": 6, "workload": load_workload("typical"),
+                                "network": NetworkMix.parse("mixed"), "duration": 7200.0, "seed": 7}
+    settings.update(changes)
+    return run_fleet(FleetConfig(**settings)).report
+
+
+def test_derived_generators_depend_on_seed_and_name_only() -> None:
+    assert derive_rng(1, "user", 3).random() == derive_rng(1, "user", 3).random()
+    assert derive_rng(1, "user", 3).random() != derive_rng(1, "user", 4).random()
+    assert derive_rng(1, "user", 3).random() != derive_rng(2, "user", 3).random()
+
+
+def test_same_seed_same_json_and_another_seed_another_run() -> None:
+    scenario = load_scenario(fixtures.path("scenarios", "bad-day.toml"))
+    first = json.dumps(_run(scenario=scenario, duration=4 * 3600.0), sort_keys=True)
+    again = json.dumps(_run(scenario=scenario, duration=4 * 3600.0), sort_keys=True)
+    assert first == again
+    other = json.dumps(_run(scenario=scenario, duration=4 * 3600.0, seed=8), sort_keys=True)
+    assert other != first
+
+
+def test_tiny_fleet_matches_hand_computed_figures(tmp_path: Path) -> None:
+    """Two handsets, five unsynced records each at t=0, no user activity, a loss-free 80 kbit/s
+    link with 0.5 s round trips, periodic syncs every hour for 3 hours. Handset 0 first syncs at
+    (0 + 1/2) / 2 of the interval = 15 min, handset 1 at 45 min; then every hour: 3 syncs each."""
+    report = _run(devices=2, duration=3 * 3600.0, workload=load_workload(_write(tmp_path, "w.toml", FIXED_WORKLOAD)),
+                  network=NetworkMix.parse(_write(tmp_path, "n.toml", LAB_NETWORK)))
+    totals = report["totals"]
+    assert (totals["syncs"], totals["syncs_ok"], totals["syncs_failed"], totals["retries"]) == (6, 6, 0, 0)
+    assert (totals["user_versions"], totals["user_changes"], totals["conflicts"]) == (10, 0, 0)
+    assert totals["data_loss_records"] == 0 and totals["records_at_risk_end"] == 0
+    timeline = {point["t"]: point for point in report["timeline"]}
+    assert len(timeline) == 3 * 6 + 1                                   # every 10 minutes, 0..3h
+    # at risk: 10 until 15 min, 5 until 45 min, then none; the oldest is as old as the run
+    assert [timeline[t]["at_risk"] for t in (0, 600, 1200, 2400, 3000, 3600)] == [10, 10, 5, 5, 0, 0]
+    assert [timeline[t]["oldest_at_risk_s"] for t in (0, 600, 1200, 2400, 3000)] == [0, 600, 1200, 2400, 0]
+    assert totals["records_at_risk_max"] == 10 and totals["oldest_at_risk_max_s"] == 2400
+    assert totals["devices_out_of_date_max"] == 0
+    # frames: a sync with nothing to push is HELLO CHALLENGE AUTH HELLO_OK PULL PULL_END PULL_ACK
+    # PING PONG BYE (10); the first one adds PUSH PUSH_ACK COMMIT DURABLE and one RECORDS (15)
+    assert (totals["frames_per_sync_p50"], totals["frames_per_sync_p95"]) == (10, 15)
+    lab = report["sync_by_network"]["lab"]
+    # an idle sync is 4 round trips (handshake 2, pull 1, ping 1) plus its bytes on the air
+    assert 4 * 0.5 <= lab["p50"] <= 4 * 0.5 + totals["bytes_on_air"] * 8 / 80_000 / 2
+    # the first one adds 2 round trips (push, commit)
+    assert 6 * 0.5 <= lab["p99"] <= 6 * 0.5 + totals["bytes_on_air"] * 8 / 80_000 / 2
+    assert totals["bytes_per_device_per_day"] == pytest.approx(totals["bytes_on_air"] / 2 / (3 / 24))
+
+
+@pytest.fixture(scope="module")
+def outage_runs() -> dict[str, dict[str, Any]]:
+    scenario = load_scenario(fixtures.path("scenarios", "2009-outage.toml"))
+    return {handset: _run(devices=9, duration=86400.0, scenario=scenario, handset=handset)
+            for handset in ("correct", "2009")}
+
+
+def test_2009_outage_with_the_2009_handset_loses_users_data(outage_runs: dict[str, dict[str, Any]]) -> None:
+    report = outage_runs["2009"]
+    totals = report["totals"]
+    assert totals["data_loss_records"] > 0 and totals["data_loss_users"] > 0
+    assert totals["data_loss_records"] == len(report["losses"])
+    assert report["timeline"][-1]["lost"] > 0
+    # what was in the backup (taken at 1h) came back with the restore: every lost version is newer
+    assert min(loss["created"] for loss in report["losses"]) >= 3600
+    assert all(loss["t"] >= loss["created"] for loss in report["losses"])
+    assert all(point["lost"] == 0 for point in report["timeline"] if point["t"] < 3600)
+
+
+def test_2009_outage_with_the_correct_handset_loses_nothing(outage_runs: dict[str, dict[str, Any]]) -> None:
+    report = outage_runs["correct"]
+    totals = report["totals"]
+    assert totals["data_loss_records"] == 0 and report["losses"] == []
+    assert totals["regressions_detected"] >= 1           # the restore was seen and recovered from
+    assert totals["reboots"] >= 1                        # a third of the fleet lost power at 12h
+    # the restore put records back at risk (the server lost them) until the handsets re-pushed them
+    at_restore = [p["at_risk"] for p in report["timeline"] if 18 * 3600 <= p["t"] <= 18 * 3600 + 600]
+    before = [p["at_risk"] for p in report["timeline"] if 2 * 3600 <= p["t"] < 3 * 3600]
+    assert max(at_restore) > max(before)
+    assert not any(p["server_up"] for p in report["timeline"] if 8 * 3600 < p["t"] < 18 * 3600)
+
+
+def test_silent_rollback_is_caught_by_watermarks_and_repaired(tmp_path: Path) -> None:
+    """The faulty server keeps its generation, but the durable watermarks it reports go back: the
+    correct handsets see that, push again, and nothing is lost."""
+    scenario = load_scenario(_write(tmp_path, "s.toml", """
+[[event]]
+at = "90m"
+kind = "silent-rollback"
+backup_at = "30m"
+"""))
+    report = _run(devices=6, duration=2 * 3600.0, scenario=scenario, workload=load_workload("heavy"))
+    totals = report["totals"]
+    assert totals["data_loss_records"] == 0
+    assert totals["regressions_detected"] >= 1
+    at_risk = {point["t"]: point["at_risk"] for point in report["timeline"]}
+    assert at_risk[5400] > max(at_risk[t] for t in range(0, 5400, 600))   # the rollback's spike
+    assert totals["records_at_risk_end"] == 0
