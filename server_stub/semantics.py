@@ -26,9 +26,25 @@ from server_stub.faults import FaultSet
 __all__ = ["Applied", "Tx", "apply_changes", "conflict_copy_id", "same_content"]
 
 
-def conflict_copy_id(record_id: bytes, version: int) -> bytes:
-    """``SHA-256("conflict" || record_id || u64be(version))[:16]``, the spec's copy id."""
-    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big")).digest()[:16]
+def conflict_copy_id(record_id: bytes, version: int, attempt: int = 0) -> bytes:
+    """``SHA-256("conflict" || record_id || u64be(version) [|| u32be(attempt)])[:16]``, the spec's copy
+    id; ``attempt`` > 0 only when the plain id is taken by another record (R-CONFLICT-8)."""
+    suffix = attempt.to_bytes(4, "big") if attempt else b""
+    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big") + suffix).digest()[:16]
+
+
+def _free_copy_id(tx: Tx, record_id: bytes, head: Record) -> tuple[bytes, bool]:
+    """The copy id for ``head`` and whether the copy must still be written (R-CONFLICT-8)."""
+    attempt = 0
+    while True:
+        copy_id = conflict_copy_id(record_id, head.version, attempt)
+        existing = tx.head(copy_id)
+        if existing is None:
+            return copy_id, True
+        if (existing.conflict_of == record_id and existing.kind == head.kind
+                and existing.deleted == head.deleted and existing.body == head.body):
+            return copy_id, False
+        attempt += 1
 
 
 def same_content(a: Record, b: Record) -> bool:
@@ -91,9 +107,10 @@ def apply_changes(tx: Tx, device_id: bytes, changes: Sequence[Change], faults: F
                    device_id, change.lsn)
             assigned.append(Assigned(change.lsn, record_id, version))
             if head is not None and change.base_version != head.version and not faults.on("forget-conflict-copy"):
-                copy_id = conflict_copy_id(record_id, head.version)
-                version += 1
-                tx.put(Record(copy_id, version, head.deleted, head.body, conflict_of=record_id), None, None)
+                copy_id, write = _free_copy_id(tx, record_id, head)
+                if write:
+                    version += 1
+                    tx.put(Record(copy_id, version, head.deleted, head.body, conflict_of=record_id), None, None)
                 conflicts.append(Conflict(change.lsn, record_id, head.version, copy_id))
         watermark = max(watermark, change.lsn)
     tx.set_applied_lsn(device_id, watermark)

@@ -104,6 +104,19 @@ async def test_conflict_keeps_overwritten_head_as_copy(store: Any) -> None:
     assert heads[copy_id].conflict_of == R1 and heads[copy_id].version == 4
 
 
+async def test_a_conflict_copy_never_overwrites_a_record_at_its_id(store: Any) -> None:
+    # After a restore, versions are numbered again and a copy id can already be taken (R-CONFLICT-8).
+    taken = conflict_copy_id(R1, 3)
+    await store.commit("alice", D1, [change(1, R1, "original")])
+    await store.commit("alice", D1, [change(2, taken, "a record already at that id")])
+    await store.commit("alice", D1, [change(3, R1, "edit by one", base=1)])
+    result = await store.commit("alice", D2, [change(1, R1, "edit by two", base=1)])
+    assert [c.copy_id for c in result.conflicts] == [conflict_copy_id(R1, 3, 1)]
+    heads = {r.record_id: r for r in await store.records("alice")}
+    assert heads[taken].body == Note("a record already at that id", "body")
+    assert heads[conflict_copy_id(R1, 3, 1)].body == Note("edit by one", "body")
+
+
 async def test_same_content_is_a_noop(store: Any) -> None:
     await store.commit("alice", D1, [change(1, R1, "same")])
     result = await store.commit("alice", D2, [change(5, R1, "same", base=0)])
