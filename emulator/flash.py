@@ -204,6 +204,7 @@ class NandFlash:
         self._next_page = [0] * geometry.blocks
         self._erase_counts = [0] * geometry.blocks
         self._bad: set[int] = set()
+        self._failing: set[int] = set()  # grown defects: programs fail until firmware marks them bad
         self._cut_at: int | None = None
         self._cut_variant = "torn"
         self._erased_page = b"\xff" * geometry.raw_page
@@ -365,11 +366,14 @@ class NandFlash:
                 self._store_page(index, block, page, used, self._torn_program(old, new))
             self._cut("program", block, page)
         self.stats.programs += 1
-        if self.faults.program_fail_rate and self.rng.random() < self.faults.program_fail_rate:
+        if block in self._failing or (
+                self.faults.program_fail_rate and self.rng.random() < self.faults.program_fail_rate):
+            # A grown defect. The chip reports it; marking the block bad is the firmware's job
+            # (mark_bad), done once its data is safe elsewhere: the other pages stay readable.
             self.stats.program_failures += 1
             self._store_page(index, block, page, used, self._torn_program(old, new))
-            self._mark_bad(block)
-            raise ProgramError(f"program failure on {block}:{page}; block {block} is now bad")
+            self._failing.add(block)
+            raise ProgramError(f"program failure on {block}:{page}; block {block} has gone bad")
         self._store_page(index, block, page, used, new)
 
     def erase_block(self, block: int) -> None:

@@ -1028,12 +1028,14 @@ class RecordStore:
             self.erases += 1
 
     def _retire(self, block: int) -> None:
-        """A program failed on ``block``: it is bad now; move what lives on it elsewhere."""
+        """A program failed on ``block``: it is bad now; move what lives on it elsewhere, and only
+        once that copy is committed mark the block bad on flash (a mount skips bad blocks, so
+        marking first would lose its data to a power cut during the move)."""
         self._bad.add(block)
-        self.flash.mark_bad(block)
         if self._active == block:
             self._active = None
         self._relocate(block, erase=False)
+        self.flash.mark_bad(block)
         self._used.pop(block, None)
 
     # ------------------------------------------------------------------ checkpoint

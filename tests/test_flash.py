@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import random
 from pathlib import Path
 
@@ -116,9 +118,14 @@ def test_program_failure_grows_a_bad_block() -> None:
     flash = chip(program_fail_rate=1.0)
     with pytest.raises(ProgramError):
         flash.program_page(3, 0, b"\x00" * 16)
-    assert flash.is_bad(3) and flash.stats.program_failures == 1
-    with pytest.raises(BadBlockError):
+    assert flash.stats.program_failures == 1
+    assert not flash.is_bad(3)  # marking it is the firmware's job, once its data is moved
+    flash.faults = replace(flash.faults, program_fail_rate=0.0)
+    with pytest.raises(ProgramError):  # the defect stays
         flash.program_page(3, 1, b"\x00")
+    flash.mark_bad(3)
+    with pytest.raises(BadBlockError):
+        flash.program_page(3, 2, b"\x00")
 
 
 def test_erase_failure_grows_a_bad_block() -> None:
