@@ -1,0 +1,184 @@
+"""Run the reference server as a separate process, with restart and restore commands for certify.
+
+``LocalServer`` provisions a store with one or more accounts in a directory, starts
+``python -m emulator serve`` on free local ports, takes a backup, and writes two shell scripts:
+``restart.sh`` (kill -9, then start again on the same ports) and ``restore.sh`` (kill -9, restore
+the backup, start again). Their paths are the ``--restart-cmd`` and ``--restore-cmd`` of a run.
+The fault modes are read from ``faults.txt`` at every start, so ``set_faults`` switches them with
+one restart.
+Used by the suite's own tests and by anyone who wants to certify the reference server itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emulator.certify.context import Account, Target
+
+__all__ = ["LocalServer", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class LocalServer:
+    """A reference server process in ``directory`` (see the module docstring)."""
+
+    directory: Path
+    faults: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ("vendor", "other")
+    python: str = sys.executable
+    tcp_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    keys: dict[str, bytes] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def db(self) -> Path:
+        """The SQLite store."""
+        return self.directory / "server.db"
+
+    @property
+    def pidfile(self) -> Path:
+        """Holds the pid of the running server."""
+        return self.directory / "server.pid"
+
+    @property
+    def restart_cmd(self) -> str:
+        """Shell command: kill -9 the server and start it again."""
+        return f"sh {shlex.quote(str(self.directory / 'restart.sh'))}"
+
+    @property
+    def restore_cmd(self) -> str:
+        """Shell command: kill -9 the server, restore the backup taken at start, start it again."""
+        return f"sh {shlex.quote(str(self.directory / 'restore.sh'))}"
+
+    def _cli(self, *args: str) -> list[str]:
+        return [self.python, "-m", "emulator", *args]
+
+    @property
+    def faults_file(self) -> Path:
+        """One fault mode per line; read by the scripts at every start."""
+        return self.directory / "faults.txt"
+
+    def _serve_line(self) -> str:
+        faults = f"$(sed 's/^/--fault /' {shlex.quote(str(self.faults_file))})"
+        args = " ".join(shlex.quote(a) for a in self._cli(
+            "serve", "--db", str(self.db), "--tcp", f"127.0.0.1:{self.tcp_port}",
+            "--http", f"127.0.0.1:{self.http_port}", "--admin", f"127.0.0.1:{self.admin_port}",
+            "--admin-token", self.admin_token))
+        log = shlex.quote(str(self.directory / "server.log"))
+        return f"{args} {faults} >>{log} 2>&1 &\necho $! > {shlex.quote(str(self.pidfile))}\n"
+
+    def _write_scripts(self) -> None:
+        pid = shlex.quote(str(self.pidfile))
+        kill = (f"p=$(cat {pid} 2>/dev/null)\n"
+                "if [ -n \"$p\" ]; then kill -9 \"$p\" 2>/dev/null\n"
+                "  while kill -0 \"$p\" 2>/dev/null; do sleep 0.01; done; fi\n")
+        restore_faults = f"$(grep -x silent-rollback {shlex.quote(str(self.faults_file))} | sed 's/^/--fault /')"
+        restore = " ".join(shlex.quote(a) for a in self._cli(
+            "restore", "--db", str(self.db), str(self.directory / "backup.db")))
+        (self.directory / "restart.sh").write_text("#!/bin/sh\n" + kill + self._serve_line(), encoding="utf-8")
+        (self.directory / "restore.sh").write_text(
+            "#!/bin/sh\n" + kill + f"{restore} {restore_faults} >/dev/null 2>&1 || exit 1\n" + self._serve_line(),
+            encoding="utf-8")
+
+    def start(self, *, ready_timeout: float = 30.0) -> LocalServer:
+        """Provision the accounts, write the scripts, start the server and take the backup."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        first, *others = self.accounts
+        self._add_account(first)  # creates the store
+        self._write_scripts()
+        self._write_faults()
+        subprocess.run(["sh", str(self.directory / "restart.sh")], check=True)
+        adding = [(name, self._add_account(name, wait=False)) for name in others]  # beside the starting server
+        for name, process in adding:
+            if process is not None and process.wait() != 0:
+                raise RuntimeError(f"cannot add account {name}: {process.stderr.read()!r}" if process.stderr else name)
+            self.keys[name] = bytes.fromhex((self.directory / f"{name}.key").read_text(encoding="utf-8").strip())
+        subprocess.run(self._cli("backup", "--db", str(self.db), str(self.directory / "backup.db")),
+                       check=True, capture_output=True)
+        self.wait_ready(ready_timeout)
+        return self
+
+    def _add_account(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes] | None:
+        key_file = self.directory / f"{name}.key"
+        args = self._cli("accounts", "add", name, "--db", str(self.db), "--key-file", str(key_file))
+        if not wait:
+            return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(args, check=True, capture_output=True)
+        self.keys[name] = bytes.fromhex(key_file.read_text(encoding="utf-8").strip())
+        return None
+
+    def _write_faults(self) -> None:
+        self.faults_file.write_text("".join(f"{name}\n" for name in self.faults), encoding="utf-8")
+
+    def set_faults(self, faults: tuple[str, ...]) -> None:
+        """Switch the fault modes of the running server (admin API) and of every later start."""
+        old, self.faults = self.faults, tuple(faults)
+        self._write_faults()
+        for name in old:
+            self._admin("POST", f"/faults/{name}/off")
+        for name in self.faults:
+            self._admin("POST", f"/faults/{name}/on")
+
+    def _admin(self, method: str, path: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            conn.request(method, path, headers={"X-Admin-Token": self.admin_token})
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"admin {method} {path}: HTTP {response.status} {body[:200]!r}")
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the TCP port accepts connections (RuntimeError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.tcp_port):
+            if time.monotonic() > deadline:
+                log = (self.directory / "server.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise RuntimeError(f"the reference server did not start: {log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the server process (if running)."""
+        subprocess.run(["sh", "-c", f"p=$(cat {shlex.quote(str(self.pidfile))} 2>/dev/null); "
+                                    "[ -n \"$p\" ] && kill -9 \"$p\" 2>/dev/null; true"], check=False)
+
+    def target(self, *, http: bool = False, accounts: int = 2, restart: bool = True, restore: bool = True,
+               timeout: float = 5.0) -> Target:
+        """A ``Target`` for this server."""
+        chosen = tuple(Account(name, self.keys[name]) for name in self.accounts[:accounts])
+        return Target("127.0.0.1", self.http_port if http else self.tcp_port, http=http, accounts=chosen,
+                      restart_cmd=self.restart_cmd if restart else None,
+                      restore_cmd=self.restore_cmd if restore else None, timeout=timeout)
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,104 @@
+"""``sidekick certify`` and the pytest plugin: usage errors, reports, clean failure on a garbage port."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from xml.etree import ElementTree as ET
+
+import pytest
+import trio
+
+from emulator.certify import pytest_plugin
+from emulator.certify.local_server import free_port
+from emulator.cli import main
+
+PLUGIN_ARGS = ["-p", "no:sidekick", "-p", "emulator.certify.pytest_plugin"]
+"""Load the plugin by module name whether or not its entry point is installed."""
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vendor.key"
+    path.write_text(bytes(range(32)).hex() + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    ["127.0.0.1:1", "--account", "vendor"],
+    ["127.0.0.1:1", "--account", "vendor", "--key-file", "/nonexistent/key"],
+    ["nohost:port", "--account", "vendor", "--key-file", "KEY"],
+    ["127.0.0.1:1", "--account", "vendor", "--key-file", "NOTHEX"],
+    ["127.0.0.1:1", "--only", "no-such-check"],
+    ["127.0.0.1:1", "--timeout", "0"],
+])
+def test_usage_errors_exit_2_with_one_line(args: list[str], key_file: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("not hex at all", encoding="utf-8")
+    argv = ["certify", *[str(key_file) if a == "KEY" else str(bad) if a == "NOTHEX" else a for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sidekick: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_list_names_every_check_by_requirement(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certify", "127.0.0.1:1", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "R-PULL-8[pull-anchor-needs-ack]" in out and "R-DUR-3[durable-survives-restart]" in out
+
+
+async def _garbage(stream: trio.SocketStream) -> None:
+    try:
+        await stream.send_all(random.Random(8).randbytes(20000))
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+
+
+async def test_cli_against_a_garbage_port_fails_cleanly_with_reports(key_file: Path, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, _garbage, 0)
+        port = listeners[0].socket.getsockname()[1]
+        result = await trio.run_process(
+            [sys.executable, "-m", "emulator", "certify", f"127.0.0.1:{port}", "--account", "vendor",
+             "--key-file", str(key_file), "--timeout", "3", "--json", str(tmp_path / "r.json"),
+             "--junit", str(tmp_path / "r.xml"), "--html", str(tmp_path / "r.html")],
+            capture_stdout=True, capture_stderr=True, check=False)
+        nursery.cancel_scope.cancel()
+    out = result.stdout.decode()
+    assert result.returncode == 1
+    assert b"Traceback" not in result.stderr + result.stdout
+    assert "not a certification by anyone" in out and "FAIL" in out
+    data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert data["exit_code"] == 1 and data["results"][0]["outcome"] == "fail"
+    assert ET.parse(tmp_path / "r.xml").getroot().findall(".//failure")
+    assert "not a certification by anyone" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def _pytest(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(cwd),
+                           *PLUGIN_ARGS, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_plugin_adds_nothing_without_the_option() -> None:
+    config = SimpleNamespace(getoption=lambda name: None)
+    items: list[object] = ["an item of the project's own run"]
+    pytest_plugin.pytest_collection_modifyitems(None, config, items)  # type: ignore[arg-type]
+    assert items == ["an item of the project's own run"]
+    assert pytest_plugin.pytest_report_header(config) is None  # type: ignore[arg-type]
+
+
+def test_plugin_items_run_beside_other_tests_and_fail_against_a_down_server(tmp_path: Path, key_file: Path) -> None:
+    (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
+    result = _pytest(["-v", "test_one.py", "--sidekick-server", f"127.0.0.1:{free_port()}", "--sidekick-account",
+                      "vendor", "--sidekick-key-file", str(key_file), "--sidekick-only", "handshake",
+                      "--sidekick-timeout", "2"], tmp_path)
+    assert result.returncode == 1
+    assert "test_one.py::test_one PASSED" in result.stdout
+    assert "R-STATE-3[handshake] FAILED" in result.stdout
+    assert "cannot reach" in result.stdout and "Traceback" not in result.stdout

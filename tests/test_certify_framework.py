@@ -1,0 +1,188 @@
+"""The certify framework without a real server: registry, selection, verdicts, reports, vectors,
+and clean results against servers that are down or speak something else."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emulator.certify import all_checks
+from emulator.certify.checks_framing import VECTORS, reference_verdict, resequence
+from emulator.certify.client import Trace
+from emulator.certify.context import Account, CheckContext, Target
+from emulator.certify.framework import CheckResult, Inconclusive, Level, Outcome, TraceEntry, select
+from emulator.certify.local_server import free_port
+from emulator.certify.report import DISCLAIMER, render_html, render_json, render_junit, render_text
+from emulator.certify.runner import HANDSHAKE_ID, RunResult, load_expected_failures, run_suite
+from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.messages import Ping
+
+SPEC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+CHECKS = all_checks()
+
+
+def test_every_check_cites_requirements_of_the_spec() -> None:
+    spec_ids = set(re.findall(r"^\| (R-[A-Z]+-\d+) \|", SPEC.read_text(encoding="utf-8"), re.M))
+    cited = {req for c in CHECKS.values() for req in c.requirements}
+    assert cited - spec_ids == set()
+    names = [c.name for c in CHECKS.values()]
+    assert len(names) == len(set(names))
+    assert HANDSHAKE_ID in CHECKS
+
+
+def test_every_malformed_vector_is_a_check() -> None:
+    assert {f"malformed-{v.name}" for v in VECTORS} <= set(CHECKS)
+    assert len(VECTORS) >= 18
+
+
+def test_select_matches_ids_groups_and_requirements_in_group_order() -> None:
+    pull = select(CHECKS.values(), only=["R-PULL-8"])
+    assert pull and all("R-PULL-8" in c.requirements for c in pull)
+    malformed = select(CHECKS.values(), only=["malformed"])
+    assert {c.group for c in malformed} == {"malformed"}
+    everything = select(CHECKS.values())
+    groups = [c.group for c in everything]
+    assert groups.index("restart") > groups.index("malformed") and groups[-1] == "restore"
+    assert select(CHECKS.values(), only=["no-such-check-*"]) == []
+
+
+def _result(level: Level, outcome: Outcome, *, expected: bool = False) -> CheckResult:
+    base = next(c for c in CHECKS.values() if c.level is level)
+    return CheckResult(base, outcome, "message <with markup>", (TraceEntry(0.0, "c1", ">", "PING seq 2"),), 0.5,
+                       expected)
+
+
+def _run(*results: CheckResult, strict: bool = False) -> RunResult:
+    run = RunResult(Target("127.0.0.1", 1), 7, "all", strict)
+    run.results.extend(results)
+    return run
+
+
+@pytest.mark.parametrize(("results", "strict", "code"), [
+    ((Outcome.PASS,), False, 0),
+    ((Outcome.PASS, Outcome.FAIL), False, 1),
+    ((Outcome.INCONCLUSIVE,), False, 0),
+    ((Outcome.INCONCLUSIVE,), True, 1),
+    ((Outcome.SKIPPED,), True, 0),
+])
+def test_exit_code_follows_must_failures_and_strictness(results: tuple[Outcome, ...], strict: bool, code: int) -> None:
+    assert _run(*(_result(Level.MUST, o) for o in results), strict=strict).exit_code() == code
+
+
+def test_should_failures_and_expected_failures_do_not_fail_the_run() -> None:
+    assert _run(_result(Level.SHOULD, Outcome.FAIL)).exit_code() == 0
+    assert _run(_result(Level.MUST, Outcome.FAIL, expected=True)).exit_code() == 0
+
+
+def test_expected_failures_file(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.txt"
+    path.write_text("# vendor baseline\nR-PULL-8   # anchors not yet\n\npush-empty\n", encoding="utf-8")
+    assert load_expected_failures(path) == frozenset({"R-PULL-8", "push-empty"})
+
+
+def test_reports_carry_results_evidence_and_the_disclaimer() -> None:
+    run = _run(_result(Level.MUST, Outcome.FAIL), _result(Level.MUST, Outcome.INCONCLUSIVE),
+               _result(Level.SHOULD, Outcome.PASS))
+    text = render_text(run)
+    assert "FAILURES" in text and "INCONCLUSIVE (1)" in text and "PING seq 2" in text and DISCLAIMER in text
+    data = json.loads(render_json(run))
+    assert data["counts"] == {"pass": 1, "fail": 1, "inconclusive": 1, "skipped": 0}
+    assert data["exit_code"] == 1 and data["results"][0]["evidence"]
+    root = ET.fromstring(render_junit(run))
+    cases = root.findall(".//testcase")
+    assert [c.get("name") for c in cases] == [r.check.name for r in run.results]
+    assert len(root.findall(".//failure")) == 1
+    page = render_html(run)
+    assert DISCLAIMER in page and "<with markup>" not in page and "&lt;with markup&gt;" in page
+
+
+@given(seq=st.integers(0, 2**32 - 1), new_seq=st.integers(0, 2**32 - 1), nonce=st.integers(0, 2**64 - 1),
+       broken=st.booleans())
+def test_resequence_renumbers_and_keeps_the_crc_verdict(seq: int, new_seq: int, nonce: int, broken: bool) -> None:
+    frame = bytearray(encode_frame(Ping(nonce), seq))
+    if broken:
+        frame[-1] ^= 1
+    decoder = FrameDecoder()
+    decoder.feed(resequence(bytes(frame), new_seq))
+    if broken:
+        with pytest.raises(RemoteProtocolError) as info:
+            decoder.next_frame()
+        assert info.value.code is ErrorCode.BAD_CRC
+    else:
+        got = decoder.next_frame()
+        assert got is not None and got.seq == new_seq and got.message == Ping(nonce)
+
+
+def test_reference_verdict_agrees_with_every_vector_manifest() -> None:
+    for vector in VECTORS:
+        assert reference_verdict(vector.data, 65536) is vector.code, vector.name
+
+
+# ---------------------------------------------------------------------------------------- bad servers
+
+async def _garbage_handler(stream: trio.SocketStream) -> None:
+    rng = random.Random(20)
+    try:
+        await stream.send_all(rng.randbytes(20000))
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+
+
+async def _http_404_handler(stream: trio.SocketStream) -> None:
+    try:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found")
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+
+
+async def _suite_against(handler: object | None, *, http: bool = False) -> RunResult:
+    account = (Account("vendor", bytes(32)),)
+    async with trio.open_nursery() as nursery:
+        if handler is None:
+            port = free_port()
+        else:
+            listeners = await nursery.start(trio.serve_tcp, handler, 0)
+            port = listeners[0].socket.getsockname()[1]
+        target = Target("127.0.0.1", port, http=http, accounts=account, timeout=2.0)
+        run = await run_suite(target, select(CHECKS.values()), seed=1)
+        nursery.cancel_scope.cancel()
+    return run
+
+
+@pytest.mark.parametrize(("handler", "http"), [(_garbage_handler, False), (_http_404_handler, True), (None, False)],
+                         ids=["garbage-tcp", "http-404", "down"])
+async def test_a_server_not_speaking_the_protocol_fails_cleanly(handler: object | None, http: bool) -> None:
+    run = await _suite_against(handler, http=http)
+    assert run.exit_code() == 1
+    first = run.results[0]
+    assert first.check.id == HANDSHAKE_ID and first.outcome is Outcome.FAIL
+    rest = [r for r in run.results[1:] if r.outcome is not Outcome.SKIPPED]  # other binding: not applicable
+    assert rest and all(r.outcome is Outcome.INCONCLUSIVE for r in rest)
+    assert all("no session" in r.message or r.message.startswith("needs") for r in rest)
+
+
+@pytest.mark.parametrize(("command", "reason"), [("exit 3", "status 3"), ("sleep 30", "did not finish")])
+async def test_a_failing_or_hanging_command_makes_the_check_inconclusive(command: str, reason: str) -> None:
+    target = Target("127.0.0.1", 1, restart_cmd=command, ready_timeout=0.5)
+    ctx = CheckContext(target, random.Random(0), Trace())
+    with pytest.raises(Inconclusive, match=reason):
+        await ctx.run_command(command, "restart")
+
+
+async def test_a_failed_handshake_fails_the_run_even_when_not_selected() -> None:
+    target = Target("127.0.0.1", free_port(), accounts=(Account("vendor", bytes(32)),), timeout=2.0)
+    run = await run_suite(target, select(CHECKS.values(), only=["R-PULL-*"]), seed=1)
+    assert run.results[0].check.id == HANDSHAKE_ID and run.results[0].outcome is Outcome.FAIL
+    assert run.exit_code() == 1

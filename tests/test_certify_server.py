@@ -1,0 +1,111 @@
+"""The suite against the reference server, run as a real process (one per module) with real
+restart and restore commands: the correct server passes every check over TCP and HTTP; each fault
+mode makes at least one named check fail; the black-box fuzzer's oracle holds and finds a fault."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.certify import all_checks
+from emulator.certify.blackbox import blackbox_fuzz
+from emulator.certify.context import Account
+from emulator.certify.framework import Need, Outcome, select
+from emulator.certify.local_server import LocalServer
+from emulator.certify.runner import run_suite
+from server_stub.faults import FAULT_MODES
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    with LocalServer(tmp_path_factory.mktemp("certify-server")) as running:
+        yield running
+
+
+@pytest.fixture
+def correct(server: LocalServer) -> Iterator[LocalServer]:
+    """The server with no fault mode on (and none left on afterwards)."""
+    server.set_faults(())
+    yield server
+    server.set_faults(())
+
+
+def _not_applicable(need: Need, http: bool) -> bool:
+    return (need is Need.HTTP and not http) or (need is Need.TCP and http)
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["tcp", "http"])
+async def test_reference_server_passes_every_check(correct: LocalServer, http: bool) -> None:
+    # the restart and restore checks run once, over TCP (they test the store, not the binding)
+    checks = [c for c in select(all_checks().values()) if not (http and c.group in ("restart", "restore"))]
+    run = await run_suite(correct.target(http=http), checks, seed=11)
+    problems = [(r.check.name, r.outcome.value, r.message) for r in run.results if r.outcome is not Outcome.PASS
+                and not (r.outcome is Outcome.SKIPPED and any(_not_applicable(n, http) for n in r.check.needs))]
+    assert problems == []
+    assert run.exit_code() == 0
+    wanted = {"account-isolation"} | (set() if http else {"durable-survives-restart", "generation-after-restore"})
+    assert wanted <= {r.check.id for r in run.results if r.outcome is Outcome.PASS}
+
+
+def test_pytest_plugin_runs_checks_as_items_named_by_requirement(correct: LocalServer, tmp_path: Path) -> None:
+    from tests.test_certify_cli import _pytest
+
+    key = tmp_path / "vendor.key"
+    key.write_text(correct.keys["vendor"].hex(), encoding="utf-8")
+    result = _pytest(["-v", "--sidekick-server", f"127.0.0.1:{correct.tcp_port}", "--sidekick-account", "vendor",
+                      "--sidekick-key-file", str(key), "--sidekick-only", "R-PULL-*"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "R-PULL-8[pull-anchor-needs-ack] PASSED" in result.stdout
+
+
+CAUGHT_BY: dict[str, tuple[str, ...]] = {
+    "ack-before-durable": ("durable-survives-restart",),
+    "silent-rollback": ("generation-after-restore",),
+    "duplicate-on-retransmit": ("retransmit-after-durable",),
+    "ignore-pull-ack": ("pull-anchor-needs-ack", "pull-ack-mismatch"),
+    "lose-tail-on-crash": ("durable-survives-restart",),
+    "wrong-watermark": ("watermark-only-durable",),
+    "reorder-versions": ("pull-paging",),
+    "forget-conflict-copy": ("conflict-copy",),
+}
+"""The table of docs/CERTIFY.md: fault mode -> the checks that catch it."""
+
+
+def test_every_fault_mode_is_mapped_to_existing_checks() -> None:
+    assert set(CAUGHT_BY) == set(FAULT_MODES)
+    assert {c for ids in CAUGHT_BY.values() for c in ids} <= set(all_checks())
+
+
+@pytest.mark.parametrize("fault", sorted(CAUGHT_BY))
+async def test_fault_mode_fails_its_checks(fault: str, correct: LocalServer) -> None:
+    correct.set_faults((fault,))
+    checks = select(all_checks().values(), only=CAUGHT_BY[fault])
+    run = await run_suite(correct.target(accounts=1), checks, seed=3)
+    outcomes = {r.check.id: (r.outcome, r.message) for r in run.results}
+    for check_id in CAUGHT_BY[fault]:
+        assert outcomes[check_id][0] is Outcome.FAIL, (check_id, outcomes[check_id])
+    assert run.exit_code() == 1
+
+
+@pytest.mark.parametrize(("fault", "http"), [(None, False), (None, True), ("ignore-pull-ack", False)],
+                         ids=["correct-tcp", "correct-http", "ignore-pull-ack"])
+async def test_blackbox_fuzz_oracle(fault: str | None, http: bool, correct: LocalServer) -> None:
+    correct.set_faults(() if fault is None else (fault,))
+    account = Account("vendor", correct.keys["vendor"])
+    port = correct.http_port if http else correct.tcp_port
+    report = await blackbox_fuzz("127.0.0.1", port, seed=len(str(fault)) * 7 + http, budget_s=120, http=http,
+                                 account=account, max_sessions=30)
+    assert report.sessions >= 2 and report.changes_confirmed > 0 and report.trace
+    if fault is None:
+        assert report.violations == [], report.summary()
+    else:
+        assert report.violations and all("R-PULL-8" in v for v in report.violations), report.summary()
+
+
+def test_the_documented_fault_table_matches() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "CERTIFY.md").read_text(encoding="utf-8")
+    for fault, checks in CAUGHT_BY.items():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{fault}` |"))
+        assert all(f"`{check_id}`" in row for check_id in checks), row
