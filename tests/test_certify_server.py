@@ -109,3 +109,25 @@ def test_the_documented_fault_table_matches() -> None:
     for fault, checks in CAUGHT_BY.items():
         row = next(line for line in doc.splitlines() if line.startswith(f"| `{fault}` |"))
         assert all(f"`{check_id}`" in row for check_id in checks), row
+
+
+@pytest.mark.parametrize("fault", [None, "duplicate-on-retransmit"])
+def test_fuzz_server_mode_is_clean_on_the_reference_server_and_catches_a_fault(
+        server: LocalServer, fault: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emulator.cli import main
+
+    server.set_faults(() if fault is None else (fault,))
+    try:
+        target = server.target()
+        key_file = tmp_path / "vendor.key"
+        key_file.write_text(server.keys["vendor"].hex())
+        argv = ["fuzz", "--server", f"{target.host}:{target.port}", "--account", "vendor",
+                "--key-file", str(key_file), "--budget", "3s", "--seed", "5", "--out", str(tmp_path)]
+        status = main(argv)
+        # Same seed again: the server remembers the first run's devices; still no false alarm.
+        again = main(argv) if fault is None else status
+    finally:
+        server.set_faults(())
+    out = capsys.readouterr().out
+    assert (status, again) == ((0, 0) if fault is None else (1, 1)), out
+    assert list(tmp_path.glob("blackbox-seed-5.txt"))

@@ -24,6 +24,8 @@ the first oracle is not applied to changes confirmed in the old generation.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -90,12 +92,16 @@ class _Confirmed:
 
 
 class _Fuzzer:
-    def __init__(self, target: Target, account: Account, rng: random.Random, report: BlackboxReport) -> None:
+    def __init__(self, target: Target, account: Account, rng: random.Random, report: BlackboxReport,
+                 run_nonce: bytes) -> None:
         self.rng = rng
         self.report = report
         self.trace = Trace()
         self.ctx = CheckContext(target, rng, self.trace)
-        self.devices = [Device(account, rng.randbytes(16)) for _ in range(3)]
+        # Fresh device ids per run (the server remembers the ids of earlier runs); the nonce is
+        # the only input not taken from the seed, and the trace records the ids.
+        self.devices = [Device(account, hashlib.sha256(run_nonce + rng.randbytes(16)).digest()[:16])
+                        for _ in range(3)]
         self.local: dict[bytes, dict[bytes, _Local]] = {d.device_id: {} for d in self.devices}
         self.applied: dict[tuple[bytes, int], int] = {}   # (device, lsn) -> version first assigned
         self.confirmed: dict[bytes, _Confirmed] = {}      # record id -> latest confirmed version
@@ -302,13 +308,18 @@ class _Fuzzer:
 
 
 async def blackbox_fuzz(host: str, port: int, *, seed: int, budget_s: float, http: bool,
-                        account: Account, timeout: float = 5.0, max_sessions: int | None = None) -> BlackboxReport:
+                        account: Account, timeout: float = 5.0, max_sessions: int | None = None,
+                        run_nonce: bytes | None = None) -> BlackboxReport:
     """Fuzz the server at ``host:port`` for ``budget_s`` seconds (Trio clock), or ``max_sessions``
-    sessions if given first, with seeded scripted devices of ``account``; return the report."""
+    sessions if given first, with seeded scripted devices of ``account``; return the report.
+    ``run_nonce`` (random if None) makes the device ids new, so a seed can be run again against a
+    server that remembers an earlier run."""
     report = BlackboxReport(seed)
     target = Target(host, port, http=http, accounts=(account,), timeout=timeout)
     rng = random.Random(seed)
-    fuzzer = _Fuzzer(target, account, rng, report)
+    fuzzer = _Fuzzer(target, account, rng, report, os.urandom(8) if run_nonce is None else run_nonce)
+    for device in fuzzer.devices:
+        fuzzer.trace.note(f"device {device.device_id.hex()}")
     start = trio.current_time()
     deadline = start + budget_s
     try:

@@ -83,7 +83,10 @@ def register(subparsers: Any) -> None:
     fuzz.add_argument("--no-shrink", action="store_true", help="write the failing trace only")
     fuzz.add_argument("--list-mutants", action="store_true", help="list the planted bugs and exit")
     fuzz.add_argument("--server", metavar="HOST:PORT",
-                      help="black-box mode against a running server (see `sidekick certify`)")
+                      help="black-box mode: seeded handsets against a running server over real sockets "
+                           "(with --account and --key-file; --binding http for its HTTP address)")
+    fuzz.add_argument("--account", metavar="ID", help="account for --server")
+    fuzz.add_argument("--key-file", metavar="F", help="the account's key as hex, for --server")
     fuzz.set_defaults(func=run_fuzz)
 
     rep = subparsers.add_parser("replay", help="replay a fuzz trace exactly and tell its story",
@@ -135,14 +138,45 @@ class _Progress:
         self.bar.close()
 
 
+def _run_blackbox(args: argparse.Namespace) -> int:
+    """``--server``: seeded scripted handsets against a running server over real sockets."""
+    import trio
+
+    from emulator.certify.blackbox import blackbox_fuzz
+    from emulator.certify.context import Account
+    from emulator.cli.certify import read_key
+
+    host, port = parse_hostport(args.server)
+    if not args.account or not args.key_file:
+        raise CliError("--server needs --account ID and --key-file F (the account's key as hex)")
+    if args.budget.seconds is None:
+        raise CliError("--server takes a wall-time budget (e.g. --budget 60s), not a number of runs")
+    account = Account(args.account, read_key(args.key_file))
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    print(f"sidekick fuzz: black-box against {host}:{port} ({'http' if args.binding == 'http' else 'tcp'}), "
+          f"seed {seed}, budget {args.budget}", file=sys.stderr)
+    report = trio.run(lambda: blackbox_fuzz(host, port, seed=seed, budget_s=args.budget.seconds,
+                                            http=args.binding == "http", account=account))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trace_path = out / f"blackbox-seed-{seed}.txt"
+    trace_path.write_text("\n".join(e.render() for e in report.trace) + "\n",
+                          encoding="utf-8")
+    print(report.summary())
+    print(f"trace of every frame sent and received: {trace_path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"result": "ok" if report.ok else "violation", "seed": seed,
+                          "sessions": report.sessions, "violations": report.violations,
+                          "trace": str(trace_path)}, indent=2))
+    return 0 if report.ok else 1
+
+
 def run_fuzz(args: argparse.Namespace) -> int:
     """The campaign."""
     if args.list_mutants:
         return _list_mutants()
     if args.server is not None:
-        parse_hostport(args.server)
-        raise CliError("black-box fuzzing of a running server is not part of `sidekick fuzz` yet; "
-                       "use `sidekick certify --server HOST:PORT` for a server you run")
+        return _run_blackbox(args)
     options = _options(args)
     start = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     out = Path(args.out)
