@@ -25,7 +25,8 @@ def test_list_mutants_names_device_and_server_bugs(capsys: pytest.CaptureFixture
 @pytest.mark.parametrize("argv, message", [
     (["fuzz", "--mutant", "no-such-bug"], "unknown mutant"),
     (["fuzz", "--faults", "drop,meteor"], "unknown fault kind"),
-    (["fuzz", "--server", "localhost:1"], "certify"),
+    (["fuzz", "--server", "localhost:1"], "--account ID and --key-file"),
+    (["fuzz", "--server", "localhost:port"], "bad address"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                           tmp_path: Path) -> None:
