@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
-import trio.testing
 
 from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
 from protocol.session import CONNECTION_CLOSED
@@ -106,7 +105,9 @@ def memory_connector(serve: Callable[[trio.abc.Stream], Awaitable[None]],
     half is handed to ``serve`` (e.g. ``SyncServer.serve_stream``) in ``nursery``."""
 
     async def connect() -> Channel:
-        device_end, server_end = trio.testing.memory_stream_pair()
+        from trio.testing import memory_stream_pair  # only simulations need it (imports pytest if present)
+
+        device_end, server_end = memory_stream_pair()
         nursery.start_soon(_serve_quietly, serve, server_end)
         return StreamChannel(device_end)
 
@@ -221,7 +222,9 @@ def http_memory_connector(serve_http: Callable[[trio.abc.Stream], Awaitable[None
     (e.g. ``SyncServer.serve_http_stream``)."""
 
     async def connect() -> Channel:
-        device_end, server_end = trio.testing.memory_stream_pair()
+        from trio.testing import memory_stream_pair  # only simulations need it (imports pytest if present)
+
+        device_end, server_end = memory_stream_pair()
         nursery.start_soon(_serve_quietly, serve_http, server_end)
         return HttpChannel(device_end, host)
 
