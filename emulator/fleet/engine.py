@@ -652,9 +652,9 @@ class _Fleet:
 def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None) -> FleetRun:
     """Run one fleet simulation to the end and return its report (deterministic for the seed)."""
     fleet = _Fleet(config, progress)
-    import trio._core._run as trio_run  # the scheduler's tie-break order, seeded for determinism
+    from emulator.sim.world import seed_trio_scheduler
 
-    trio_run._r.seed(derive_rng(config.seed, "trio").getrandbits(64))
+    seed_trio_scheduler(derive_rng(config.seed, "trio").getrandbits(64))
 
     async def main() -> dict[str, Any]:
         async with trio.open_nursery() as servers:

@@ -161,6 +161,15 @@ class _LogCatcher(logging.Handler):
             self.errors.append(text)
 
 
+
+def seed_trio_scheduler(value: int) -> None:
+    """Seed Trio's tie-breaking RNG (which of several ready tasks runs first), so that one seed gives
+    one schedule. Trio keeps it private (``trio._core._run._r``); this is the one place we reach it."""
+    import trio._core._run as trio_run  # noqa: PLC0415
+
+    trio_run._r.seed(value)
+
+
 class World:
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
@@ -205,9 +214,7 @@ class World:
 
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
-        import trio._core._run as trio_run  # noqa: PLC0415 - the scheduler's tie-breaking RNG
-
-        trio_run._r.seed(derive(self.seed, "trio-scheduler"))
+        seed_trio_scheduler(derive(self.seed, "trio-scheduler"))
         self.clock = trio.testing.MockClock(autojump_threshold=0)
         loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
