@@ -3,7 +3,9 @@
 Figures: write throughput (a commit per record, and batched), mount time against a naive full-scan
 mount in the same run, write amplification at steady state under updates, resident index memory
 per record after mount (tracemalloc), and power-loss cuts per second for a 200-operation workload
-against replaying the workload from scratch for each cut.
+against replaying the workload from scratch for each cut. Flash memory: bytes the chip holds per
+programmed page (pages are held without their trailing 0xFF) against the whole raw page that a chip
+holding whole pages would keep, after populating and after the steady-state updates.
 
 Usage: python benchmarks/store.py [--records 10000] [--photos 50] [--updates 20000] [--quick]
 """
@@ -149,6 +151,15 @@ def bench_write_amplification(store: RecordStore, ids: list[bytes], updates: int
             "gc_runs": stats.gc_runs}
 
 
+def flash_memory(flash: NandFlash) -> dict[str, Any]:
+    """Bytes of page content the chip holds per programmed page, against the raw page size."""
+    pages = flash.programmed_pages()
+    per_page = flash.held_bytes() / pages if pages else 0.0
+    raw = flash.geometry.raw_page
+    return {"programmed_pages": pages, "bytes_held_per_programmed_page": round(per_page, 1),
+            "baseline_raw_page_bytes": raw, "held_over_raw": round(per_page / raw, 3)}
+
+
 def bench_powerloss(cuts: int) -> dict[str, Any]:
     out: dict[str, Any] = {"workload_ops": 200}
     for every in (4, 1):
@@ -195,6 +206,7 @@ def main() -> None:
     rng = random.Random(42)
     store, ids, writes = populate(args.records, args.photos, rng)
     flash = store.flash
+    memory_populated = flash_memory(flash)
     result: dict[str, Any] = {
         "geometry": {"blocks": flash.geometry.blocks, "page_size": flash.geometry.page_size,
                      "pages_per_block": flash.geometry.pages_per_block,
@@ -207,6 +219,7 @@ def main() -> None:
         "steady_state_updates": bench_write_amplification(store, ids, args.updates, rng),
         "powerloss": bench_powerloss(args.cuts),
     }
+    result["flash_memory"] = {"after_populate": memory_populated, "after_updates": flash_memory(flash)}
     result["load_average_1min"] = round(os.getloadavg()[0], 2)
     result["cpus"] = os.cpu_count()
     print(json.dumps(result, indent=2))

@@ -12,14 +12,16 @@ power cut at an operation number (``arm_power_cut``), bit flips on read against 
 ``ecc_bits_per_512``-bit-per-sector ECC (corrected and counted, or ``UncorrectableError``: never
 wrong data), factory and grown bad blocks, wear-out past ``endurance`` erase cycles.
 
-Memory is sparse: only programmed pages are held, each as one immutable ``bytes`` of
-``page_size + spare_size``; ``snapshot()`` is a shallow copy of that dict.
+Memory is sparse: only programmed pages are held, each as one immutable ``bytes`` holding the raw
+page (``page_size + spare_size``) without its trailing 0xFF bytes (a small page costs its content,
+not the whole page; every read pads it back); ``snapshot()`` is a shallow copy of that dict.
 The image file format is in ``emulator.flash_image`` (documented in docs/FLASH.md).
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from os import PathLike
@@ -174,6 +176,7 @@ class FlashSnapshot:
     """Everything needed to put a chip back into an earlier state (``NandFlash.restore``)."""
 
     pages: dict[int, bytes]
+    """Programmed pages by index, raw (data then spare) with trailing 0xFF bytes stripped."""
     nop_used: dict[int, int]
     next_page: tuple[int, ...]
     erase_counts: tuple[int, ...]
@@ -183,23 +186,33 @@ class FlashSnapshot:
 
 
 class NandFlash:
-    """One NAND chip. Addresses are (block, page); every read, program and erase is one operation."""
+    """One NAND chip. Addresses are (block, page); every read, program and erase is one operation.
+
+    ``op_log_len`` is how many of the last operations ``op_log`` keeps (default ``OP_LOG_LEN``;
+    0 keeps none, for fleets of many chips where nobody reads the log). ``pack_pages`` keeps a
+    held page of at least ``PACK_MIN`` bytes zlib-compressed when that halves it: memory only,
+    every operation behaves the same (for fleets whose synthetic photo data compresses).
+    """
 
     OP_LOG_LEN = 256
 
     def __init__(self, geometry: Geometry = Geometry(), *, rng: random.Random | None = None,
-                 faults: FlashFaults | None = None) -> None:
+                 faults: FlashFaults | None = None, op_log_len: int = OP_LOG_LEN,
+                 pack_pages: bool = False) -> None:
+        if op_log_len < 0:
+            raise ValueError(f"op_log_len must be >= 0, not {op_log_len}")
         self.geometry = geometry
+        self.pack_pages = pack_pages
         self.faults = faults or FlashFaults()
         self.rng = rng or random.Random(0)
         self.stats = FlashStats()
         self.ops = 0
         """Operations attempted so far (reads, programs, erases)."""
-        self.op_log: deque[tuple[int, str, int, int]] = deque(maxlen=self.OP_LOG_LEN)
+        self.op_log: deque[tuple[int, str, int, int]] = deque(maxlen=op_log_len)
         """The last operations: (op number, kind, block, page or -1)."""
         self.op_trace: list[str] | None = None
         """If set to a list, the kind ("read", "program", "erase") of every operation is appended."""
-        self._pages: dict[int, bytes] = {}
+        self._pages: dict[int, bytes] = {}  # raw pages without their trailing 0xFF bytes
         self._nop: dict[int, int] = {}
         self._next_page = [0] * geometry.blocks
         self._erase_counts = [0] * geometry.blocks
@@ -207,6 +220,9 @@ class NandFlash:
         self._failing: set[int] = set()  # grown defects: programs fail until firmware marks them bad
         self._cut_at: int | None = None
         self._cut_variant = "torn"
+        self._raw_size = geometry.raw_page
+        self._ppb = geometry.pages_per_block
+        self._blocks = geometry.blocks
         self._erased_page = b"\xff" * geometry.raw_page
         self._erased_data = b"\xff" * geometry.page_size
         self._erased_spare = b"\xff" * geometry.spare_size
@@ -248,6 +264,10 @@ class NandFlash:
     def programmed_pages(self) -> int:
         """Pages holding programmed bits."""
         return len(self._pages)
+
+    def held_bytes(self) -> int:
+        """Bytes of page content held in memory: programmed pages without their trailing 0xFF."""
+        return sum(map(len, self._pages.values()))
 
     def mark_bad(self, block: int) -> None:
         """Mark a block bad (what firmware does after a failure): spare byte 0 of page 0 := 0x00."""
@@ -293,31 +313,39 @@ class NandFlash:
             self._read_faults(block, page)
         if raw is None:
             return self._erased_data, self._erased_spare
+        if type(raw) is _Packed:
+            raw = zlib.decompress(raw)
         size = self.geometry.page_size
-        return raw[:size], raw[size:]
+        if len(raw) <= size:
+            return raw.ljust(size, b"\xff"), self._erased_spare
+        return raw[:size], raw[size:].ljust(self.geometry.spare_size, b"\xff")
 
     def read_raw(self, block: int, page: int) -> bytes:
         """Read data and spare as one ``bytes`` (same rules as ``read_page``)."""
-        geometry = self.geometry
-        if not (0 <= block < geometry.blocks and 0 <= page < geometry.pages_per_block):
+        ppb = self._ppb
+        if not (0 <= block < self._blocks and 0 <= page < ppb):
             raise UsageError(f"address {block}:{page} out of range")
-        self.ops += 1
-        self.op_log.append((self.ops, "read", block, page))
+        ops = self.ops = self.ops + 1
+        self.op_log.append((ops, "read", block, page))
         if self.op_trace is not None:
             self.op_trace.append("read")
-        if self.ops == self._cut_at:
+        if ops == self._cut_at:
             self._cut("read", block, page)
         self.stats.reads += 1
         if self._read_fault_rate:
             self._read_faults(block, page)
-        return self._pages.get(block * geometry.pages_per_block + page, self._erased_page)
+        raw = self._pages.get(block * ppb + page)
+        if raw is None:
+            return self._erased_page
+        if type(raw) is _Packed:
+            raw = zlib.decompress(raw)
+        return raw.ljust(self._raw_size, b"\xff")
 
     def read_run(self, block: int, first: int = 0) -> list[bytes]:
         """Sequential read: pages ``first``, ``first + 1``, ... up to and including the first erased
         page of the block (one operation each, as ``read_raw``); the programmed pages, in order."""
-        geometry = self.geometry
-        ppb = geometry.pages_per_block
-        if not (0 <= block < geometry.blocks and 0 <= first < ppb):
+        ppb = self._ppb
+        if not (0 <= block < self._blocks and 0 <= first < ppb):
             raise UsageError(f"address {block}:{first} out of range")
         pages = self._pages
         base = block * ppb
@@ -325,20 +353,26 @@ class NandFlash:
         log = self.op_log
         trace = self.op_trace
         faults = self._read_fault_rate
+        size = self._raw_size
+        stats = self.stats
+        cut_at = self._cut_at
+        ops = self.ops
         for page in range(first, ppb):
-            self.ops += 1
-            log.append((self.ops, "read", block, page))
+            ops = self.ops = ops + 1
+            log.append((ops, "read", block, page))
             if trace is not None:
                 trace.append("read")
-            if self.ops == self._cut_at:
+            if ops == cut_at:
                 self._cut("read", block, page)
-            self.stats.reads += 1
+            stats.reads += 1
             if faults:
                 self._read_faults(block, page)
             raw = pages.get(base + page)
             if raw is None:
                 break
-            out.append(raw)
+            if type(raw) is _Packed:
+                raw = zlib.decompress(raw)
+            out.append(raw.ljust(size, b"\xff"))
         return out
 
     def program_page(self, block: int, page: int, data: bytes, spare: bytes = b"") -> None:
@@ -356,11 +390,15 @@ class NandFlash:
         if used == 0 and page < self._next_page[block]:
             raise ProgramOrderError(f"first program of page {block}:{page} after page "
                                     f"{self._next_page[block] - 1} of the same block")
-        new = bytes(data) + b"\xff" * (geometry.page_size - len(data)) + bytes(spare) \
-            + b"\xff" * (geometry.spare_size - len(spare))
-        old = self._pages.get(index)
+        # Pages are held without trailing 0xFF: an AND of two such is one too (0xFF AND x = x).
+        spare = bytes(spare).rstrip(b"\xff")
+        if spare:
+            new = bytes(data).ljust(geometry.page_size, b"\xff") + spare
+        else:
+            new = bytes(data).rstrip(b"\xff")
+        old = self._held(index)
         if old is not None:
-            new = _and(old, new)
+            new = _and_stripped(old, new)
         if self._tick("program", block, page):
             if self._cut_variant == "torn":
                 self._store_page(index, block, page, used, self._torn_program(old, new))
@@ -456,10 +494,22 @@ class NandFlash:
         self.stats.power_losses += 1
         raise PowerLoss(self.ops, kind, variant)
 
+    def _held(self, index: int) -> bytes | None:
+        """The page at ``index`` as held (stripped of trailing 0xFF, unpacked), or None if erased."""
+        raw = self._pages.get(index)
+        if raw is not None and type(raw) is _Packed:
+            return zlib.decompress(raw)
+        return raw
+
     def _store_page(self, index: int, block: int, page: int, used: int, raw: bytes) -> None:
-        if raw == self._erased_page and index not in self._pages:
+        """Record a program of ``raw`` (stripped of trailing 0xFF) at ``index``."""
+        if not raw and index not in self._pages:
             self._nop[index] = used + 1  # nothing visible, but a partial program was spent
         else:
+            if self.pack_pages and len(raw) >= PACK_MIN:
+                packed = zlib.compress(raw, 1)
+                if 2 * len(packed) <= len(raw):
+                    raw = _Packed(packed)
             self._pages[index] = raw
             self._nop[index] = used + 1
         if page >= self._next_page[block]:
@@ -467,31 +517,34 @@ class NandFlash:
 
     def _torn_program(self, old: bytes | None, new: bytes) -> bytes:
         """What an interrupted program leaves: either the page programmed up to a random byte
-        (the rest untouched), or a random subset of the bits it would clear, cleared."""
-        base = old if old is not None else self._erased_page
-        n = len(new)
+        (the rest untouched), or a random subset of the bits it would clear, cleared.
+        ``old``, ``new`` and the result are stripped pages; the draws are over the whole page."""
+        n = self._raw_size
+        base = old.ljust(n, b"\xff") if old is not None else self._erased_page
+        new = new.ljust(n, b"\xff")
         if self.rng.random() < 0.5:
             cut = self.rng.randrange(n)
-            return new[:cut] + base[cut:]
+            return (new[:cut] + base[cut:]).rstrip(b"\xff")
         base_int = int.from_bytes(base, "big")
         to_clear = base_int & ~int.from_bytes(new, "big")
         keep = to_clear & self.rng.getrandbits(n * 8)
-        return (base_int & ~keep).to_bytes(n, "big")
+        return (base_int & ~keep).to_bytes(n, "big").rstrip(b"\xff")
 
     def _torn_erase(self, block: int) -> None:
         """Leave a block partly erased: each page erased, untouched, or with some bits set."""
         ppb = self.geometry.pages_per_block
         first = block * ppb
         for index in range(first, first + ppb):
-            raw = self._pages.get(index)
+            raw = self._held(index)
             if raw is None:
                 continue
             roll = self.rng.random()
             if roll < 1 / 3:
                 del self._pages[index]
             elif roll < 2 / 3:
-                n = len(raw)
-                self._pages[index] = (int.from_bytes(raw, "big") | self.rng.getrandbits(n * 8)).to_bytes(n, "big")
+                n = self._raw_size
+                bits = int.from_bytes(raw.ljust(n, b"\xff"), "big") | self.rng.getrandbits(n * 8)
+                self._pages[index] = bits.to_bytes(n, "big").rstrip(b"\xff")
         self._erase_counts[block] += 1
         self._reset_block_state(block)
 
@@ -520,9 +573,9 @@ class NandFlash:
     def _mark_bad(self, block: int) -> None:
         self._bad.add(block)
         index = block * self.geometry.pages_per_block
-        raw = self._pages.get(index, self._erased_page)
+        raw = (self._held(index) or b"").ljust(self._raw_size, b"\xff")
         size = self.geometry.page_size
-        self._pages[index] = raw[:size] + b"\x00" + raw[size + 1:]
+        self._pages[index] = (raw[:size] + b"\x00" + raw[size + 1:]).rstrip(b"\xff")
 
     def _read_faults(self, block: int, page: int) -> None:
         """Draw bit flips for each sector of a read: corrected within the ECC limit, else an error."""
@@ -539,6 +592,23 @@ class NandFlash:
                 self.stats.corrected_bits += rng.randint(1, limit)
 
 
-def _and(a: bytes, b: bytes) -> bytes:
-    n = len(a)
-    return (int.from_bytes(a, "big") & int.from_bytes(b, "big")).to_bytes(n, "big")
+PACK_MIN = 1024
+"""With ``pack_pages``, a held page of at least this many bytes is kept zlib-compressed if that halves it."""
+
+
+class _Packed(bytes):
+    """A held page, zlib-compressed (``pack_pages``)."""
+
+    __slots__ = ()
+
+
+def _and_stripped(a: bytes, b: bytes) -> bytes:
+    """``a AND b`` of two pages held without trailing 0xFF (the shorter one is 0xFF beyond its end);
+    the result again ends in a byte other than 0xFF, or is empty."""
+    if len(a) < len(b):
+        a, b = b, a
+    n = len(b)
+    if not n:
+        return a
+    head = (int.from_bytes(a[:n], "big") & int.from_bytes(b, "big")).to_bytes(n, "big")
+    return head + a[n:] if len(a) > n else head

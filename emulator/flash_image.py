@@ -40,11 +40,12 @@ def save_image(flash: NandFlash, path: str | PathLike[str]) -> None:
     parts = [struct.pack(f">{g.blocks}I", *flash._erase_counts)]
     bad = sorted(flash._bad)
     parts.append(struct.pack(f">I{len(bad)}I", len(bad), *bad))
-    pages = sorted(flash._pages.items())
+    pages = sorted(flash._pages)
     parts.append(struct.pack(">I", len(pages)))
-    for index, raw in pages:
+    for index in pages:
+        raw = flash._held(index) or b""
         parts.append(_PAGE_HEAD.pack(index, flash._nop.get(index, 1)))
-        parts.append(raw)
+        parts.append(raw.ljust(g.raw_page, b"\xff"))  # held without trailing 0xFF, written whole
     body = zlib.compress(b"".join(parts), 6)
     head = _HEADER.pack(IMAGE_MAGIC, IMAGE_VERSION, 0, g.page_size, g.spare_size, g.pages_per_block,
                         g.blocks, g.nop, g.endurance, g.ecc_bits_per_512, flash.ops, len(body),
@@ -123,7 +124,7 @@ def _fill(flash: NandFlash, raw: memoryview) -> None:
         if len(page) != size:
             raise ValueError("truncated page record")
         pos += size
-        flash._pages[index] = page
+        flash._pages[index] = page.rstrip(b"\xff")  # the chip holds pages without trailing 0xFF
         flash._nop[index] = nop
         block, offset = divmod(index, ppb)
         if offset >= flash._next_page[block]:

@@ -780,8 +780,8 @@ class RecordStore:
 
     def apply_pulled(self, records: Sequence[Record], anchor: int) -> None:
         """Store pulled server versions as DURABLE in ``meta.generation`` and set ``meta.anchor``,
-        in one commit. A record whose local head is not DURABLE in that generation is skipped
-        (the local edit will be pushed; the server resolves the conflict)."""
+        in one commit (none if neither changes). A record whose local head is not DURABLE in that
+        generation is skipped (the local edit will be pushed; the server resolves the conflict)."""
         self._alive()
         meta = self.meta
         durable = SyncState.DURABLE.value
@@ -791,6 +791,8 @@ class RecordStore:
             if head is not None and (head[_STATE] != durable or head[_GEN] != meta.generation):
                 continue
             latest[record.record_id] = record
+        if not latest and anchor == meta.anchor:
+            return  # nothing new (an idle poll): no commit, no flash wear
         entries: list[_Entry] = [
             (E_HEAD, rid, self._encode_head(StoredVersion(rec, 0, rec.version, SyncState.DURABLE,
                                                            meta.generation)))

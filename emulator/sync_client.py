@@ -257,13 +257,14 @@ class _Driver:
                 await self._refuse(exc)
                 raise PeerProtocolError(exc) from exc
             if event is NEED_DATA:
+                data = b""
                 try:
-                    with trio.fail_after(self.timeout):
+                    with trio.CancelScope(deadline=trio.current_time() + self.timeout) as waiting:
                         data = await self.channel.receive_some()
-                except trio.TooSlowError:
-                    raise SyncTimeout(f"no answer from the server within {self.timeout:g} s") from None
                 except TransportError as exc:
                     raise ConnectionLost(str(exc)) from exc
+                if waiting.cancelled_caught:
+                    raise SyncTimeout(f"no answer from the server within {self.timeout:g} s")
                 self.report.bytes_received += len(data)
                 self.session.receive_data(data)
                 continue
@@ -617,9 +618,11 @@ class _Driver:
             if not early_ack:
                 await self.send(PullAck(message.anchor))
             if not message.more:
-                await self.send(Ping(self.handset.rng.getrandbits(63)))
-                await self.expect(Pong)  # answered after our PULL_ACK: the server holds the anchor
                 if self.store.meta.server_anchor != message.anchor:
+                    # PONG comes after our PULL_ACK is processed: the server then holds the anchor.
+                    # An anchor the server already confirmed needs no round trip (an idle poll).
+                    await self.send(Ping(self.handset.rng.getrandbits(63)))
+                    await self.expect(Pong)
                     self.store.set_meta(server_anchor=message.anchor)
                 return True
 

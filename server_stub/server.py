@@ -114,13 +114,13 @@ class SyncServer:
 
         async def write(data: bytes) -> None:
             try:
-                with trio.fail_after(self.limits.idle_timeout):
+                with trio.CancelScope(deadline=trio.current_time() + self.limits.idle_timeout) as sending:
                     await stream.send_all(data)
-            except trio.TooSlowError:
-                self.metrics.refusals["send_timeout"] += 1
-                raise _Closed("peer does not read") from None
             except _STREAM_ERRORS as exc:
                 raise _Closed(str(exc)) from None
+            if sending.cancelled_caught:
+                self.metrics.refusals["send_timeout"] += 1
+                raise _Closed("peer does not read")
 
         handler = SessionHandler(self, write, binding="tcp", over_capacity=over)
         self.session_started(handler)

@@ -11,6 +11,7 @@ mutating calls fail with ``StorageError`` (a storage failure hook). Nothing here
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -43,8 +44,20 @@ class _Device:
 
 @dataclass
 class _Blob:
+    """Bytes held of a blob; ``packed``: ``data`` is the complete blob, zlib-compressed."""
+
     total: int
     data: bytes = b""
+    packed: bool = False
+
+    @property
+    def held(self) -> int:
+        """How many leading bytes are held."""
+        return self.total if self.packed else len(self.data)
+
+    def content(self) -> bytes:
+        """The bytes held, uncompressed."""
+        return zlib.decompress(self.data) if self.packed else self.data
 
 
 @dataclass
@@ -106,8 +119,10 @@ class _AccountTx:
 class SimulatedStorage:
     """The simulated backend (see the module docstring). ``rng`` draws the server id and generations."""
 
-    def __init__(self, rng: random.Random, *, faults: FaultSet | None = None) -> None:
+    def __init__(self, rng: random.Random, *, faults: FaultSet | None = None, pack_blobs: bool = False) -> None:
         self._rng = rng
+        self.pack_blobs = pack_blobs
+        """Keep each complete blob zlib-compressed when that halves it (memory only; for fleets)."""
         self.faults = faults if faults is not None else FaultSet()
         self._server_id = rng.randbytes(16)
         self._generation = self._new_generation()
@@ -277,13 +292,13 @@ class SimulatedStorage:
     async def blob_state(self, account: str, blob_id: bytes) -> BlobState:
         """Bytes held of a blob."""
         blob = self._account(account).blobs.get(blob_id)
-        return BlobState(len(blob.data), blob.total) if blob else BlobState(0, 0)
+        return BlobState(blob.held, blob.total) if blob else BlobState(0, 0)
 
     async def write_blob(self, account: str, blob_id: bytes, offset: int, total: int, data: bytes) -> int:
         """Append a chunk at ``offset``; flushed like a commit."""
         acc = self._account(account)
         blob = acc.blobs.get(blob_id)
-        have = len(blob.data) if blob else 0
+        have = blob.held if blob else 0
         if blob is not None and blob.total != total:
             raise BlobError(f"blob total {total} differs from the {blob.total} held")
         if offset != have:
@@ -292,16 +307,22 @@ class SimulatedStorage:
             raise BlobError(f"chunk ends at {offset + len(data)}, beyond total {total}")
         self._mutating()
         acc = self._touch(account)
-        acc.blobs[blob_id] = _Blob(total, (blob.data if blob else b"") + data)
+        held = (blob.content() if blob else b"") + data
+        packed = False
+        if self.pack_blobs and len(held) == total and total >= 4096:
+            small = zlib.compress(held, 1)
+            if len(small) <= total // 2:
+                held, packed = small, True
+        acc.blobs[blob_id] = _Blob(total, held, packed)
         self._flush()
         return have + len(data)
 
     async def read_blob(self, account: str, blob_id: bytes) -> bytes | None:
         """The complete blob, or None."""
         blob = self._account(account).blobs.get(blob_id)
-        if blob is None or len(blob.data) != blob.total:
+        if blob is None or blob.held != blob.total:
             return None
-        return blob.data
+        return blob.content()
 
     # ------------------------------------------------------------------ inspection
 

@@ -76,13 +76,14 @@ def test_tiny_fleet_matches_hand_computed_figures(tmp_path: Path) -> None:
     assert [timeline[t]["oldest_at_risk_s"] for t in (0, 600, 1200, 2400, 3000)] == [0, 600, 1200, 2400, 0]
     assert totals["records_at_risk_max"] == 10 and totals["oldest_at_risk_max_s"] == 2400
     assert totals["devices_out_of_date_max"] == 0
-    # frames: a sync with nothing to push is HELLO CHALLENGE AUTH HELLO_OK PULL PULL_END PULL_ACK
-    # PING PONG BYE (10); the first one adds PUSH PUSH_ACK COMMIT DURABLE and one RECORDS (15)
-    assert (totals["frames_per_sync_p50"], totals["frames_per_sync_p95"]) == (10, 15)
+    # frames: a sync with nothing to push or pull is HELLO CHALLENGE AUTH HELLO_OK PULL PULL_END
+    # PULL_ACK BYE (8: the anchor is already confirmed, so no PING/PONG); the first one adds PUSH
+    # PUSH_ACK COMMIT DURABLE, one RECORDS, and PING PONG to confirm its new anchor (15)
+    assert (totals["frames_per_sync_p50"], totals["frames_per_sync_p95"]) == (8, 15)
     lab = report["sync_by_network"]["lab"]
-    # an idle sync is 4 round trips (handshake 2, pull 1, ping 1) plus its bytes on the air
-    assert 4 * 0.5 <= lab["p50"] <= 4 * 0.5 + totals["bytes_on_air"] * 8 / 80_000 / 2
-    # the first one adds 2 round trips (push, commit)
+    # an idle sync is 3 round trips (handshake 2, pull 1) plus its bytes on the air
+    assert 3 * 0.5 <= lab["p50"] <= 3 * 0.5 + totals["bytes_on_air"] * 8 / 80_000 / 2
+    # the first one adds 3 round trips (push, commit, ping)
     assert 6 * 0.5 <= lab["p99"] <= 6 * 0.5 + totals["bytes_on_air"] * 8 / 80_000 / 2
     assert totals["bytes_per_device_per_day"] == pytest.approx(totals["bytes_on_air"] / 2 / (3 / 24))
 

@@ -28,6 +28,7 @@ from protocol import auth
 from protocol.errors import ErrorCode
 from protocol.messages import (
     Assigned,
+    Auth,
     BlobAck,
     BlobChunk,
     BlobQuery,
@@ -481,3 +482,25 @@ async def test_an_anchor_below_what_the_server_confirmed_is_a_regression() -> No
     script.anchor = 0  # the server forgot a PULL_ACK it had confirmed (PONG after it)
     report = await sync_with(phone, script)
     assert report.regression is not None and "anchor" in report.regression
+
+
+async def test_an_idle_poll_writes_nothing_to_flash_and_skips_the_ping() -> None:
+    phone = new_handset()
+    phone.add(Note("n"))
+    script = Script()
+    await sync_with(phone, script)
+    assert any(isinstance(m, Ping) for m in script.received)  # a new anchor: confirmed by PONG
+    assert phone.store.meta.server_anchor == script.anchor == 1
+    programs = phone.store.flash.stats.programs
+    script.received.clear()
+    report = await sync_with(phone, script)
+    assert [type(m) for m in script.received] == [Hello, Auth, Pull, PullAck, Bye]
+    assert report.regression is None and report.pulled == 0
+    assert phone.store.flash.stats.programs == programs  # nothing new: no commit, no wear
+    script.records.append(Record(b"R" * 16, 2, False, Note("from the desktop")))
+    script.version = 2
+    script.received.clear()
+    await sync_with(phone, script)
+    assert any(isinstance(m, Ping) for m in script.received)
+    assert phone.store.meta.server_anchor == script.anchor == 2
+    assert phone.store.flash.stats.programs > programs

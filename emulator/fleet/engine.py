@@ -1,7 +1,7 @@
 """The fleet engine: many handsets, their users, radio links and the server, in one ``trio.run``.
 
 One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
-``trio.testing.MockClock`` with ``autojump_threshold=0``, so a simulated day passes as fast as the
+``trio.testing.MockClock`` with ``autojump_threshold=0`` (``sim_clock``), so a simulated day passes as fast as the
 work in it allows. A single scheduler task pops ``(time, seq, device, action)`` from a heap: idle
 handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
 handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-import trio.testing
 
 from emulator.flash import Geometry, NandFlash, PowerLoss
 from emulator.fleet.durations import format_duration
@@ -34,6 +33,7 @@ from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connecto
 from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
 from emulator.handset import Handset, HandsetError
 from emulator.mutants import NO_MUTANTS, Mutants
+from emulator.sim.clock import sim_clock
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError
 from emulator.transport import Connector
@@ -184,6 +184,18 @@ def _retag(text: str, tag: str) -> str:
     return f"{text.partition(' #')[0]} #{tag}"
 
 
+PHOTO_TILE = 256
+"""Bytes of randomness in a synthetic photo; the rest repeats them."""
+
+
+def _photo_bytes(rng: random.Random, size: int) -> bytes:
+    """A photo's image data: ``PHOTO_TILE`` random bytes repeated to ``size``. Unique per photo,
+    with real sizes on the air and on flash; compressible, so that the flash and the server can
+    hold 10,000 handsets' photos (nothing in the protocol compresses, so no figure changes)."""
+    tile = rng.randbytes(min(size, PHOTO_TILE))
+    return (tile * (size // len(tile) + 1))[:size]
+
+
 def _flash_blocks(workload: WorkloadProfile, duration: float) -> int:
     """Blocks of 16 x 2 KiB pages for one handset: what the run's photos and records need, twice
     over, plus room for garbage collection."""
@@ -204,7 +216,7 @@ class _Fleet:
         self.accounts = [f"user{i:05d}" for i in range(config.account_count)]
         self.ledger = Ledger(len(self.accounts))
         self.events_rng = derive_rng(config.seed, "server-events")
-        self.storage = _Storage(SimulatedStorage(derive_rng(config.seed, "storage")), self.ledger,
+        self.storage = _Storage(SimulatedStorage(derive_rng(config.seed, "storage"), pack_blobs=True), self.ledger,
                                 {name: i for i, name in enumerate(self.accounts)})
         self.server = SyncServer(self.storage, limits=Limits(max_sessions=1 << 30),
                                  rng=derive_rng(config.seed, "server"))
@@ -239,8 +251,9 @@ class _Fleet:
             profile = config.network.assign(index, config.devices)
             name = self.accounts[account]
             handset = Handset.create(
-                NandFlash(self.geometry), device_id=hashlib.sha256(f"device/{index}".encode()).digest()[:16],
-                account=name, key=hashlib.sha256(b"key/" + name.encode()).digest(),
+                NandFlash(self.geometry, op_log_len=0, pack_pages=True),  # no op log; photos compress
+                device_id=hashlib.sha256(f"device/{index}".encode()).digest()[:16], account=name,
+                key=hashlib.sha256(b"key/" + name.encode()).digest(),
                 rng=derive_rng(config.seed, "handset", index), mutants=self.mutants, name=f"handset{index}",
                 observer=self.observer,
             )
@@ -370,7 +383,7 @@ class _Fleet:
         """The user creates a record of ``kind`` (a photo: takes one)."""
         handset = device.handset
         if kind is RecordKind.PHOTO:
-            data = device.user_rng.randbytes(self.workload.photo_bytes)
+            data = _photo_bytes(device.user_rng, self.workload.photo_bytes)
             device.serial += 1
             record_id = handset.take_photo(f"photo {device.index}-{device.serial}", data)
             head = handset.store.get(record_id)
@@ -673,7 +686,7 @@ def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]]
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 1000)
     try:
-        report = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        report = trio.run(main, clock=sim_clock())
     finally:
         gc.set_threshold(*thresholds)
     return FleetRun(report, fleet.events_processed, len(fleet.metrics.syncs))

@@ -1,6 +1,6 @@
 """The deterministic simulation world: accounts of handsets, the reference server, a faulty network.
 
-One ``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)``; every component draws from
+One ``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)`` (``sim_clock``); every component draws from
 its own RNG derived from the root seed (``derive``), so a seed gives the same run, event for event.
 A run has two phases. *Faults*: ``steps`` steps of user edits, syncs and nemesis actions (the
 swarm says which fault kinds are on). *Heal*: faults off, every handset powered, then rounds of
@@ -24,6 +24,7 @@ import trio.testing
 from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
 from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
+from emulator.sim.clock import sim_clock
 from emulator.sim.ledger import Key, Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import SimNetwork
@@ -215,7 +216,7 @@ class World:
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
         seed_trio_scheduler(derive(self.seed, "trio-scheduler"))
-        self.clock = trio.testing.MockClock(autojump_threshold=0)
+        self.clock = sim_clock()
         loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
         for lg in loggers:
