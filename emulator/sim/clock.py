@@ -9,13 +9,17 @@ value, exactly, for as long as the rate stays 0, which it does (the rate is fixe
 
 from __future__ import annotations
 
-import trio.testing
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio.testing
 
 __all__ = ["sim_clock"]
 
 
 def sim_clock() -> trio.testing.MockClock:
     """A MockClock with ``autojump_threshold=0`` at rate 0, with a cheap ``current_time``."""
+    import trio.testing  # noqa: PLC0415 - it imports pytest: only when a simulation starts
     clock = trio.testing.MockClock(autojump_threshold=0)
     if not hasattr(clock, "_virtual_base"):  # pragma: no cover - another Trio: keep the plain clock
         return clock

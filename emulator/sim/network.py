@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import trio
-import trio.testing
 
 from emulator.sim.trace_log import Timeline
 from emulator.transport import Channel, ConnectFailed, Connector, HttpChannel, StreamChannel
@@ -83,6 +82,8 @@ class _Connection:
         self.number = number
         self.device = device
         self.binding = binding
+        import trio.testing  # noqa: PLC0415 - only here: it imports pytest, slow for every command
+
         self.up_send, self.up_recv = trio.testing.memory_stream_one_way_pair()      # device -> net
         self.to_server, self.server_recv = trio.testing.memory_stream_one_way_pair()  # net -> server
         self.server_send, self.down_recv = trio.testing.memory_stream_one_way_pair()  # server -> net

@@ -16,10 +16,9 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-import trio.testing
 
 from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
@@ -42,6 +41,9 @@ from server_stub.limits import Limits
 from server_stub.server import SyncServer
 from server_stub.sim_storage import SimSnapshot, SimulatedStorage
 from server_stub.storage import UnknownAccount
+
+if TYPE_CHECKING:
+    import trio.testing
 
 __all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "derive", "run_world", "with_swarm"]
 
