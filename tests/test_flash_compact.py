@@ -212,7 +212,7 @@ class CompactChipMachine(RuleBasedStateMachine):
     def address(self, data: st.DataObject) -> tuple[int, int]:
         """Mostly a programmed page, else any page."""
         held = sorted(self.ref.pages)
-        if held and data.draw(st.integers(0, 3)):
+        if held and data.draw(st.integers(0, 3)) > 0:
             return divmod(data.draw(st.sampled_from(held)), GEOMETRY.pages_per_block)
         return data.draw(blocks), data.draw(pages)
 
@@ -234,7 +234,7 @@ class CompactChipMachine(RuleBasedStateMachine):
     def erase(self, data: st.DataObject, cut: str | None, fail: bool) -> None:
         # Mostly a block holding programmed pages (what a torn erase leaves depends on them).
         held = sorted({i // GEOMETRY.pages_per_block for i in self.ref.pages} - self.ref.bad)
-        block = data.draw(st.sampled_from(held) if held and data.draw(st.integers(0, 3)) else blocks)
+        block = data.draw(st.sampled_from(held) if held and data.draw(st.integers(0, 3)) > 0 else blocks)
         failing = fail and cut is None
         if cut is not None:
             self.chip.arm_power_cut(self.chip.ops + 1, cut)
