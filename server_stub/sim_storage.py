@@ -129,7 +129,8 @@ class SimulatedStorage:
         self._durable: dict[str, _Account] = {}
         self._volatile: dict[str, _Account] = {}
         self._dirty: set[str] = set()
-        self._before_last_flush: dict[str, _Account] | None = None
+        self._before_last_flush: dict[str, _Account | None] | None = None
+        """The durable accounts the last flush replaced, as they were (None: absent): its undo log."""
         self._unflushed_ack = False
         self._fail_next = 0
         self.transactions = 0
@@ -168,7 +169,8 @@ class SimulatedStorage:
         return acc
 
     def _flush(self) -> None:
-        self._before_last_flush = dict(self._durable)
+        durable = self._durable
+        self._before_last_flush = {name: durable.get(name) for name in self._dirty}
         for name in self._dirty:
             if name in self._volatile:
                 self._durable[name] = self._volatile[name].copy()
@@ -182,7 +184,11 @@ class SimulatedStorage:
         """Lose everything not durable (with ``lose-tail-on-crash``: the last flush too)."""
         self.crashes += 1
         if self.faults.on("lose-tail-on-crash") and self._before_last_flush is not None:
-            self._durable = self._before_last_flush
+            for name, before in self._before_last_flush.items():  # undo the last flush
+                if before is None:
+                    self._durable.pop(name, None)
+                else:
+                    self._durable[name] = before
         self._before_last_flush = None
         self._volatile = {name: acc.copy() for name, acc in self._durable.items()}
         self._dirty.clear()
