@@ -307,14 +307,12 @@ class NandFlash:
         if self._tick("read", block, page):
             self._cut("read", block, page)
         self.stats.reads += 1
-        raw = self._pages.get(index)
+        raw = self._held(index)
         faults = self.faults
         if faults.read_flip_rate or faults.read_uncorrectable_rate:
             self._read_faults(block, page)
         if raw is None:
             return self._erased_data, self._erased_spare
-        if type(raw) is _Packed:
-            raw = zlib.decompress(raw)
         size = self.geometry.page_size
         if len(raw) <= size:
             return raw.ljust(size, b"\xff"), self._erased_spare
@@ -334,11 +332,9 @@ class NandFlash:
         self.stats.reads += 1
         if self._read_fault_rate:
             self._read_faults(block, page)
-        raw = self._pages.get(block * ppb + page)
+        raw = self._held(block * ppb + page)
         if raw is None:
             return self._erased_page
-        if type(raw) is _Packed:
-            raw = zlib.decompress(raw)
         return raw.ljust(self._raw_size, b"\xff")
 
     def read_run(self, block: int, first: int = 0) -> list[bytes]:
