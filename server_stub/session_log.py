@@ -15,7 +15,9 @@ log = logging.getLogger("sidekick.server")
 
 
 def log_session(summary: SessionSummary) -> None:
-    """Log the end of one session."""
+    """Log the end of one session (nothing is built when INFO is off, as in fleet simulations)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     fields = asdict(summary)
     fields["duration"] = round(summary.duration, 4)
     del fields["started"]

@@ -1,8 +1,8 @@
 """The fleet engine: many handsets, their users, radio links and the server, in one ``trio.run``.
 
 One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
-``trio.testing.MockClock`` with ``autojump_threshold=0`` (``sim_clock``), so a simulated day passes as fast as the
-work in it allows. A single scheduler task pops ``(time, seq, device, action)`` from a heap: idle
+``SimClock``: virtual, it jumps whenever every task waits, so a simulated day passes as fast as the
+work in it allows, and its alarms time the radio links and the scheduler. A single scheduler task pops ``(time, seq, device, action)`` from a heap: idle
 handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
 handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
 time) over a ``RadioLink`` to the in-process ``SyncServer`` on ``SimulatedStorage``. Server events
@@ -33,7 +33,7 @@ from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connecto
 from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
 from emulator.handset import Handset, HandsetError
 from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.sim.clock import sim_clock
+from emulator.sim.clock import SimClock
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError
 from emulator.transport import Connector
@@ -237,6 +237,7 @@ class _Fleet:
         self.kind_rates = [self.workload.per_day[k] for k in self.kinds]
         self.change_rate = sum(self.kind_rates) / 86400
         self.reboot_rate = self.workload.reboots_per_day / 86400
+        self.clock = SimClock()
         self.world: RadioWorld
         self.syncs: trio.Nursery
 
@@ -308,7 +309,7 @@ class _Fleet:
             if at > duration:
                 break
             if at > trio.current_time():
-                await trio.sleep_until(at)
+                await self.clock.sleep_until(at)
             self.events_processed += 1
             if index >= 0:
                 device = self.devices[index]
@@ -676,7 +677,7 @@ def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]]
             async with trio.open_nursery() as syncs:
                 fleet.syncs = syncs
                 await fleet.run()
-            await trio.sleep_until(max(trio.current_time(), config.duration))
+            await fleet.clock.sleep_until(config.duration)
             healed = await fleet.heal()
             fleet.final_losses()
             servers.cancel_scope.cancel()
@@ -686,7 +687,7 @@ def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]]
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 1000)
     try:
-        report = trio.run(main, clock=sim_clock())
+        report = trio.run(main, clock=fleet.clock)
     finally:
         gc.set_threshold(*thresholds)
     return FleetRun(report, fleet.events_processed, len(fleet.metrics.syncs))

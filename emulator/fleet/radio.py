@@ -21,6 +21,7 @@ import trio
 import trio.lowlevel
 
 from emulator.fleet.profiles import NetworkProfile
+from emulator.sim.clock import Alarm, SimClock
 from emulator.transport import Channel, ConnectFailed, Connector, TransportError
 
 __all__ = ["Coverage", "LinkTally", "RadioLink", "radio_connector"]
@@ -46,30 +47,40 @@ SEND_BUFFER = 16 * 1024
 
 class _Direction:
     """One way of a link: queued chunks as (arrival time, bytes); b"" marks end of stream.
-    A reader waiting for data sleeps in ``waiter``, whose deadline the writer sets to the arrival
-    time of what it queued: one wake-up per delivery."""
+    A reader waiting for data sleeps on the ``waiter`` alarm, which the writer brings forward to
+    the arrival time of what it queued: one wake-up per delivery."""
 
-    __slots__ = ("queue", "free_at", "rate", "waiter", "closed")
+    __slots__ = ("queue", "free_at", "rate", "waiter", "closed", "clock")
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, clock: SimClock) -> None:
         self.queue: deque[tuple[float, bytes]] = deque()
         self.free_at = 0.0
         self.rate = rate
-        self.waiter: trio.CancelScope | None = None
+        self.waiter: Alarm | None = None
         self.closed = False
+        self.clock = clock
 
     def wake_at(self, when: float) -> None:
-        if self.waiter is not None and when < self.waiter.deadline:
-            self.waiter.deadline = when
+        if self.waiter is not None:
+            self.clock.ring(self.waiter, when)
+
+
+def _sim_clock() -> SimClock:
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, SimClock):
+        raise TypeError("radio links run on a SimClock: trio.run(..., clock=SimClock())")
+    return clock
 
 
 class RadioLink:
-    """One connection: ``device`` is the handset's Channel, ``server`` the server's Trio stream."""
+    """One connection: ``device`` is the handset's Channel, ``server`` the server's Trio stream.
+    Made inside a ``trio.run`` on a ``SimClock``, whose alarms time it."""
 
     def __init__(self, profile: NetworkProfile, *, drop_at: float, tally: LinkTally) -> None:
+        self.clock = clock = _sim_clock()
         self.half_rtt = profile.rtt / 2
-        self.up = _Direction(profile.up_bps)
-        self.down = _Direction(profile.down_bps)
+        self.up = _Direction(profile.up_bps, clock)
+        self.down = _Direction(profile.down_bps, clock)
         self.drop_at = drop_at
         self.tally = tally
         self.broken = False
@@ -85,7 +96,7 @@ class RadioLink:
             self.down.wake_at(-math.inf)
 
     def _check(self) -> None:
-        if not self.broken and trio.current_time() >= self.drop_at:
+        if not self.broken and self.clock.current_time() >= self.drop_at:
             self.tally.drops += 1
             self.break_link()
         if self.broken:
@@ -95,7 +106,7 @@ class RadioLink:
         self._check()
         if way.closed:
             raise _Broken
-        now = trio.current_time()
+        now = self.clock.current_time()
         done = max(now, way.free_at) + len(data) * 8 / way.rate
         way.free_at = done
         arrival = done + self.half_rtt
@@ -107,7 +118,7 @@ class RadioLink:
             self.tally.bytes_down += len(data)
         buffered_until = done - SEND_BUFFER * 8 / way.rate
         if buffered_until > now:
-            await trio.sleep_until(min(buffered_until, self.drop_at))
+            await self.clock.sleep_until(min(buffered_until, self.drop_at))
             self._check()
         # Otherwise no schedule point: the write is buffered, and every sync task blocks on its
         # next receive, so skipping the checkpoint starves nobody and saves a scheduler pass.
@@ -115,7 +126,7 @@ class RadioLink:
     async def receive(self, way: _Direction) -> bytes:
         while True:
             self._check()
-            now = trio.current_time()
+            now = self.clock.current_time()
             if way.queue and way.queue[0][0] <= now:
                 parts: list[bytes] = []
                 while way.queue and way.queue[0][0] <= now:
@@ -127,19 +138,17 @@ class RadioLink:
                     way.queue.popleft()
                     parts.append(data)
                 return b"".join(parts)
-            deadline = min(way.queue[0][0] if way.queue else math.inf, self.drop_at)
-            with trio.CancelScope(deadline=deadline) as scope:
-                way.waiter = scope
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    way.waiter = None
+            alarm = way.waiter = Alarm(min(way.queue[0][0] if way.queue else math.inf, self.drop_at))
+            try:
+                await self.clock.wait(alarm)
+            finally:
+                way.waiter = None
 
     def close(self, way: _Direction) -> None:
         """End of stream from the writer of ``way`` (arrives after what is queued)."""
         if not way.closed:
             way.closed = True
-            arrival = max(trio.current_time(), way.free_at) + self.half_rtt
+            arrival = max(self.clock.current_time(), way.free_at) + self.half_rtt
             way.queue.append((arrival, b""))
             way.wake_at(arrival)
 
@@ -194,11 +203,15 @@ class _ServerEnd(trio.abc.Stream):
         except _Broken:
             raise trio.BrokenResourceError("radio link lost") from None
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Close now (``aclose`` without the checkpoint)."""
         if not self._closed:
             self._closed = True
             self.link.close(self.link.down)
             self.link.up.closed = True
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()
 
 
@@ -251,7 +264,7 @@ def radio_connector(
             await trio.lowlevel.checkpoint()
             raise ConnectFailed("no radio coverage")
         if not world.server_up:
-            await trio.sleep(profile.rtt)
+            await world.clock.sleep_until(now + profile.rtt)
             raise ConnectFailed("server unavailable: connection refused")
         drop_at = math.inf
         if world.drops and rate > 0:
@@ -268,13 +281,14 @@ def radio_connector(
 
 
 async def _serve(serve: Callable[[trio.abc.Stream], object], link: RadioLink, world: RadioWorld) -> None:
+    """Run one server session on the link; ``serve`` closes the stream it was given when it ends."""
     try:
         await serve(link.server)  # type: ignore[misc]
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
         world.close(link)
-        await trio.aclose_forcefully(link.server)
+        link.server.close()
 
 
 class RadioWorld:
@@ -282,6 +296,7 @@ class RadioWorld:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
+        self.clock = _sim_clock()
         self.server_up = True
         self.drops = True
         self.partitions = True
