@@ -13,8 +13,9 @@ __all__ = ["Limits"]
 class Limits:
     """Server limits (seconds are Trio clock seconds).
 
-    ``idle_timeout``: a session with no complete frame (raw binding) or no request (HTTP) for
-    this long is ended with ERROR TIMEOUT; trickled bytes do not count. ``session_time`` and
+    ``idle_timeout``: a session that for this long neither received a complete frame nor
+    finished a write (raw binding), or got no request (HTTP), is ended with ERROR TIMEOUT;
+    trickled bytes do not count, and a write that takes this long ends the session too. ``session_time`` and
     ``session_bytes`` bound one session (ERROR BUDGET_EXCEEDED). ``max_sessions`` bounds
     concurrent sessions (ERROR BUSY, HTTP 503). ``group_commit=False`` gives every write its own
     transaction (the benchmark's baseline).

@@ -49,6 +49,15 @@ class _Closed(Exception):
     """The connection is gone or must end now."""
 
 
+class _Progress:
+    """When a raw session last made progress: a complete frame received or a write finished."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
 class SyncServer:
     """The reference server (see the module docstring)."""
 
@@ -111,6 +120,7 @@ class SyncServer:
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one session of the raw binding on ``stream``; returns when it is over."""
         over = self.active_sessions >= self.limits.max_sessions
+        progress = _Progress(trio.current_time())
 
         async def write(data: bytes) -> None:
             try:
@@ -121,12 +131,13 @@ class SyncServer:
             if sending.cancelled_caught:
                 self.metrics.refusals["send_timeout"] += 1
                 raise _Closed("peer does not read")
+            progress.at = trio.current_time()  # a slow link that keeps reading is not idle
 
         handler = SessionHandler(self, write, binding="tcp", over_capacity=over)
         self.session_started(handler)
         self._raw_sessions += 1
         try:
-            await self._raw_session(handler, stream)
+            await self._raw_session(handler, stream, progress)
         except _Closed:
             pass
         except Exception:  # a bug must not take the server down; the session ends
@@ -145,11 +156,10 @@ class SyncServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _raw_session(self, handler: SessionHandler, stream: trio.abc.Stream) -> None:
+    async def _raw_session(self, handler: SessionHandler, stream: trio.abc.Stream, progress: _Progress) -> None:
         limits = self.limits
         session = handler.session
         started = handler.summary.started
-        last_frame = started
         received = 0
         while not handler.closed:
             try:
@@ -160,13 +170,13 @@ class SyncServer:
             if event is CONNECTION_CLOSED:
                 return
             if event is not NEED_DATA:
-                last_frame = trio.current_time()
+                progress.at = trio.current_time()
                 await handler.handle(event)
                 continue
             if self.shutting_down and handler.authenticated:
                 await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
                 break
-            idle_deadline = last_frame + limits.idle_timeout
+            idle_deadline = progress.at + limits.idle_timeout
             budget_deadline = started + limits.session_time
             with trio.CancelScope(deadline=min(idle_deadline, budget_deadline)) as scope:
                 self._wait_scopes.add(scope)

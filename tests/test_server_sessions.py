@@ -16,7 +16,7 @@ import trio.testing
 from protocol.errors import ErrorCode
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.messages import Auth, Change, Error, Hello, Push
-from protocol.records import Photo, Record
+from protocol.records import Note, Photo, Record
 from protocol.session import DeviceSession
 from server_stub.limits import Limits
 from server_stub.server import ServerAddresses, SyncServer
@@ -412,3 +412,49 @@ async def test_durable_lists_every_change_it_covers(autojump_clock: Any, nursery
     _, second = await again.commit(1)
     assert second.durable_lsn == 3
     assert second.assigned == durable.assigned
+
+
+class _SlowReader:
+    """A handset on a slow link: every read of the server's bytes comes ``delay`` seconds late."""
+
+    def __init__(self, stream: trio.abc.Stream, delay: float) -> None:
+        self.stream = stream
+        self.delay = delay
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep(self.delay)
+        return bytes(await self.stream.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_long_pull_to_a_slow_reader_is_not_idle(autojump_clock: Any, nursery: Any) -> None:
+    server = await mem_server(Limits(idle_timeout=60))
+    rng = random.Random(7)
+    writer = await open_memory_device(server, nursery, account="alice", device_id=D1, key=KEY_A, rng=rng)
+    await writer.hello()
+    lsn = 0
+    for _ in range(4):  # 8 notes of 20 KB: three RECORDS frames, each read 40 s after it was written
+        changes = []
+        for _ in range(2):
+            lsn += 1
+            change = note_change(rng, lsn, f"note {lsn}")
+            changes.append(Change(lsn, 0, Record(change.record.record_id, 0, False,
+                                                 Note(f"note {lsn}", "x" * 20_000))))
+        await writer.push_commit(changes)
+    await writer.bye()
+    device_end, server_end = trio.testing.lockstep_stream_pair()  # a write ends when it is read
+    nursery.start_soon(server.serve_stream, server_end)
+    reader = ScriptedDevice(_SlowReader(device_end, 40.0), account="alice", device_id=D2, key=KEY_A,
+                            rng=random.Random(8), timeout=600)
+    await reader.hello()
+    pulled_from = trio.current_time()
+    page = await reader.pull(0)  # sends PULL_ACK after PULL_END
+    assert len(page.records) == 8 and trio.current_time() - pulled_from > 2 * 60
+    await reader.ping()  # the server took the PULL_ACK: no TIMEOUT although the PULL came long ago
+    assert server.metrics.refusals["idle_timeout"] == 0
+    assert (await server.storage.device_state("alice", D2)).anchor == page.end.anchor
