@@ -1,9 +1,10 @@
-"""A radio link between one handset and the in-process server, timed on the Trio clock.
+"""A radio link between one handset and the in-process server, timed on the run's ``SimClock``.
 
 Each connection is a ``RadioLink``: two one-way byte queues, no pump task. A chunk written at
 time ``t`` leaves the sender when the link is free (``max(t, free_at)``), takes
-``bytes * 8 / rate`` seconds on the air (the sender's ``send_all`` waits that long: a small
-send buffer), and arrives half a round trip later. The link breaks at ``drop_at`` (a lost radio
+``bytes * 8 / rate`` seconds on the air (the sender's ``send_all`` waits for what exceeds a
+small send buffer), and arrives half a round trip later; a waiting reader sleeps on a clock alarm
+that the writer brings forward to the arrival. The link breaks at ``drop_at`` (a lost radio
 bearer: both ends then see a broken connection) or when the world breaks it (server crash or
 outage). ``Coverage`` draws a device's periods without any coverage (partitions): connecting
 then fails at once, and a partition that starts mid-sync breaks the link.
