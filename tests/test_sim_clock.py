@@ -100,16 +100,21 @@ def test_alarms_and_deadlines_wake_at_the_same_times_as_trio_sleeps(delays: list
 
 
 def test_time_stands_still_while_any_task_can_run() -> None:
+    steps: list[int] = []
+
     async def main() -> None:
         async def busy() -> None:
-            for _ in range(100):
+            for step in range(100):
                 assert trio.current_time() == 0.0
+                steps.append(step)
                 await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(busy)
+            await clock.sleep_until(0.0)  # a time that has come: a checkpoint, not a wait for idle
+            assert 0 < len(steps) < 100
             await clock.sleep_until(5.0)
-            assert trio.current_time() == 5.0
+            assert trio.current_time() == 5.0 and len(steps) == 100
 
     clock = SimClock()
     trio.run(main, clock=clock)
@@ -119,31 +124,27 @@ def test_ring_brings_an_alarm_forward_never_back() -> None:
     clock = SimClock()
     woke: list[float] = []
 
+    async def sleeper(alarm: Alarm) -> None:
+        await clock.wait(alarm)
+        woke.append(trio.current_time())
+
     async def main() -> None:
         alarm = Alarm(100.0)
-
-        async def sleeper() -> None:
-            await clock.wait(alarm)
-            woke.append(trio.current_time())
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sleeper)
+            nursery.start_soon(sleeper, alarm)
             await clock.sleep_until(1.0)
             clock.ring(alarm, 500.0)  # later: ignored
             clock.ring(alarm, 7.0)
             clock.ring(alarm, 9.0)    # later than 7: ignored
         assert woke == [7.0]
         late = Alarm(50.0)
-
-        async def sleeper2() -> None:
-            await clock.wait(late)
-            woke.append(trio.current_time())
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sleeper2)
+            nursery.start_soon(sleeper, late)
             await clock.sleep_until(8.0)
-            clock.ring(late, 2.0)  # already past: wakes now
-        assert woke == [7.0, 8.0]
+            clock.ring(late, 2.0)  # already past: wakes now, not when every task waits
+            for _ in range(3):
+                await trio.lowlevel.checkpoint()  # this task stays runnable: time cannot move
+            assert woke == [7.0, 8.0]
 
     trio.run(main, clock=clock)
 
