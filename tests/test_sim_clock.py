@@ -112,7 +112,7 @@ def test_time_stands_still_while_any_task_can_run() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(busy)
             await clock.sleep_until(0.0)  # a time that has come: a checkpoint, not a wait for idle
-            assert 0 < len(steps) < 100
+            assert len(steps) < 100  # back before the busy task finished
             await clock.sleep_until(5.0)
             assert trio.current_time() == 5.0 and len(steps) == 100
 

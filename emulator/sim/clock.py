@@ -113,13 +113,14 @@ class SimClock(trio.abc.Clock):
         heapq.heappush(self._alarms, (alarm.at, self._keys, alarm))
 
     async def wait(self, alarm: Alarm) -> None:
-        """Park the calling task until ``alarm`` rings (at once if its time has come). Cancellable."""
-        alarm.task = trio.lowlevel.current_task()
+        """Park the calling task until ``alarm`` rings (a checkpoint if its time has come). Cancellable."""
         if alarm.at <= self._now:
+            alarm.task = None
             alarm.key = -1
-            trio.lowlevel.reschedule(alarm.task)
-        else:
-            self._arm(alarm)
+            await trio.lowlevel.checkpoint()  # as trio.sleep_until does for a time that has passed
+            return
+        alarm.task = trio.lowlevel.current_task()
+        self._arm(alarm)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             alarm.task = None
