@@ -55,7 +55,7 @@ from emulator.store_format import (
 )
 from protocol.errors import ProtocolError
 from protocol.records import Record, RecordBody, RecordKind
-from protocol.wire import decode_record, encode_record
+from protocol.wire import decode_record, encode_record, with_version
 
 __all__ = [
     "DeviceMeta",
@@ -247,6 +247,14 @@ def _parse_page(raw: bytes, check_crc: bool) -> _Parsed:
 _LOC, _LSN, _STATE, _GEN, _KIND, _DEL, _SIZE = range(7)
 _Loc = int | tuple[int, ...]
 _Entry = tuple[int, bytes, bytes]
+_PageMemo = dict[int, tuple[bytes, list[Any]]]
+"""Pages one bulk read already parsed: page index -> (raw bytes, entries)."""
+
+
+def _restated(value: bytes, state: SyncState, generation: int) -> bytes:
+    """A stored HEAD value with its sync state and generation replaced (the record is untouched)."""
+    lsn, base, _state, _gen, kind, deleted = HEAD_PREFIX.unpack_from(value, 0)
+    return HEAD_PREFIX.pack(lsn, base, state.value, generation, kind, deleted) + value[HEAD_PREFIX.size:]
 
 
 CHECKPOINT_MIN_BLOCKS = 4
@@ -699,7 +707,7 @@ class RecordStore:
     def records(self) -> list[StoredVersion]:
         """Every head version, tombstones included, by record id."""
         self._alive()
-        return [self._decode_head(self._read_value(self._heads[rid][_LOC])) for rid in sorted(self._heads)]
+        return self._decode_heads(sorted(self._heads))
 
     def record_ids(self) -> list[bytes]:
         """Ids of every record (tombstones included), sorted; no flash reads."""
@@ -730,7 +738,7 @@ class RecordStore:
         durable = SyncState.DURABLE.value
         ids = [rid for rid, h in self._heads.items() if h[_STATE] != durable]
         ids.sort(key=lambda rid: (self._heads[rid][_LSN], rid))
-        return [self._decode_head(self._read_value(self._heads[rid][_LOC])) for rid in ids]
+        return self._decode_heads(ids)
 
     def at_risk(self) -> list[StoredVersion]:
         """Heads not DURABLE in the current generation (``meta.generation``), in LSN order."""
@@ -739,17 +747,18 @@ class RecordStore:
         gen = self.meta.generation
         ids = [rid for rid, h in self._heads.items() if h[_STATE] != durable or h[_GEN] != gen]
         ids.sort(key=lambda rid: (self._heads[rid][_LSN], rid))
-        return [self._decode_head(self._read_value(self._heads[rid][_LOC])) for rid in ids]
+        return self._decode_heads(ids)
 
     def mark_pushed(self, through_lsn: int) -> None:
         """DIRTY heads with lsn <= through_lsn become PUSHED (one commit)."""
         self._alive()
         dirty = SyncState.DIRTY.value
+        pages: _PageMemo = {}
         changed = []
         for rid, h in self._heads.items():
             if h[_STATE] == dirty and 0 < h[_LSN] <= through_lsn:
-                version = self._decode_head(self._read_value(h[_LOC]))
-                changed.append((E_HEAD, rid, self._encode_head(replace(version, state=SyncState.PUSHED))))
+                value = self._read_value(h[_LOC], pages)
+                changed.append((E_HEAD, rid, _restated(value, SyncState.PUSHED, h[_GEN])))
         if changed:
             self._run(changed, reserve=1)
 
@@ -763,18 +772,19 @@ class RecordStore:
         versions = {rid: v for _lsn, rid, v in assigned}
         by_lsn = {(lsn, bytes(rid)): v for lsn, rid, v in assigned}
         pushed = SyncState.PUSHED.value
+        pages: _PageMemo = {}
         changed = []
         for rid, h in self._heads.items():
             becomes_durable = h[_STATE] == pushed and 0 < h[_LSN] <= through_lsn
             new_version = by_lsn.get((h[_LSN], rid)) if rid in versions and h[_LSN] > 0 else None
             if not becomes_durable and new_version is None:
                 continue
-            version = self._decode_head(self._read_value(h[_LOC]))
+            value = self._read_value(h[_LOC], pages)
             if new_version is not None:
-                version = replace(version, record=replace(version.record, version=new_version))
+                value = value[:HEAD_PREFIX.size] + with_version(value[HEAD_PREFIX.size:], new_version)
             if becomes_durable:
-                version = replace(version, state=SyncState.DURABLE, generation=generation)
-            changed.append((E_HEAD, rid, self._encode_head(version)))
+                value = _restated(value, SyncState.DURABLE, generation)
+            changed.append((E_HEAD, rid, value))
         if changed:
             self._run(changed, reserve=1)
 
@@ -810,8 +820,8 @@ class RecordStore:
         meta = self.meta
         lsn = meta.next_lsn
         entries: list[_Entry] = []
-        for rid in sorted(self._heads, key=lambda r: (self._heads[r][_LSN], r)):
-            version = self._decode_head(self._read_value(self._heads[rid][_LOC]))
+        ids = sorted(self._heads, key=lambda r: (self._heads[r][_LSN], r))
+        for rid, version in zip(ids, self._decode_heads(ids), strict=True):
             version = replace(version, lsn=lsn, state=SyncState.DIRTY, generation=0)
             entries.append((E_HEAD, rid, self._encode_head(version)))
             lsn += 1
@@ -880,8 +890,9 @@ class RecordStore:
         """A fingerprint of the logical content (heads, blobs, metadata) read back from flash."""
         self._alive()
         parts = [self._encode_meta(self.meta)]
+        pages: _PageMemo = {}
         for rid in sorted(self._heads):
-            parts.append(rid + self._read_value(self._heads[rid][_LOC]))
+            parts.append(rid + self._read_value(self._heads[rid][_LOC], pages))
         for bid in sorted(self._blobs):
             parts.append(bid + struct.pack(">I", zlib.crc32(self.read_blob(bid))))
         return hashlib.blake2b(b"\x00".join(parts), digest_size=16).digest()
@@ -1259,12 +1270,19 @@ class RecordStore:
         except UncorrectableError as exc:
             raise StoreError(f"flash page {index} unreadable: {exc}") from None
 
-    def _read_fragment(self, loc: int) -> bytes:
+    def _read_fragment(self, loc: int, pages: _PageMemo | None = None) -> bytes:
+        """One stored fragment; ``pages`` keeps the pages a bulk read parsed (no write in between)."""
         index, slot = loc >> SLOT_BITS, loc & ((1 << SLOT_BITS) - 1)
-        raw = self._read_raw(index)
-        _header, entries = self._parse(raw)
-        if entries is None:
-            raise StoreCorrupt(f"live page {index} fails its checksum")
+        known = pages.get(index) if pages is not None else None
+        if known is None:
+            raw = self._read_raw(index)
+            _header, entries = self._parse(raw)
+            if entries is None:
+                raise StoreCorrupt(f"live page {index} fails its checksum")
+            if pages is not None:
+                pages[index] = (raw, entries)
+        else:
+            raw, entries = known
         if slot < len(entries):
             _s, _etype, _key, _frag, _nfrag, vpos, vlen = entries[slot]
             return raw[vpos:vpos + vlen]
@@ -1275,10 +1293,16 @@ class RecordStore:
             return self._cache.parse(raw, self._check)
         return _parse_page(raw, self._check)
 
-    def _read_value(self, loc: _Loc) -> bytes:
+    def _read_value(self, loc: _Loc, pages: _PageMemo | None = None) -> bytes:
         if isinstance(loc, tuple):
-            return b"".join(self._read_fragment(one) for one in loc)
-        return self._read_fragment(loc)
+            return b"".join(self._read_fragment(one, pages) for one in loc)
+        return self._read_fragment(loc, pages)
+
+    def _decode_heads(self, rids: Sequence[bytes]) -> list[StoredVersion]:
+        """The heads of ``rids``, in that order, reading and parsing each flash page once."""
+        heads = self._heads
+        pages: _PageMemo = {}
+        return [self._decode_head(self._read_value(heads[rid][_LOC], pages)) for rid in rids]
 
     # ------------------------------------------------------------------ codecs
 

@@ -60,6 +60,7 @@ __all__ = [
     "decode_record",
     "encode_payload",
     "encode_record",
+    "with_version",
 ]
 
 ID_LEN: Final = 16
@@ -534,6 +535,20 @@ def encode_record(record: Record) -> bytes:
         return b"".join(out)
     except Exception as exc:  # struct, codec and type errors alike: the value does not fit its field
         raise LocalProtocolError(ErrorCode.BAD_FIELD, f"cannot encode record: {exc}") from None
+
+
+_VERSION_AT: Final = 2 + RECORD_ID_LEN
+_VERSION: Final = struct.Struct(">Q")
+
+
+def with_version(encoded: bytes, version: int) -> bytes:
+    """``encoded`` (an ``encode_record`` result) with the record's version replaced: the version
+    sits at a fixed offset (after kind, flags and id), so nothing else is decoded or encoded."""
+    if not 0 <= version <= 0xFFFF_FFFF_FFFF_FFFF:
+        raise LocalProtocolError(ErrorCode.BAD_FIELD, f"version {version} out of range")
+    if len(encoded) < _VERSION_AT + _VERSION.size:
+        raise LocalProtocolError(ErrorCode.BAD_FIELD, "not an encoded record: too short")
+    return encoded[:_VERSION_AT] + _VERSION.pack(version) + encoded[_VERSION_AT + _VERSION.size:]
 
 
 def _decode_error(exc: Exception, what: str) -> RemoteProtocolError:

@@ -69,6 +69,24 @@ def test_decode_accepts_memoryview_and_bytearray(message: Message) -> None:
     assert wire.decode_payload(message.TYPE, bytearray(payload)) == message
 
 
+@given(records(), st.integers(min_value=0, max_value=2**64 - 1))
+def test_with_version_equals_encoding_the_record_with_that_version(record: Record, version: int) -> None:
+    encoded = wire.encode_record(record)
+    patched = wire.with_version(encoded, version)
+    assert patched == wire.encode_record(Record(record.record_id, version, record.deleted, record.body,
+                                                record.conflict_of))
+    assert wire.decode_record(patched).version == version
+
+
+@pytest.mark.parametrize(("encoded", "version"), [(b"\x04\x00" + RID + b"\x00" * 7, 1), (b"", 0),
+                                                   (wire.encode_record(contact_record()), -1),
+                                                   (wire.encode_record(contact_record()), 2**64)])
+def test_with_version_refuses_what_is_not_a_record_or_a_version(encoded: bytes, version: int) -> None:
+    with pytest.raises(LocalProtocolError) as refused:
+        wire.with_version(encoded, version)
+    assert refused.value.code == ErrorCode.BAD_FIELD
+
+
 def test_record_layout_is_the_documented_one() -> None:
     record = Record(RID, 0x0102030405060708, True, Note("t", "x"), conflict_of=b"\xaa" * 16)
     encoded = wire.encode_record(record)
