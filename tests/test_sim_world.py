@@ -19,10 +19,10 @@ from emulator.sim.shrink import shrink
 from emulator.sim.simflash import SimFlash
 from emulator.sim.story import tell
 from emulator.sim.trace import TraceError, load_trace, replay, to_trace, trace_bytes, write_trace
-from emulator.sim.world import GEOMETRY, SimOptions, World, derive, run_world
+from emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, derive, run_world
 from emulator.store import RecordStore
 from protocol.messages import Change, Commit, Durable, HelloOk, Push
-from protocol.records import Note, Record
+from protocol.records import Note, Photo, Record
 
 SMALL = SimOptions(accounts=1, devices=2, steps=20)
 
@@ -172,6 +172,39 @@ def test_oracle_heal_checks_leaves_and_convergence() -> None:
     assert check_heal(ledger, "a", [], {"d": []}, {key_of(a)}) is None  # released before a restore
     diverged = check_heal(ledger, "a", [a], {"d": [a], "e": []}, set())
     assert diverged is not None and diverged.what == "diverged" and "e" in diverged.text
+
+
+def test_a_cut_delete_of_a_conflict_copy_is_not_taken_for_its_original_tombstone() -> None:
+    original, copy = b"\x01" * 16, b"\x02" * 16
+    photo = Photo("beach", b"\x03" * 16, 578, b"\x04" * 32, "image/jpeg")
+    original_tombstone = Record(original, 2, True, photo)  # pulled: another device deleted the original
+    match = cut_op_match((True, photo), copy, frozenset({original, copy}))  # this device deletes the copy
+    assert not match(original_tombstone)  # same content, other record: the cut delete did not reach flash
+    assert match(Record(copy, 0, True, photo))
+    assert not match(Record(copy, 3, False, photo))
+
+
+def test_a_cut_add_is_found_only_in_a_new_record() -> None:
+    body = Note("groceries", "milk")
+    old = frozenset({b"\x01" * 16})
+    match = cut_op_match((False, body), None, old)
+    assert not match(Record(b"\x01" * 16, 4, False, body))  # an existing record with the same content
+    assert match(Record(b"\x05" * 16, 0, False, body))
+    photo_match = cut_op_match(None, None, old, photo_caption="beach")
+    photo = Photo("beach", b"\x03" * 16, 5, b"\x04" * 32, "image/jpeg")
+    assert photo_match(Record(b"\x06" * 16, 0, False, photo))
+    assert not photo_match(Record(b"\x01" * 16, 0, False, photo)) and not photo_match(Record(b"\x06" * 16, 0, True, photo))
+
+
+def test_the_fuzz_found_copy_delete_schedule_raises_no_false_alarm() -> None:
+    """Seed 90499, shrunk: a device's delete of a conflict copy is cut by a power loss; its original's
+    tombstone (same content, pulled as DURABLE) was once taken for the cut delete, a false alarm."""
+    options = SimOptions.from_dict({
+        "accounts": 2, "devices": 2, "steps": 20, "mutant": None, "binding": "mixed",
+        "faults": ["bad-block", "bit-flip", "clock-jump", "corrupt", "delay", "drop", "duplicate", "partition",
+                   "power-cut", "reset", "server-crash", "server-restart", "server-restore", "stall", "truncate"],
+        "swarm": {"duplicate": 0.01, "power-cut": 3.0, "reset": 0.002, "server-restart": 1.0}})
+    assert run_world(90499, options).violation is None
 
 
 # ---------------------------------------------------------------------------------------- traces

@@ -45,7 +45,7 @@ from server_stub.storage import UnknownAccount
 if TYPE_CHECKING:
     import trio.testing
 
-__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "derive", "run_world", "with_swarm"]
+__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "derive", "run_world", "with_swarm"]
 
 _T = TypeVar("_T")
 
@@ -146,6 +146,25 @@ class _Device:
     full: bool = False
     rebooting: bool = False
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
+
+
+def cut_op_match(key: Key | None, record_id: bytes | None, old: frozenset[bytes], *,
+                 photo_caption: str | None = None) -> Callable[[Record], bool]:
+    """How a user operation that a power cut interrupted is recognised on flash after the reboot:
+    by its content (``key``; for a photo, its caption), and only in a record it could have written:
+    ``record_id`` for an edit or a delete (deleting a conflict copy writes the same tombstone as
+    deleting its original), a record not in ``old`` (the ids before the operation) for an add."""
+    def match(record: Record) -> bool:
+        if record_id is not None:
+            if record.record_id != record_id:
+                return False
+        elif record.record_id in old:
+            return False
+        if photo_caption is not None:
+            return isinstance(record.body, Photo) and record.body.caption == photo_caption and not record.deleted
+        return key_of(record) == key
+
+    return match
 
 
 class _LogCatcher(logging.Handler):
@@ -576,13 +595,13 @@ class World:
         if not handset.powered:
             return
         try:
-            live = [(v.record.record_id, v.record.body) for v in handset.store.records() if not v.record.deleted]
+            heads = handset.store.records()
+            live = [(v.record.record_id, v.record.body) for v in heads if not v.record.deleted]
+            old = frozenset(v.record.record_id for v in heads)
             op = self.workload.next_op(live)
             if op.kind == "photo":
-                caption = op.caption
-                device.pending = (lambda r, c=caption: isinstance(r.body, Photo) and r.body.caption == c
-                                  and not r.deleted, None, None, "photo")
-                record_id = handset.take_photo(caption, op.photo)
+                device.pending = (cut_op_match(None, None, old, photo_caption=op.caption), None, None, "photo")
+                record_id = handset.take_photo(op.caption, op.photo)
                 head = handset.store.get(record_id)
                 assert head is not None
                 self._created(device, "photo", record_id, key_of(head.record), None)
@@ -590,14 +609,14 @@ class World:
             if op.kind == "import":
                 for body in op.bodies:
                     new: Key = (False, body)
-                    device.pending = (lambda r, k=new: key_of(r) == k, None, None, "add")
+                    device.pending = (cut_op_match(new, None, old), None, None, "add")
                     record_id = handset.add(body)
                     self._created(device, "add", record_id, new, None)
                 return
             if op.kind == "add":
                 assert op.body is not None
                 key: Key = (False, op.body)
-                device.pending = (lambda r, k=key: key_of(r) == k, None, None, "add")
+                device.pending = (cut_op_match(key, None, old), None, None, "add")
                 record_id = handset.add(op.body)
                 self._created(device, "add", record_id, key, None)
                 return
@@ -606,7 +625,7 @@ class World:
             assert head is not None
             parent = key_of(head.record)
             key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
-            device.pending = (lambda r, k=key: key_of(r) == k, parent, op.record_id, op.kind)
+            device.pending = (cut_op_match(key, op.record_id, old), parent, op.record_id, op.kind)
             if op.kind == "delete":
                 handset.delete(op.record_id)
             else:
