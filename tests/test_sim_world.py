@@ -207,6 +207,20 @@ def test_the_fuzz_found_copy_delete_schedule_raises_no_false_alarm() -> None:
     assert run_world(90499, options).violation is None
 
 
+def test_the_heal_goes_on_while_a_full_handset_still_changes_the_server() -> None:
+    """Seed 92248, shrunk: a handset whose store is full pushes, then fails its pull; its round
+    was once counted quiet, so its account's other handset never pulled what it pushed."""
+    options = SimOptions.from_dict({
+        "accounts": 2, "devices": 2, "steps": 40, "mutant": None, "binding": "mixed",
+        "faults": ["bad-block", "bit-flip", "clock-jump", "corrupt", "delay", "drop", "duplicate", "partition",
+                   "power-cut", "reset", "server-crash", "server-restart", "server-restore", "stall", "truncate"],
+        "swarm": {"bad-block": 0.003, "drop": 0.002, "partition": 1.0, "server-restart": 0.3,
+                  "server-restore": 1.0, "stall": 0.03, "truncate": 0.03}})
+    result = run_world(92248, options)
+    assert result.violation is None
+    assert any(e["kind"] == "sync.fail" and "store full" in e.get("why", "") for e in result.events)
+
+
 # ---------------------------------------------------------------------------------------- traces
 
 

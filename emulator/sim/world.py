@@ -495,6 +495,7 @@ class World:
         rounds = 6 + 2 * len(self.devices)
         for number in range(rounds):
             quiet = True
+            before = await self._server_versions()
             for device in self.devices:
                 report = await self._sync(device)
                 if report is None and device.full:
@@ -503,6 +504,8 @@ class World:
                     quiet = False
                 if self.violation is not None:
                     return
+            if await self._server_versions() != before:
+                quiet = False  # a full handset's sync failed after its push: the others must pull it
             self._check_devices()
             await self._check_server()
             if self.violation is not None:
@@ -515,6 +518,16 @@ class World:
                                  f"after heal, syncs did not go quiet within {rounds} rounds", {"rounds": rounds}))
             return
         await self._check_final()
+
+    async def _server_versions(self) -> list[int]:
+        """Every account's server version (0 for an account the server does not hold)."""
+        versions = []
+        for a in range(self.options.accounts):
+            try:
+                versions.append(await self.storage.server_version(f"acct{a}"))
+            except UnknownAccount:
+                versions.append(0)
+        return versions
 
     async def _check_final(self) -> None:
         final = self.storage.generation
