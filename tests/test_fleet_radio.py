@@ -18,12 +18,12 @@ LAB = NetworkProfile("lab", down_bps=80_000, up_bps=40_000, rtt=0.2)
 
 
 @pytest.fixture
-def sim_clock() -> SimClock:
+def fleet_clock() -> SimClock:
     """The run's clock (pytest-trio uses any Clock fixture): radio links time themselves on it."""
     return SimClock()
 
 
-async def test_a_chunk_arrives_after_its_air_time_and_half_a_round_trip(sim_clock: SimClock) -> None:
+async def test_a_chunk_arrives_after_its_air_time_and_half_a_round_trip(fleet_clock: SimClock) -> None:
     tally = LinkTally()
     link = RadioLink(LAB, drop_at=math.inf, tally=tally)
     start = trio.current_time()
@@ -38,7 +38,7 @@ async def test_a_chunk_arrives_after_its_air_time_and_half_a_round_trip(sim_cloc
     assert (tally.bytes_up, tally.bytes_down, tally.drops) == (1000, 2000, 0)
 
 
-async def test_a_sender_waits_only_for_what_exceeds_the_send_buffer(sim_clock: SimClock) -> None:
+async def test_a_sender_waits_only_for_what_exceeds_the_send_buffer(fleet_clock: SimClock) -> None:
     link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
     size = SEND_BUFFER + 5000
     start = trio.current_time()
@@ -48,7 +48,7 @@ async def test_a_sender_waits_only_for_what_exceeds_the_send_buffer(sim_clock: S
     assert trio.current_time() - start == pytest.approx(size * 8 / 40_000 + 0.1)
 
 
-async def test_chunks_queue_behind_each_other_and_close_arrives_last(sim_clock: SimClock) -> None:
+async def test_chunks_queue_behind_each_other_and_close_arrives_last(fleet_clock: SimClock) -> None:
     link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
     start = trio.current_time()
     await link.server.send_all(b"a" * 1000)   # 0.1 s each at 80 kbit/s
@@ -61,7 +61,7 @@ async def test_chunks_queue_behind_each_other_and_close_arrives_last(sim_clock: 
     assert await link.device.receive_some() == b""
 
 
-async def test_a_drop_breaks_both_ends_at_its_time(sim_clock: SimClock) -> None:
+async def test_a_drop_breaks_both_ends_at_its_time(fleet_clock: SimClock) -> None:
     tally = LinkTally()
     link = RadioLink(LAB, drop_at=5.0 + trio.current_time(), tally=tally)
     start = trio.current_time()
@@ -73,7 +73,7 @@ async def test_a_drop_breaks_both_ends_at_its_time(sim_clock: SimClock) -> None:
     assert tally.drops == 1
 
 
-async def test_break_link_wakes_a_waiting_reader(sim_clock: SimClock) -> None:
+async def test_break_link_wakes_a_waiting_reader(fleet_clock: SimClock) -> None:
     link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
     async with trio.open_nursery() as nursery:
         async def breaker() -> None:
@@ -96,7 +96,7 @@ def test_coverage_windows_are_drawn_from_the_rng_alone() -> None:
     assert nothing.covered(1e9) and nothing.next_gap(0) == math.inf
 
 
-async def test_connector_refuses_while_the_server_is_down_and_serves_when_up(sim_clock: SimClock) -> None:
+async def test_connector_refuses_while_the_server_is_down_and_serves_when_up(fleet_clock: SimClock) -> None:
     served: list[bytes] = []
 
     async def serve(stream: trio.abc.Stream) -> None:

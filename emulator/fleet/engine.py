@@ -2,8 +2,8 @@
 
 One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
 ``SimClock``: virtual, it jumps whenever every task waits, so a simulated day passes as fast as the
-work in it allows, and its alarms time the radio links and the scheduler. A single scheduler task pops ``(time, seq, device, action)`` from a heap: idle
-handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
+work in it allows, and its alarms time the radio links and the scheduler. A single scheduler task
+pops ``(time, seq, device, action)`` from a heap: idle handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
 handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
 time) over a ``RadioLink`` to the in-process ``SyncServer`` on ``SimulatedStorage``. Server events
 come from the scenario. Every ``sample_every`` seconds the fleet is sampled. At the end the fleet

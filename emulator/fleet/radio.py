@@ -66,7 +66,8 @@ class _Direction:
             self.clock.ring(self.waiter, when)
 
 
-def _sim_clock() -> SimClock:
+def _run_clock() -> SimClock:
+    """The clock of the run this is called in: radio links need its alarms."""
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, SimClock):
         raise TypeError("radio links run on a SimClock: trio.run(..., clock=SimClock())")
@@ -78,7 +79,7 @@ class RadioLink:
     Made inside a ``trio.run`` on a ``SimClock``, whose alarms time it."""
 
     def __init__(self, profile: NetworkProfile, *, drop_at: float, tally: LinkTally) -> None:
-        self.clock = clock = _sim_clock()
+        self.clock = clock = _run_clock()
         self.half_rtt = profile.rtt / 2
         self.up = _Direction(profile.up_bps, clock)
         self.down = _Direction(profile.down_bps, clock)
@@ -297,7 +298,7 @@ class RadioWorld:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
-        self.clock = _sim_clock()
+        self.clock = _run_clock()
         self.server_up = True
         self.drops = True
         self.partitions = True

@@ -45,7 +45,8 @@ from server_stub.storage import UnknownAccount
 if TYPE_CHECKING:
     import trio.testing
 
-__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "derive", "run_world", "with_swarm"]
+__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "derive", "run_world",
+           "with_swarm"]
 
 _T = TypeVar("_T")
 
