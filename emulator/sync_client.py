@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
-from emulator.transport import Channel, Connector, TransportError
+from emulator.transport import Channel, Connector, TransportError, TransportTimeout
 from protocol.auth import device_mac, server_mac, verify
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.framing import DEFAULT_MAX_FRAME, OVERHEAD
@@ -257,14 +257,12 @@ class _Driver:
                 await self._refuse(exc)
                 raise PeerProtocolError(exc) from exc
             if event is NEED_DATA:
-                data = b""
                 try:
-                    with trio.CancelScope(deadline=trio.current_time() + self.timeout) as waiting:
-                        data = await self.channel.receive_some()
+                    data = await self.channel.receive_some(trio.current_time() + self.timeout)
+                except TransportTimeout:
+                    raise SyncTimeout(f"no answer from the server within {self.timeout:g} s") from None
                 except TransportError as exc:
                     raise ConnectionLost(str(exc)) from exc
-                if waiting.cancelled_caught:
-                    raise SyncTimeout(f"no answer from the server within {self.timeout:g} s")
                 self.report.bytes_received += len(data)
                 self.session.receive_data(data)
                 continue

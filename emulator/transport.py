@@ -7,6 +7,7 @@ as a bare ``OSError`` or Trio resource error.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -26,6 +27,7 @@ __all__ = [
     "HttpStatusError",
     "StreamChannel",
     "TransportError",
+    "TransportTimeout",
     "cutting_connector",
     "http_connector",
     "http_memory_connector",
@@ -41,6 +43,10 @@ class TransportError(Exception):
     """The connection failed (refused, reset, closed mid-exchange, bad HTTP answer)."""
 
 
+class TransportTimeout(TransportError):
+    """Nothing arrived before the receive's deadline (the connection may still be up)."""
+
+
 class ConnectFailed(TransportError):
     """The server could not be reached at all."""
 
@@ -54,11 +60,13 @@ class HttpStatusError(TransportError):
 
 
 class Channel(Protocol):
-    """The device's side of one connection to a server."""
+    """The device's side of one connection to a server. ``receive_some`` returns b"" when the
+    peer closed, and raises ``TransportTimeout`` if nothing arrived by ``deadline`` (Trio time):
+    the channel enforces it, so a simulated link can time it on its own clock, for free."""
 
     async def send_all(self, data: bytes) -> None: ...
 
-    async def receive_some(self) -> bytes: ...  # b"" = connection closed
+    async def receive_some(self, deadline: float = math.inf) -> bytes: ...
 
     async def aclose(self) -> None: ...
 
@@ -79,12 +87,16 @@ class StreamChannel:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise TransportError(f"connection lost while sending: {exc or type(exc).__name__}") from exc
 
-    async def receive_some(self) -> bytes:
-        """Read what has arrived (b"" when the peer closed)."""
+    async def receive_some(self, deadline: float = math.inf) -> bytes:
+        """Read what has arrived (b"" when the peer closed); TransportTimeout at ``deadline``."""
         try:
-            return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+            if deadline == math.inf:
+                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+            with trio.move_on_at(deadline):
+                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise TransportError(f"connection lost while receiving: {exc or type(exc).__name__}") from exc
+        raise TransportTimeout("nothing received before the deadline")
 
     async def aclose(self) -> None:
         """Close the stream (never raises)."""
@@ -192,8 +204,9 @@ class HttpChannel:
         if response.body:
             self._inbox.append(response.body)
 
-    async def receive_some(self) -> bytes:
-        """The next queued answer body; b"" when the server has nothing more to say."""
+    async def receive_some(self, deadline: float = math.inf) -> bytes:
+        """The next queued answer body; b"" when the server has nothing more to say. Never
+        waits: answers arrive with the POST (``send_all``), so ``deadline`` has nothing to bound."""
         if self._inbox:
             return self._inbox.pop(0)
         return b""
@@ -256,7 +269,7 @@ class CuttingChannel:
         if self.frames >= self.budget:
             await self._cut_now()
 
-    async def receive_some(self) -> bytes:
+    async def receive_some(self, deadline: float = math.inf) -> bytes:
         """Whole frames only, up to the budget; then b"" (closed)."""
         while not self._cut:
             complete = _whole_frames(self._pending)
@@ -273,7 +286,7 @@ class CuttingChannel:
                 if out:
                     return bytes(out)
                 continue
-            data = await self._inner.receive_some()
+            data = await self._inner.receive_some(deadline)
             if not data:
                 self._pending.clear()
                 return b""

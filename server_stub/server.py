@@ -10,6 +10,7 @@ from the Trio clock.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,71 @@ class ServerAddresses:
 
 class _Closed(Exception):
     """The connection is gone or must end now."""
+
+
+class _Late(_Closed):
+    """A read or a write missed its deadline."""
+
+
+class _SessionIO:
+    """A raw session's reads and writes, each bounded by a deadline, at one cancel scope per
+    session rather than one per frame. The scope's deadline is moved to the read or write under
+    way and back to infinity between them, so a frame's handling (a commit) is never cut short.
+    A stream that keeps deadlines itself (``receive_some_before`` and ``send_all_before``,
+    raising ``trio.TooSlowError``: a simulated link on its clock) is left to do it. ``late`` names
+    the read or write under way ("" between them): after a timeout, the one that missed it."""
+
+    __slots__ = ("stream", "scope", "late", "inside", "_receive_before", "_send_before")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.scope = trio.CancelScope()
+        self.late = ""
+        self.inside = False  # the session's loop runs inside ``scope``
+        self._receive_before = getattr(stream, "receive_some_before", None)
+        self._send_before = getattr(stream, "send_all_before", None)
+
+    async def read(self, deadline: float) -> bytes | bytearray:
+        """Up to RECEIVE_SIZE bytes; ``_Late`` (or the scope's Cancelled) at ``deadline``."""
+        self.late = "read"
+        if self._receive_before is not None:
+            try:
+                data: bytes | bytearray = await self._receive_before(RECEIVE_SIZE, deadline)
+            except trio.TooSlowError:
+                raise _Late("no data before the deadline") from None
+        else:
+            scope = self.scope
+            scope.deadline = deadline
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if scope.cancel_called:  # arrived just as the deadline came: still too late
+                raise _Late("no data before the deadline")
+            scope.deadline = math.inf
+        self.late = ""
+        return data
+
+    async def write(self, data: bytes, deadline: float) -> None:
+        """Write all of ``data``; ``_Late`` (or the scope's Cancelled) at ``deadline``."""
+        if self._send_before is not None:
+            try:
+                await self._send_before(data, deadline)
+            except trio.TooSlowError:
+                self.late = "write"
+                raise _Late("peer does not read") from None
+        elif self.inside:
+            scope = self.scope
+            scope.deadline = deadline
+            self.late = "write"
+            await self.stream.send_all(data)
+            if scope.cancel_called:  # written just as the deadline came: still too late
+                raise _Late("peer does not read")
+            scope.deadline = math.inf
+            self.late = ""
+        else:  # after the loop (a final ERROR): a scope of its own
+            with trio.CancelScope(deadline=deadline) as sending:
+                await self.stream.send_all(data)
+            if sending.cancelled_caught:
+                self.late = "write"
+                raise _Late("peer does not read")
 
 
 class _Progress:
@@ -121,23 +187,23 @@ class SyncServer:
         """Serve one session of the raw binding on ``stream``; returns when it is over."""
         over = self.active_sessions >= self.limits.max_sessions
         progress = _Progress(trio.current_time())
+        io = _SessionIO(stream)
 
         async def write(data: bytes) -> None:
             try:
-                with trio.CancelScope(deadline=trio.current_time() + self.limits.idle_timeout) as sending:
-                    await stream.send_all(data)
+                await io.write(data, trio.current_time() + self.limits.idle_timeout)
+            except _Late:
+                self.metrics.refusals["send_timeout"] += 1
+                raise
             except _STREAM_ERRORS as exc:
                 raise _Closed(str(exc)) from None
-            if sending.cancelled_caught:
-                self.metrics.refusals["send_timeout"] += 1
-                raise _Closed("peer does not read")
             progress.at = trio.current_time()  # a slow link that keeps reading is not idle
 
         handler = SessionHandler(self, write, binding="tcp", over_capacity=over)
         self.session_started(handler)
         self._raw_sessions += 1
         try:
-            await self._raw_session(handler, stream, progress)
+            await self._raw_session(handler, io, progress)
         except _Closed:
             pass
         except Exception:  # a bug must not take the server down; the session ends
@@ -156,55 +222,63 @@ class SyncServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _raw_session(self, handler: SessionHandler, stream: trio.abc.Stream, progress: _Progress) -> None:
+    async def _raw_session(self, handler: SessionHandler, io: _SessionIO, progress: _Progress) -> None:
         limits = self.limits
         session = handler.session
-        started = handler.summary.started
+        budget_deadline = handler.summary.started + limits.session_time
         received = 0
-        while not handler.closed:
+        scope = io.scope
+        with scope:
+            io.inside = True
             try:
-                event = session.next_event()
-            except RemoteProtocolError as exc:
-                await handler.refuse(exc)
-                break
-            if event is CONNECTION_CLOSED:
-                return
-            if event is not NEED_DATA:
-                progress.at = trio.current_time()
-                await handler.handle(event)
-                continue
-            if self.shutting_down and handler.authenticated:
+                while not handler.closed:
+                    try:
+                        event = session.next_event()
+                    except RemoteProtocolError as exc:
+                        await handler.refuse(exc)
+                        break
+                    if event is CONNECTION_CLOSED:
+                        return
+                    if event is not NEED_DATA:
+                        progress.at = trio.current_time()
+                        await handler.handle(event)
+                        continue
+                    if self.shutting_down and handler.authenticated:
+                        await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
+                        break
+                    self._wait_scopes.add(scope)  # shutdown cancels a session waiting for data
+                    try:
+                        data = await io.read(min(progress.at + limits.idle_timeout, budget_deadline))
+                    except _STREAM_ERRORS:
+                        return
+                    finally:
+                        self._wait_scopes.discard(scope)
+                    received += len(data)
+                    self.metrics.bytes_in += len(data)
+                    if received > limits.session_bytes:
+                        self.metrics.refusals["session_bytes"] += 1
+                        await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session byte budget exceeded")
+                        break
+                    session.receive_data(bytes(data))
+            except _Late:
+                pass
+            finally:
+                io.inside = False
+        if io.late == "write":
+            if scope.cancelled_caught:  # the scope, not ``write``, ended it: counted here
+                self.metrics.refusals["send_timeout"] += 1
+            return  # the peer does not read: nothing more can reach it
+        if io.late == "read":
+            if self.shutting_down:
                 await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
-                break
-            idle_deadline = progress.at + limits.idle_timeout
-            budget_deadline = started + limits.session_time
-            with trio.CancelScope(deadline=min(idle_deadline, budget_deadline)) as scope:
-                self._wait_scopes.add(scope)
-                try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                except _STREAM_ERRORS:
-                    return
-                finally:
-                    self._wait_scopes.discard(scope)
-            if scope.cancelled_caught:
-                if self.shutting_down:
-                    await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
-                elif trio.current_time() >= budget_deadline:
-                    self.metrics.refusals["session_time"] += 1
-                    await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session time budget exceeded")
-                else:
-                    self.metrics.refusals["idle_timeout"] += 1
-                    await handler.fail(ErrorCode.TIMEOUT, "no complete frame within the idle timeout")
-                break
-            received += len(data)
-            self.metrics.bytes_in += len(data)
-            if received > limits.session_bytes:
-                self.metrics.refusals["session_bytes"] += 1
-                await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session byte budget exceeded")
-                break
-            session.receive_data(bytes(data))
+            elif trio.current_time() >= budget_deadline:
+                self.metrics.refusals["session_time"] += 1
+                await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session time budget exceeded")
+            else:
+                self.metrics.refusals["idle_timeout"] += 1
+                await handler.fail(ErrorCode.TIMEOUT, "no complete frame within the idle timeout")
         if handler.summary.outcome not in ("bye", "open"):
-            await self._linger(stream)
+            await self._linger(io.stream)
 
     async def _linger(self, stream: trio.abc.Stream) -> None:
         """After a fatal ERROR: half-close, then read and discard briefly so the ERROR is not reset."""

@@ -12,7 +12,7 @@ import trio.testing
 from emulator.fleet.profiles import NetworkProfile
 from emulator.fleet.radio import SEND_BUFFER, Coverage, LinkTally, RadioLink, RadioWorld, radio_connector
 from emulator.sim.clock import SimClock
-from emulator.transport import ConnectFailed, TransportError
+from emulator.transport import ConnectFailed, TransportError, TransportTimeout
 
 LAB = NetworkProfile("lab", down_bps=80_000, up_bps=40_000, rtt=0.2)
 
@@ -121,3 +121,32 @@ async def test_connector_refuses_while_the_server_is_down_and_serves_when_up(fle
 async def test_a_radio_link_refuses_a_clock_without_alarms(autojump_clock: trio.testing.MockClock) -> None:
     with pytest.raises(TypeError, match="SimClock"):
         RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
+
+
+async def test_receive_deadlines_are_kept_by_the_link(fleet_clock: SimClock) -> None:
+    """Both ends time a receive on the link's clock: data before the deadline is returned, nothing
+    by the deadline is a timeout at exactly the deadline (the link stays up)."""
+    link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
+    start = trio.current_time()
+    with pytest.raises(TransportTimeout):
+        await link.device.receive_some(start + 7.5)
+    assert trio.current_time() - start == 7.5
+    with pytest.raises(trio.TooSlowError):
+        await link.server.receive_some_before(None, start + 9.0)
+    assert trio.current_time() - start == 9.0
+    await link.server.send_all(b"a" * 1000)      # arrives 0.1 + 0.1 s later
+    assert await link.device.receive_some(trio.current_time() + 0.2) == b"a" * 1000
+    await link.device.send_all(b"b" * 400)       # arrives 0.08 + 0.1 s later
+    assert await link.server.receive_some_before(None, trio.current_time() + 1) == b"b" * 400
+    assert trio.current_time() - start == pytest.approx(9.0 + 0.2 + 0.18)
+
+
+async def test_a_send_deadline_ends_the_wait_for_the_send_buffer(fleet_clock: SimClock) -> None:
+    link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
+    size = SEND_BUFFER + 8000                     # 8000 B over the buffer: 0.8 s at 80 kbit/s
+    start = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await link.server.send_all_before(b"p" * size, start + 0.5)
+    assert trio.current_time() - start == 0.5
+    assert len(await link.device.receive_some()) == size  # what was written stays queued
+    await link.server.send_all_before(b"q" * 100, trio.current_time() + 0.5)  # buffered: no wait

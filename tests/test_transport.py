@@ -14,6 +14,8 @@ from emulator.transport import (
     HttpStatusError,
     StreamChannel,
     TransportError,
+    TransportTimeout,
+    cutting_connector,
     http_connector,
     memory_connector,
     tcp_connector,
@@ -35,6 +37,40 @@ async def test_stream_channel_carries_bytes_both_ways_and_reports_close() -> Non
         await channel.send_all(b"more")
     await channel.aclose()
     await channel.aclose()  # closing twice is harmless
+
+
+async def test_a_receive_deadline_is_a_typed_timeout_at_the_deadline(autojump_clock: trio.testing.MockClock,
+                                                                     nursery: trio.Nursery) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    channel = StreamChannel(left)
+    start = trio.current_time()
+    with pytest.raises(TransportTimeout):
+        await channel.receive_some(start + 30)
+    assert trio.current_time() - start == 30
+
+    async def answer_later() -> None:
+        await trio.sleep(10)
+        await right.send_all(b"late but in time")
+
+    nursery.start_soon(answer_later)
+    assert await channel.receive_some(trio.current_time() + 30) == b"late but in time"
+    assert trio.current_time() - start == 40
+    await channel.send_all(b"still up")  # a timeout does not close the connection
+    assert await right.receive_some() == b"still up"
+
+
+async def test_a_cutting_channel_passes_the_deadline_on(autojump_clock: trio.testing.MockClock,
+                                                        nursery: trio.Nursery) -> None:
+    async def silent(stream: trio.abc.Stream) -> None:
+        await trio.sleep_forever()
+
+    connect, _ = cutting_connector(memory_connector(silent, nursery), budget=3)
+    channel = await connect()
+    start = trio.current_time()
+    with pytest.raises(TransportTimeout):
+        await channel.receive_some(start + 12)
+    assert trio.current_time() - start == 12
+    await channel.aclose()
 
 
 async def test_memory_connector_runs_the_server_half_per_connection() -> None:

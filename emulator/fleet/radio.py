@@ -23,13 +23,17 @@ import trio.lowlevel
 
 from emulator.fleet.profiles import NetworkProfile
 from emulator.sim.clock import Alarm, SimClock
-from emulator.transport import Channel, ConnectFailed, Connector, TransportError
+from emulator.transport import Channel, ConnectFailed, Connector, TransportError, TransportTimeout
 
 __all__ = ["Coverage", "LinkTally", "RadioLink", "radio_connector"]
 
 
 class _Broken(Exception):
     """The link is gone (drop, partition, server crash)."""
+
+
+class _TimedOut(Exception):
+    """A receive's deadline passed with nothing arrived."""
 
 
 @dataclass(slots=True)
@@ -104,7 +108,9 @@ class RadioLink:
         if self.broken:
             raise _Broken
 
-    async def send(self, way: _Direction, data: bytes, upstream: bool) -> None:
+    async def send(self, way: _Direction, data: bytes, upstream: bool, deadline: float = math.inf) -> None:
+        """Queue ``data`` on ``way``; wait while more than the send buffer is still to leave.
+        _TimedOut if that wait reaches ``deadline`` (the data stays queued, as on a socket)."""
         self._check()
         if way.closed:
             raise _Broken
@@ -120,12 +126,16 @@ class RadioLink:
             self.tally.bytes_down += len(data)
         buffered_until = done - SEND_BUFFER * 8 / way.rate
         if buffered_until > now:
-            await self.clock.sleep_until(min(buffered_until, self.drop_at))
+            wake = min(buffered_until, self.drop_at, deadline)
+            await self.clock.sleep_until(wake)
             self._check()
+            if wake < buffered_until:
+                raise _TimedOut
         # Otherwise no schedule point: the write is buffered, and every sync task blocks on its
         # next receive, so skipping the checkpoint starves nobody and saves a scheduler pass.
 
-    async def receive(self, way: _Direction) -> bytes:
+    async def receive(self, way: _Direction, deadline: float = math.inf) -> bytes:
+        """What has arrived on ``way``; b"" at end of stream; _TimedOut at ``deadline``."""
         while True:
             self._check()
             now = self.clock.current_time()
@@ -140,7 +150,9 @@ class RadioLink:
                     way.queue.popleft()
                     parts.append(data)
                 return b"".join(parts)
-            alarm = way.waiter = Alarm(min(way.queue[0][0] if way.queue else math.inf, self.drop_at))
+            if now >= deadline:
+                raise _TimedOut
+            alarm = way.waiter = Alarm(min(way.queue[0][0] if way.queue else math.inf, self.drop_at, deadline))
             try:
                 await self.clock.wait(alarm)
             finally:
@@ -167,11 +179,13 @@ class _DeviceEnd:
         except _Broken:
             raise TransportError("radio link lost while sending") from None
 
-    async def receive_some(self) -> bytes:
+    async def receive_some(self, deadline: float = math.inf) -> bytes:
         try:
-            return await self.link.receive(self.link.down)
+            return await self.link.receive(self.link.down, deadline)
         except _Broken:
             raise TransportError("radio link lost while receiving") from None
+        except _TimedOut:
+            raise TransportTimeout("nothing received before the deadline") from None
 
     async def aclose(self) -> None:
         self.link.close(self.link.up)
@@ -193,6 +207,28 @@ class _ServerEnd(trio.abc.Stream):
             await self.link.send(self.link.down, bytes(data), False)
         except _Broken:
             raise trio.BrokenResourceError("radio link lost") from None
+
+    async def send_all_before(self, data: bytes | bytearray | memoryview, deadline: float) -> None:
+        """``send_all`` bounded by ``deadline`` (trio.TooSlowError), timed on the link's clock."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        try:
+            await self.link.send(self.link.down, bytes(data), False, deadline)
+        except _Broken:
+            raise trio.BrokenResourceError("radio link lost") from None
+        except _TimedOut:
+            raise trio.TooSlowError from None
+
+    async def receive_some_before(self, max_bytes: int | None, deadline: float) -> bytes:
+        """``receive_some`` bounded by ``deadline`` (trio.TooSlowError), timed on the link's clock."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        try:
+            return await self.link.receive(self.link.up, deadline)
+        except _Broken:
+            raise trio.BrokenResourceError("radio link lost") from None
+        except _TimedOut:
+            raise trio.TooSlowError from None
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
