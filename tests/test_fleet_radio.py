@@ -135,10 +135,16 @@ async def test_receive_deadlines_are_kept_by_the_link(fleet_clock: SimClock) -> 
         await link.server.receive_some_before(None, start + 9.0)
     assert trio.current_time() - start == 9.0
     await link.server.send_all(b"a" * 1000)      # arrives 0.1 + 0.1 s later
-    assert await link.device.receive_some(trio.current_time() + 0.2) == b"a" * 1000
+    assert await link.device.receive_some(trio.current_time() + 0.25) == b"a" * 1000
     await link.device.send_all(b"b" * 400)       # arrives 0.08 + 0.1 s later
     assert await link.server.receive_some_before(None, trio.current_time() + 1) == b"b" * 400
     assert trio.current_time() - start == pytest.approx(9.0 + 0.2 + 0.18)
+    await link.server.send_all(b"c" * 1000)      # arrives exactly at the deadline: late
+    arrival = link.down.queue[-1][0]
+    with pytest.raises(TransportTimeout):
+        await link.device.receive_some(arrival)
+    assert trio.current_time() == arrival
+    assert await link.device.receive_some(arrival + 1) == b"c" * 1000  # still there to read
 
 
 async def test_a_send_deadline_ends_the_wait_for_the_send_buffer(fleet_clock: SimClock) -> None:
@@ -149,4 +155,8 @@ async def test_a_send_deadline_ends_the_wait_for_the_send_buffer(fleet_clock: Si
         await link.server.send_all_before(b"p" * size, start + 0.5)
     assert trio.current_time() - start == 0.5
     assert len(await link.device.receive_some()) == size  # what was written stays queued
+    start = trio.current_time()
+    with pytest.raises(trio.TooSlowError):           # the wait would end exactly at the deadline: late
+        await link.server.send_all_before(b"p" * size, start + 0.8)
+    assert trio.current_time() - start == pytest.approx(0.8)
     await link.server.send_all_before(b"q" * 100, trio.current_time() + 0.5)  # buffered: no wait

@@ -129,16 +129,19 @@ class RadioLink:
             wake = min(buffered_until, self.drop_at, deadline)
             await self.clock.sleep_until(wake)
             self._check()
-            if wake < buffered_until:
+            if deadline <= buffered_until:
                 raise _TimedOut
         # Otherwise no schedule point: the write is buffered, and every sync task blocks on its
         # next receive, so skipping the checkpoint starves nobody and saves a scheduler pass.
 
     async def receive(self, way: _Direction, deadline: float = math.inf) -> bytes:
-        """What has arrived on ``way``; b"" at end of stream; _TimedOut at ``deadline``."""
+        """What has arrived on ``way``; b"" at end of stream; _TimedOut from ``deadline`` on
+        (what arrives at the deadline is late, as under a cancel scope with that deadline)."""
         while True:
             self._check()
             now = self.clock.current_time()
+            if now >= deadline:
+                raise _TimedOut
             if way.queue and way.queue[0][0] <= now:
                 parts: list[bytes] = []
                 while way.queue and way.queue[0][0] <= now:
@@ -150,8 +153,6 @@ class RadioLink:
                     way.queue.popleft()
                     parts.append(data)
                 return b"".join(parts)
-            if now >= deadline:
-                raise _TimedOut
             alarm = way.waiter = Alarm(min(way.queue[0][0] if way.queue else math.inf, self.drop_at, deadline))
             try:
                 await self.clock.wait(alarm)
