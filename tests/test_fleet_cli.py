@@ -25,6 +25,13 @@ def test_simulate_writes_json_and_report_and_is_deterministic(tmp_path: Path,
     assert (tmp_path / "r" / "report.html").exists()
 
 
+def test_jobs_split_the_run_and_give_the_same_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["simulate", "--devices", "6", "--duration", "3h", "--seed", "2", "--no-progress"]
+    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    assert main([*common, "--jobs", "3", "--json", str(tmp_path / "three.json")]) == 0
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "three.json").read_bytes()
+
+
 def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scenario = str(fixtures.path("scenarios", "2009-outage.toml"))
     for handset in ("correct", "2009"):
@@ -50,6 +57,8 @@ def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[
     (["--server-events", "missing.toml"], "no such file"),
     (["--seed", "-1"], "--seed must be at least 0"),
     (["--handset", "2010"], "--handset must be correct or 2009"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--devices", "4", "--accounts", "2", "--jobs", "3"], "--jobs (3) cannot exceed the number of accounts (2)"),
     (["--compare", "a.json", "b.json"], "--compare needs --report"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,

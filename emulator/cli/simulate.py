@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--handset", default="correct", metavar="correct|2009",
                      help="handset behaviour: correct, or 2009 (restores from the server on reboot)")
     sim.add_argument("--seed", default="1", metavar="S", help="root seed (default 1)")
+    sim.add_argument("--jobs", default="1", metavar="N",
+                     help="worker processes, each simulating every N-th account; the report is the same "
+                          "for any N (default 1)")
     sim.add_argument("--report", default=None, metavar="DIR", help="write report.html (and report.json) here")
     sim.add_argument("--json", default=None, metavar="FILE", help="write the JSON figures to FILE ('-' = stdout)")
     sim.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
@@ -74,6 +77,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if accounts is not None and accounts > devices:
         raise CliError(f"--accounts ({accounts}) cannot exceed --devices ({devices})")
     seed = _int(args.seed, "seed", 0)
+    jobs = _int(args.jobs, "jobs", 1)
+    if jobs > (accounts if accounts is not None else devices):
+        raise CliError(f"--jobs ({jobs}) cannot exceed the number of accounts "
+                       f"({accounts if accounts is not None else devices}): a shard is a set of accounts")
     if args.handset not in ("correct", "2009"):
         raise CliError(f"--handset must be correct or 2009, not {args.handset!r}")
     try:
@@ -104,7 +111,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bar = None if args.no_progress else _progress_bar(duration)
     try:
-        run = run_fleet(config, progress=bar.update if bar else None)
+        run = run_fleet(config, progress=bar.update if bar else None, jobs=jobs)
+    except RuntimeError as exc:  # a worker process failed (ShardFailed) or died
+        raise CliError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()

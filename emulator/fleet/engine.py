@@ -3,12 +3,19 @@
 One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
 ``SimClock``: virtual, it jumps whenever every task waits, so a simulated day passes as fast as the
 work in it allows, and its alarms time the radio links and the scheduler. A single scheduler task
-pops ``(time, seq, device, action)`` from a heap: idle handsets cost no task. A user change schedules a sync ``sync_delay`` later (coalesced); every
-handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
+takes ``(time, seq, device, action)`` from a heap: idle handsets cost no task; an event a sync
+task pushes while the scheduler sleeps (a retry) rings the scheduler's alarm earlier, and an end
+event keeps the heap from running dry before the end. A user change schedules a sync
+``sync_delay`` later (coalesced); every handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
 time) over a ``RadioLink`` to the in-process ``SyncServer`` on ``SimulatedStorage``. Server events
 come from the scenario. Every ``sample_every`` seconds the fleet is sampled. At the end the fleet
 heals (server up, no drops or partitions, every handset on and synced) and the ledger counts the
 versions lost.
+
+``run_shard`` runs the accounts of one shard (all of them by default) and returns a ``FleetPart``;
+``fleet_report`` adds the parts up into the JSON report; ``run_fleet(jobs=N)`` runs N shards in
+worker processes (``emulator.fleet.shards``). Accounts share nothing but the server, which treats
+each apart, so the report is the same for any N.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connecto
 from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
 from emulator.handset import Handset, HandsetError
 from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.sim.clock import SimClock
+from emulator.sim.clock import Alarm, SimClock
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError
 from emulator.transport import Connector
@@ -43,7 +50,8 @@ from server_stub.limits import Limits
 from server_stub.server import SyncServer
 from server_stub.sim_storage import SimSnapshot, SimulatedStorage
 
-__all__ = ["HANDSETS", "FleetConfig", "FleetRun", "derive_rng", "run_fleet"]
+__all__ = ["HANDSETS", "FleetConfig", "FleetPart", "FleetRun", "derive_rng", "fleet_report", "run_fleet",
+           "run_shard"]
 
 HANDSETS: dict[str, Mutants] = {
     "correct": NO_MUTANTS,
@@ -51,7 +59,7 @@ HANDSETS: dict[str, Mutants] = {
 }
 """Handset behaviours: the correct one, and the 2009 firmware that restores from the server on reboot."""
 
-_CHANGE, _SYNC, _POWER_OFF, _POWER_ON, _SAMPLE, _BACKUP, _OUTAGE_END, _SLOW_END = range(8)
+_CHANGE, _SYNC, _POWER_OFF, _POWER_ON, _SAMPLE, _BACKUP, _OUTAGE_END, _SLOW_END, _END = range(9)
 _EVENT = 100  # + index of the scenario's event
 _KIND_NAMES = {k: k.name.lower() for k in RecordKind}
 
@@ -196,24 +204,32 @@ def _photo_bytes(rng: random.Random, size: int) -> bytes:
     return (tile * (size // len(tile) + 1))[:size]
 
 
+PAGES_PER_BLOCK = 16
+"""Pages in each erase block of a handset's flash (2 KiB pages)."""
+
+
 def _flash_blocks(workload: WorkloadProfile, duration: float) -> int:
     """Blocks of 16 x 2 KiB pages for one handset: what the run's photos and records need, twice
     over, plus room for garbage collection."""
     days = duration / 86400
     photos = workload.per_day.get(RecordKind.PHOTO, 0.0) * days * 3 + 2
     need = photos * (workload.photo_bytes + 4096) + workload.changes_per_day * days * 3 * 1024 + 65536
-    return max(24, math.ceil(2 * need / (16 * 2048)) + 8)
+    return max(24, math.ceil(2 * need / (PAGES_PER_BLOCK * 2048)) + 8)
 
 
 class _Fleet:
     """The state of one run (see the module docstring)."""
 
-    def __init__(self, config: FleetConfig, progress: Callable[[float, dict[str, Any]], None] | None) -> None:
+    def __init__(self, config: FleetConfig, progress: Callable[[float, dict[str, Any]], None] | None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.config = config
         self.progress = progress
+        self.shard = shard
         self.workload = config.workload
         self.metrics = FleetMetrics(duration=config.duration)
         self.accounts = [f"user{i:05d}" for i in range(config.account_count)]
+        self.own_accounts = [i for i in range(config.account_count) if i % shard[1] == shard[0]]
+        """The accounts this process simulates (every one unless the run is split into shards)."""
         self.ledger = Ledger(len(self.accounts))
         self.events_rng = derive_rng(config.seed, "server-events")
         self.storage = _Storage(SimulatedStorage(derive_rng(config.seed, "storage"), pack_blobs=True), self.ledger,
@@ -221,12 +237,15 @@ class _Fleet:
         self.server = SyncServer(self.storage, limits=Limits(max_sessions=1 << 30),
                                  rng=derive_rng(config.seed, "server"))
         self.mutants = HANDSETS[config.handset]
-        self.geometry = Geometry(pages_per_block=16,
+        self.geometry = Geometry(pages_per_block=PAGES_PER_BLOCK,
                                  blocks=config.flash_blocks or _flash_blocks(config.workload, config.duration))
         self.observer = _Observer(self.metrics)
-        self.devices: list[_Device] = []
+        self.devices: dict[int, _Device] = {}
+        """This shard's handsets by their index in the whole fleet."""
         self.by_account: list[list[int]] = [[] for _ in self.accounts]
         self.heap: list[tuple[float, int, int, int]] = []
+        self.wakeup: Alarm | None = None
+        """The scheduler's alarm while it sleeps until the earliest event."""
         self.seq = 0
         self.backups: dict[float, SimSnapshot] = {}
         self.down_until = -math.inf
@@ -245,10 +264,13 @@ class _Fleet:
 
     async def provision(self) -> None:
         config = self.config
-        for name in self.accounts:
+        for account in self.own_accounts:
+            name = self.accounts[account]
             await self.storage.inner.add_account(name, hashlib.sha256(b"key/" + name.encode()).digest())
         for index in range(config.devices):
             account = index % len(self.accounts)
+            if account % self.shard[1] != self.shard[0]:
+                continue
             profile = config.network.assign(index, config.devices)
             name = self.accounts[account]
             handset = Handset.create(
@@ -264,7 +286,7 @@ class _Fleet:
                                         derive_rng(config.seed, "radio", index), tally, self.world)
             device = _Device(index, account, profile, handset, derive_rng(config.seed, "user", index), coverage,
                              connector, tally)
-            self.devices.append(device)
+            self.devices[index] = device
             self.by_account[account].append(index)
             for kind, count in self.workload.initial.items():
                 for _ in range(count):
@@ -282,10 +304,16 @@ class _Fleet:
         while t <= config.duration:
             self._push(t, -1, _SAMPLE)
             t += config.sample_every
+        # The end: the heap is never empty before it, so the scheduler is there to take what a
+        # running sync schedules (a retry) however quiet the fleet is.
+        self._push(config.duration, -1, _END)
 
     def _push(self, at: float, device: int, action: int) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (at, self.seq, device, action))
+        wakeup = self.wakeup
+        if wakeup is not None and at < wakeup.at:  # pushed by a sync task while the scheduler sleeps
+            self.clock.ring(wakeup, at)
 
     def _next_change(self, device: _Device, now: float) -> None:
         if self.change_rate > 0:
@@ -304,12 +332,18 @@ class _Fleet:
 
     async def run(self) -> None:
         duration = self.config.duration
-        while self.heap:
-            at, _, index, action = heapq.heappop(self.heap)
+        heap = self.heap
+        while heap:
+            at = heap[0][0]
             if at > duration:
                 break
-            if at > trio.current_time():
-                await self.clock.sleep_until(at)
+            if at > self.clock.current_time():
+                # Sleep until the earliest event; ``_push`` rings earlier for an earlier one.
+                self.wakeup = Alarm(at)
+                await self.clock.wait(self.wakeup)
+                self.wakeup = None
+                continue
+            at, _, index, action = heapq.heappop(heap)
             self.events_processed += 1
             if index >= 0:
                 device = self.devices[index]
@@ -326,6 +360,8 @@ class _Fleet:
                     self._power_on(device)
             elif action == _SAMPLE:
                 self._sample()
+            elif action == _END:
+                break
             elif action == _BACKUP:
                 self.backups[at] = self.storage.inner.backup()
             elif action == _SLOW_END:
@@ -556,18 +592,19 @@ class _Fleet:
             self.storage.commit_delay = event.commit_delay
             self._push(now + event.duration, -1, _SLOW_END)
         elif event.kind == "fleet-reboot":
-            count = max(1, round(event.fraction * len(self.devices)))
-            for index in sorted(self.events_rng.sample(range(len(self.devices)), count)):
-                device = self.devices[index]
-                self._power_off(device, self._off_time(device))
+            devices = self.config.devices  # drawn over the whole fleet: every shard draws the same
+            for index in sorted(self.events_rng.sample(range(devices), max(1, round(event.fraction * devices)))):
+                device = self.devices.get(index)
+                if device is not None:
+                    self._power_off(device, self._off_time(device))
 
     def _after_restore(self) -> None:
-        for index, name in enumerate(self.accounts):
-            durable = self.storage.inner.durable_records(name)
+        for index in self.own_accounts:
+            durable = self.storage.inner.durable_records(self.accounts[index])
             self.ledger.server_now_holds(index, durable)
             self.storage.versions[index] = max((r.version for r in durable), default=0)
         self.ledger.reorder()
-        for account in range(len(self.accounts)):
+        for account in self.own_accounts:
             self._check_losses(account)
 
     # ------------------------------------------------------------------ samples
@@ -577,7 +614,7 @@ class _Fleet:
         generation = self.storage.generation
         versions = self.storage.versions
         out_of_date = 0
-        for device in self.devices:
+        for device in self.devices.values():
             if device.seen_anchor != versions[device.account] or (
                     device.seen_generation not in (0, generation)):
                 out_of_date += 1
@@ -597,7 +634,7 @@ class _Fleet:
         self.world.partitions = False
         self.storage.commit_delay = 0.0
         healed = 0
-        for device in self.devices:
+        for device in self.devices.values():
             if not device.handset.powered:
                 self._power_on(device)
         limiter = trio.CapacityLimiter(256)
@@ -619,58 +656,112 @@ class _Fleet:
         # two rounds: the second brings every handset the changes the others pushed in the first
         for _ in range(2):
             async with trio.open_nursery() as nursery:
-                for device in self.devices:
+                for device in self.devices.values():
                     nursery.start_soon(one, device)
         return healed
 
     def final_losses(self) -> None:
         now = trio.current_time()
-        for index, name in enumerate(self.accounts):
-            held = {key for key in map(content_key, self.storage.inner.durable_records(name)) if key is not None}
+        for index in self.own_accounts:
+            records = self.storage.inner.durable_records(self.accounts[index])
+            held = {key for key in map(content_key, records) if key is not None}
             for device_index in self.by_account[index]:
                 holdings = self._holdings(device_index)
                 if holdings:
                     held |= holdings
             self.ledger.final_check(index, held, now)
 
-    def summary(self, healed: int) -> dict[str, Any]:
-        config = self.config
+    def part(self, healed: int) -> FleetPart:
+        """What this process measured, for ``fleet_report`` (with the other shards' parts)."""
         metrics = self.metrics
-        for loss in self.ledger.losses:
-            version = loss.version
-            metrics.losses.append(LossEvent(min(loss.at, config.duration), self.accounts[version.account],
-                                            version.device, version.record_id.hex(), version.kind, version.created))
-        report = metrics.summary(devices=len(self.devices),
-                                 networks={d.index: d.profile.name for d in self.devices})
-        report["config"] = {
-            "devices": config.devices,
-            "accounts": config.account_count,
-            "duration": format_duration(config.duration),
-            "workload": config.labels.get("workload", config.workload.name),
-            "network": config.labels.get("network", ", ".join(
-                f"{name} {share:.0%}" for name, share in config.network.shares.items())),
-            "server events": config.labels.get("scenario", config.scenario.name),
-            "handset": config.handset,
-            "seed": config.seed,
-            "flash per handset": f"{self.geometry.blocks} blocks of {self.geometry.pages_per_block} pages",
-        }
-        report["totals"]["store_full"] = self.store_full
-        report["totals"]["handset_errors"] = sum(self.errors.values())
-        report["handset_errors"] = dict(sorted(self.errors.items()))
-        report["totals"]["user_versions"] = self.ledger.created
-        report["totals"]["healed_handsets"] = healed
-        report["totals"]["records_at_risk_end"] = len(self.ledger.at_risk)
-        return report
+        losses = [LossEvent(min(loss.at, self.config.duration), self.accounts[loss.version.account],
+                            loss.version.device, loss.version.record_id.hex(), loss.version.kind,
+                            loss.version.created)
+                  for loss in self.ledger.losses]
+        return FleetPart(metrics.syncs, metrics.samples, losses, metrics.regressions, metrics.user_changes,
+                         metrics.reboots, metrics.server_events, self.store_full, dict(self.errors),
+                         self.ledger.created, healed, len(self.ledger.at_risk), self.events_processed)
 
 
-def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None) -> FleetRun:
-    """Run one fleet simulation to the end and return its report (deterministic for the seed)."""
-    fleet = _Fleet(config, progress)
+@dataclass
+class FleetPart:
+    """The figures of one shard of a run (every account in a run of one process)."""
+
+    syncs: list[SyncRecord]
+    samples: list[Sample]
+    losses: list[LossEvent]
+    regressions: int
+    user_changes: int
+    reboots: int
+    server_events: list[dict[str, Any]]
+    store_full: int
+    errors: dict[str, int]
+    user_versions: int
+    healed: int
+    at_risk_end: int
+    events_processed: int
+
+
+def _merged_samples(parts: Sequence[FleetPart]) -> list[Sample]:
+    """The fleet's timeline: every shard samples at the same instants; counts add up."""
+    return [Sample(group[0].at, sum(s.at_risk for s in group), max(s.oldest_at_risk for s in group),
+                   sum(s.devices_out_of_date for s in group), all(s.server_up for s in group),
+                   sum(s.lost_so_far for s in group))
+            for group in zip(*(part.samples for part in parts), strict=True)]
+
+
+def fleet_report(config: FleetConfig, parts: Sequence[FleetPart]) -> dict[str, Any]:
+    """The JSON report of a run from its shards' parts (one part when one process ran it all)."""
+    metrics = FleetMetrics(duration=config.duration)
+    for part in parts:
+        metrics.syncs.extend(part.syncs)
+        metrics.losses.extend(part.losses)
+        metrics.regressions += part.regressions
+        metrics.user_changes += part.user_changes
+        metrics.reboots += part.reboots
+    metrics.samples = _merged_samples(parts) if len(parts) > 1 else list(parts[0].samples)
+    metrics.losses.sort(key=lambda x: (x.at, x.account, x.device, x.record_id))
+    metrics.server_events = parts[0].server_events  # the scenario's: the same in every shard
+    errors: dict[str, int] = {}
+    for part in parts:
+        for text, count in part.errors.items():
+            errors[text] = errors.get(text, 0) + count
+    report = metrics.summary(devices=config.devices, networks={
+        index: config.network.assign(index, config.devices).name for index in range(config.devices)})
+    blocks = config.flash_blocks or _flash_blocks(config.workload, config.duration)
+    report["config"] = {
+        "devices": config.devices,
+        "accounts": config.account_count,
+        "duration": format_duration(config.duration),
+        "workload": config.labels.get("workload", config.workload.name),
+        "network": config.labels.get("network", ", ".join(
+            f"{name} {share:.0%}" for name, share in config.network.shares.items())),
+        "server events": config.labels.get("scenario", config.scenario.name),
+        "handset": config.handset,
+        "seed": config.seed,
+        "flash per handset": f"{blocks} blocks of {PAGES_PER_BLOCK} pages",
+    }
+    totals = report["totals"]
+    totals["store_full"] = sum(part.store_full for part in parts)
+    totals["handset_errors"] = sum(errors.values())
+    report["handset_errors"] = dict(sorted(errors.items()))
+    totals["user_versions"] = sum(part.user_versions for part in parts)
+    totals["healed_handsets"] = sum(part.healed for part in parts)
+    totals["records_at_risk_end"] = sum(part.at_risk_end for part in parts)
+    return report
+
+
+def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
+              progress: Callable[[float, dict[str, Any]], None] | None = None) -> FleetPart:
+    """Simulate shard ``(k, n)`` of the fleet in this process: the accounts ``a`` with
+    ``a % n == k`` and their handsets, against a server of their own that sees the scenario's
+    events. Handsets keep their fleet-wide index, so every generator and time is as in one run."""
+    fleet = _Fleet(config, progress, shard)
     from emulator.sim.world import seed_trio_scheduler
 
     seed_trio_scheduler(derive_rng(config.seed, "trio").getrandbits(64))
 
-    async def main() -> dict[str, Any]:
+    async def main() -> FleetPart:
         async with trio.open_nursery() as servers:
             fleet.world = RadioWorld(servers)
             await fleet.provision()
@@ -681,13 +772,27 @@ def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]]
             healed = await fleet.heal()
             fleet.final_losses()
             servers.cancel_scope.cancel()
-        return fleet.summary(healed)
+        return fleet.part(healed)
 
     # The fleet holds millions of long-lived objects: fewer cyclic-GC passes over them (restored after).
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 1000)
     try:
-        report = trio.run(main, clock=fleet.clock)
+        return trio.run(main, clock=fleet.clock)
     finally:
         gc.set_threshold(*thresholds)
-    return FleetRun(report, fleet.events_processed, len(fleet.metrics.syncs))
+
+
+def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None,
+              jobs: int = 1) -> FleetRun:
+    """Run one fleet simulation to the end and return its report (deterministic for the seed and
+    ``jobs``). ``jobs`` > 1 splits the accounts into that many shards, each in a worker process
+    (``emulator.fleet.shards``)."""
+    if jobs == 1:
+        parts = [run_shard(config, progress=progress)]
+    else:
+        from emulator.fleet.shards import run_shards
+
+        parts = run_shards(config, jobs, progress)
+    return FleetRun(fleet_report(config, parts), sum(p.events_processed for p in parts),
+                    sum(len(p.syncs) for p in parts))
