@@ -6,11 +6,11 @@ work in it allows, and its alarms time the radio links and the scheduler. A sing
 takes ``(time, seq, device, action)`` from a heap: idle handsets cost no task; an event a sync
 task pushes while the scheduler sleeps (a retry) rings the scheduler's alarm earlier, and an end
 event keeps the heap from running dry before the end. A user change schedules a sync
-``sync_delay`` later (coalesced); every handset also syncs every ``sync_interval``. A sync is a task in a nursery (one per handset at a
-time) over a ``RadioLink`` to the in-process ``SyncServer`` on ``SimulatedStorage``. Server events
-come from the scenario. Every ``sample_every`` seconds the fleet is sampled. At the end the fleet
-heals (server up, no drops or partitions, every handset on and synced) and the ledger counts the
-versions lost.
+``sync_delay`` later (coalesced); every handset also syncs every ``sync_interval``. A sync is a
+task in a nursery (one per handset at a time) over a ``RadioLink`` to the in-process
+``SyncServer`` on ``SimulatedStorage``. Server events come from the scenario. Every
+``sample_every`` seconds the fleet is sampled. At the end the fleet heals (server up, no drops or
+partitions, every handset on and synced) and the ledger counts the versions lost.
 
 ``run_shard`` runs the accounts of one shard (all of them by default) and returns a ``FleetPart``;
 ``fleet_report`` adds the parts up into the JSON report; ``run_fleet(jobs=N)`` runs N shards in
