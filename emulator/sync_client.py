@@ -244,7 +244,9 @@ class _Driver:
         self.report.frames_sent += 1
         self.report.bytes_sent += len(data)
         try:
-            await self.channel.send_all(data)
+            await self.channel.send_all(data, trio.current_time() + self.timeout)
+        except TransportTimeout:
+            raise SyncTimeout(f"the server took or answered nothing within {self.timeout:g} s") from None
         except TransportError as exc:
             raise ConnectionLost(str(exc)) from exc
 

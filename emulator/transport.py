@@ -61,10 +61,11 @@ class HttpStatusError(TransportError):
 
 class Channel(Protocol):
     """The device's side of one connection to a server. ``receive_some`` returns b"" when the
-    peer closed, and raises ``TransportTimeout`` if nothing arrived by ``deadline`` (Trio time):
-    the channel enforces it, so a simulated link can time it on its own clock, for free."""
+    peer closed. Both raise ``TransportTimeout`` at ``deadline`` (Trio time): ``send_all`` if the
+    data could not be written by then (over HTTP: the POST not answered), ``receive_some`` if
+    nothing arrived. The channel keeps the deadline, so a simulated link times it on its own clock."""
 
-    async def send_all(self, data: bytes) -> None: ...
+    async def send_all(self, data: bytes, deadline: float = math.inf) -> None: ...
 
     async def receive_some(self, deadline: float = math.inf) -> bytes: ...
 
@@ -80,12 +81,18 @@ class StreamChannel:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
 
-    async def send_all(self, data: bytes) -> None:
-        """Write ``data``; TransportError if the connection is gone."""
+    async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
+        """Write ``data``; TransportError if the connection is gone, TransportTimeout at ``deadline``."""
         try:
-            await self._stream.send_all(data)
+            if deadline == math.inf:
+                await self._stream.send_all(data)
+                return
+            with trio.move_on_at(deadline):
+                await self._stream.send_all(data)
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise TransportError(f"connection lost while sending: {exc or type(exc).__name__}") from exc
+        raise TransportTimeout("the server took no data before the deadline")
 
     async def receive_some(self, deadline: float = math.inf) -> bytes:
         """Read what has arrived (b"" when the peer closed); TransportTimeout at ``deadline``."""
@@ -173,10 +180,18 @@ class HttpChannel:
         self._inbox: list[bytes] = []
         self._closed = False
 
-    async def send_all(self, data: bytes) -> None:
-        """POST ``data`` and queue the answer's body for ``receive_some``."""
+    async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
+        """POST ``data`` and queue the answer's body for ``receive_some``; TransportTimeout if the
+        answer is not complete by ``deadline``."""
         if self._closed:
             raise TransportError("HTTP connection already closed")
+        with trio.move_on_at(deadline):
+            await self._post(data)
+            return
+        raise TransportTimeout("no HTTP answer from the server before the deadline")
+
+    async def _post(self, data: bytes) -> None:
+        """One request and its whole answer (reopening the connection if the server closed it)."""
         if not self._binding.reusable:
             if self._reopen is None:
                 raise TransportError("the server closed the HTTP connection")
@@ -259,12 +274,12 @@ class CuttingChannel:
         self._cut = True
         await self._inner.aclose()
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
         """Send one frame (the sync client sends one per call) unless the budget is spent."""
         if self._cut or self.frames >= self.budget:
             await self._cut_now()
             raise TransportError("connection cut")
-        await self._inner.send_all(data)
+        await self._inner.send_all(data, deadline)
         self.frames += 1
         if self.frames >= self.budget:
             await self._cut_now()

@@ -160,3 +160,12 @@ async def test_a_send_deadline_ends_the_wait_for_the_send_buffer(fleet_clock: Si
         await link.server.send_all_before(b"p" * size, start + 0.8)
     assert trio.current_time() - start == pytest.approx(0.8)
     await link.server.send_all_before(b"q" * 100, trio.current_time() + 0.5)  # buffered: no wait
+
+
+async def test_the_handset_end_keeps_a_send_deadline(fleet_clock: SimClock) -> None:
+    link = RadioLink(LAB, drop_at=math.inf, tally=LinkTally())
+    start = trio.current_time()
+    with pytest.raises(TransportTimeout):      # 4000 B over the buffer: 0.8 s at 40 kbit/s
+        await link.device.send_all(b"u" * (SEND_BUFFER + 4000), start + 0.3)
+    assert trio.current_time() - start == 0.3
+    await link.device.send_all(b"v" * 10, trio.current_time() + 5)

@@ -23,7 +23,7 @@ from emulator.sync_client import (
     SyncFailed,
     SyncTimeout,
 )
-from emulator.transport import Channel, memory_connector
+from emulator.transport import Channel, HttpChannel, memory_connector
 from protocol import auth
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -400,6 +400,38 @@ async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock(auto
         nominal = BACKOFF_BASE * 2 ** i
         assert 0.5 * nominal <= gap <= 1.5 * nominal
     assert len(set(round(g / (BACKOFF_BASE * 2 ** i), 6) for i, g in enumerate(gaps))) > 1  # jittered
+
+
+@pytest.mark.parametrize("binding", ["raw", "http"])
+async def test_a_server_that_takes_nothing_times_the_sync_out(autojump_clock: trio.testing.MockClock,
+                                                              nursery: trio.Nursery, binding: str) -> None:
+    """The server accepts the connection, then neither reads (raw: a lockstep stream, whose write
+    ends only when read) nor answers (HTTP: reads the POST, never replies): the sync times out."""
+    device_end, server_end = trio.testing.lockstep_stream_pair()
+
+    async def deaf() -> None:
+        if binding == "http":
+            while await server_end.receive_some(65536):
+                pass
+        else:
+            await trio.sleep_forever()
+
+    nursery.start_soon(deaf)
+
+    async def connect() -> Channel:
+        from emulator.transport import StreamChannel
+        return HttpChannel(device_end, "deaf.invalid") if binding == "http" else StreamChannel(device_end)
+
+    phone = new_handset()
+    phone.add(Note("n"))
+    phone.timeout = 5.0
+    start = trio.current_time()
+    with trio.fail_after(600):  # the bug was a hang: bound the test itself
+        with pytest.raises(SyncFailed) as info:
+            await phone.sync(connect, attempts=1)
+    assert isinstance(info.value.last, SyncTimeout)
+    assert trio.current_time() - start == 5.0
+    assert states(phone) == {"DIRTY": 1}  # nothing was confirmed: the record stays to be pushed
 
 
 async def test_silent_server_times_out_on_the_trio_clock(autojump_clock: trio.testing.MockClock) -> None:

@@ -59,6 +59,26 @@ async def test_a_receive_deadline_is_a_typed_timeout_at_the_deadline(autojump_cl
     assert await right.receive_some() == b"still up"
 
 
+async def test_a_send_deadline_is_a_typed_timeout_at_the_deadline(autojump_clock: trio.testing.MockClock,
+                                                                   nursery: trio.Nursery) -> None:
+    left, right = trio.testing.lockstep_stream_pair()  # a write ends only when the peer reads it
+    channel = StreamChannel(left)
+    start = trio.current_time()
+    with pytest.raises(TransportTimeout):
+        await channel.send_all(b"nobody reads this", start + 20)
+    assert trio.current_time() - start == 20
+
+    async def read_later() -> None:
+        await trio.sleep(3)
+        assert await right.receive_some() == b"read in time"
+
+    left, right = trio.testing.lockstep_stream_pair()  # a fresh pair: a cancelled write spoils one
+    channel = StreamChannel(left)
+    nursery.start_soon(read_later)
+    await channel.send_all(b"read in time", trio.current_time() + 20)
+    assert trio.current_time() - start == 23
+
+
 async def test_a_cutting_channel_passes_the_deadline_on(autojump_clock: trio.testing.MockClock,
                                                         nursery: trio.Nursery) -> None:
     async def silent(stream: trio.abc.Stream) -> None:

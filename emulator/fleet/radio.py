@@ -174,11 +174,13 @@ class _DeviceEnd:
     def __init__(self, link: RadioLink) -> None:
         self.link = link
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
         try:
-            await self.link.send(self.link.up, data, True)
+            await self.link.send(self.link.up, data, True, deadline)
         except _Broken:
             raise TransportError("radio link lost while sending") from None
+        except _TimedOut:
+            raise TransportTimeout("the send buffer did not drain before the deadline") from None
 
     async def receive_some(self, deadline: float = math.inf) -> bytes:
         try:
