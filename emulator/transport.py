@@ -44,7 +44,7 @@ class TransportError(Exception):
 
 
 class TransportTimeout(TransportError):
-    """Nothing arrived before the receive's deadline (the connection may still be up)."""
+    """A send or a receive reached its deadline (the connection may still be up)."""
 
 
 class ConnectFailed(TransportError):
