@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes per run (shards of accounts)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.child is not None:
         print(json.dumps(_child(args.child, args.duration, args.workload, args.network, args.seed, args.jobs)))
         return

@@ -490,12 +490,12 @@ class _Driver:
         self.told_durable = max(self.told_durable, durable.durable_lsn)
 
     async def _fatal(self, code: ErrorCode, text: str) -> None:
-        """Send a fatal ERROR if the session still allows it (best effort, bounded in time)."""
-        with trio.move_on_after(self.timeout):
-            try:
-                await self.send(Error(code, True, text))
-            except (SyncError, LocalProtocolError):
-                pass
+        """Send a fatal ERROR if the session still allows it (best effort; ``send`` bounds it in
+        time and a timeout is a SyncError)."""
+        try:
+            await self.send(Error(code, True, text))
+        except (SyncError, LocalProtocolError):
+            pass
 
     def _batches(self, pending: Sequence[StoredVersion]) -> list[list[Change]]:
         """Changes in LSN order, in runs of at most ``max_batch`` (``push_all`` halves a run whose

@@ -84,9 +84,6 @@ class StreamChannel:
     async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
         """Write ``data``; TransportError if the connection is gone, TransportTimeout at ``deadline``."""
         try:
-            if deadline == math.inf:
-                await self._stream.send_all(data)
-                return
             with trio.move_on_at(deadline):
                 await self._stream.send_all(data)
                 return
@@ -97,8 +94,6 @@ class StreamChannel:
     async def receive_some(self, deadline: float = math.inf) -> bytes:
         """Read what has arrived (b"" when the peer closed); TransportTimeout at ``deadline``."""
         try:
-            if deadline == math.inf:
-                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
             with trio.move_on_at(deadline):
                 return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

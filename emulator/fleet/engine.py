@@ -719,7 +719,7 @@ def fleet_report(config: FleetConfig, parts: Sequence[FleetPart]) -> dict[str, A
         metrics.regressions += part.regressions
         metrics.user_changes += part.user_changes
         metrics.reboots += part.reboots
-    metrics.samples = _merged_samples(parts) if len(parts) > 1 else list(parts[0].samples)
+    metrics.samples = _merged_samples(parts)
     metrics.losses.sort(key=lambda x: (x.at, x.account, x.device, x.record_id))
     metrics.server_events = parts[0].server_events  # the scenario's: the same in every shard
     errors: dict[str, int] = {}

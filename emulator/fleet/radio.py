@@ -204,12 +204,7 @@ class _ServerEnd(trio.abc.Stream):
         self._closed = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError
-        try:
-            await self.link.send(self.link.down, bytes(data), False)
-        except _Broken:
-            raise trio.BrokenResourceError("radio link lost") from None
+        await self.send_all_before(data, math.inf)
 
     async def send_all_before(self, data: bytes | bytearray | memoryview, deadline: float) -> None:
         """``send_all`` bounded by ``deadline`` (trio.TooSlowError), timed on the link's clock."""
@@ -237,12 +232,7 @@ class _ServerEnd(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._closed:
-            raise trio.ClosedResourceError
-        try:
-            return await self.link.receive(self.link.up)
-        except _Broken:
-            raise trio.BrokenResourceError("radio link lost") from None
+        return await self.receive_some_before(max_bytes, math.inf)
 
     def close(self) -> None:
         """Close now (``aclose`` without the checkpoint)."""
