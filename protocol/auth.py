@@ -10,7 +10,6 @@ Every field is length-prefixed (u32, big-endian), so no two transcripts share an
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Final
 
@@ -35,7 +34,7 @@ def device_mac(
         DEVICE_LABEL, server_nonce=server_nonce, device_nonce=device_nonce, account=account,
         device_id=device_id, server_id=server_id,
     )
-    return hmac.new(key, data, hashlib.sha256).digest()
+    return hmac.digest(key, data, "sha256")
 
 
 def server_mac(
@@ -46,7 +45,7 @@ def server_mac(
         SERVER_LABEL, server_nonce=server_nonce, device_nonce=device_nonce, account=account,
         device_id=device_id, server_id=server_id,
     )
-    return hmac.new(key, data, hashlib.sha256).digest()
+    return hmac.digest(key, data, "sha256")
 
 
 def verify(expected: bytes, got: bytes) -> bool:
