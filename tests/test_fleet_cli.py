@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+import emulator.cli.common
+import emulator.fleet.engine
 import fixtures
 from emulator.cli import main
 
@@ -30,6 +33,30 @@ def test_jobs_split_the_run_and_give_the_same_json(tmp_path: Path, capsys: pytes
     assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
     assert main([*common, "--jobs", "3", "--json", str(tmp_path / "three.json")]) == 0
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "three.json").read_bytes()
+
+
+@pytest.mark.parametrize("cores, expected", [(8, 3), (2, 2), (1, 1)])
+def test_jobs_auto_takes_one_per_core_and_at_most_one_per_account(
+        cores: int, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    used: list[int] = []
+    real = emulator.fleet.engine.run_fleet
+
+    def spy(config: emulator.fleet.engine.FleetConfig, **kwargs: object) -> emulator.fleet.engine.FleetRun:
+        used.append(kwargs["jobs"])  # type: ignore[arg-type]
+        return real(config, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(emulator.cli.common, "usable_cores", lambda: cores)
+    monkeypatch.setattr(emulator.fleet.engine, "run_fleet", spy)
+    common = ["simulate", "--devices", "6", "--accounts", "3", "--duration", "2h", "--seed", "2", "--no-progress"]
+    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    assert main([*common, "--jobs", "auto", "--json", str(tmp_path / "auto.json")]) == 0
+    assert used == [1, expected]
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "auto.json").read_bytes()
+
+
+def test_usable_cores_is_this_process_affinity() -> None:
+    assert emulator.cli.common.usable_cores() == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,7 +84,8 @@ def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[
     (["--server-events", "missing.toml"], "no such file"),
     (["--seed", "-1"], "--seed must be at least 0"),
     (["--handset", "2010"], "--handset must be correct or 2009"),
-    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--jobs", "0"], "--jobs must be at least 1 (or auto)"),
+    (["--jobs", "many"], "--jobs must be a whole number or auto, not 'many'"),
     (["--devices", "4", "--accounts", "2", "--jobs", "3"], "--jobs (3) cannot exceed the number of accounts (2)"),
     (["--compare", "a.json", "b.json"], "--compare needs --report"),
 ])

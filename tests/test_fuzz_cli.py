@@ -35,7 +35,8 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv", [["fuzz", "--budget", "soon"], ["fuzz", "--shard", "3/2"], ["fuzz", "--jobs", "0"]])
+@pytest.mark.parametrize("argv", [["fuzz", "--budget", "soon"], ["fuzz", "--shard", "3/2"], ["fuzz", "--jobs", "0"],
+                                  ["fuzz", "--jobs", "most"]])
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -88,6 +89,17 @@ def test_two_jobs_run_disjoint_seeds(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["fuzz", "--budget", "2-runs", "--seed", "4", "--jobs", "2", "--json", "--steps", "10",
                  "--out", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["runs"] == 2
+
+
+def test_jobs_auto_takes_one_job_per_usable_core(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import emulator.cli.common
+
+    monkeypatch.setattr(emulator.cli.common, "usable_cores", lambda: 2)
+    assert main(["fuzz", "--budget", "2-runs", "--seed", "4", "--jobs", "auto", "--json", "--steps", "10",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["jobs"] == 2 and summary["runs"] == 2
 
 
 def test_budgets_parse() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exits with ``exit_code``."""
@@ -25,3 +27,24 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     if not 0 <= port <= 65535:
         raise CliError(f"bad address {text!r}: port out of range")
     return host, port
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity where the platform says, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_jobs(text: str) -> int:
+    """``--jobs``: a whole number of at least 1, or ``auto`` (one per usable core)."""
+    if text == "auto":
+        return usable_cores()
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"--jobs must be a whole number or auto, not {text!r}") from None
+    if value < 1:
+        raise CliError("--jobs must be at least 1 (or auto)")
+    return value

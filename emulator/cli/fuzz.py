@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from emulator.cli.common import CliError, parse_hostport
+from emulator.cli.common import CliError, parse_hostport, parse_jobs
 from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
@@ -46,6 +46,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _jobs(text: str) -> int:
+    try:
+        return parse_jobs(text)
+    except CliError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("--jobs ")) from None
 
 
 def _budget(text: str) -> Budget:
@@ -79,7 +86,8 @@ def register(subparsers: Any) -> None:
                       help="where failing traces go (default ./sidekick-out)")
     fuzz.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     fuzz.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
-    fuzz.add_argument("--jobs", type=_positive, default=1, metavar="N", help="worker processes (default 1)")
+    fuzz.add_argument("--jobs", type=_jobs, default=1, metavar="N|auto",
+                      help="worker processes, or auto (one per usable core) (default 1)")
     fuzz.add_argument("--no-shrink", action="store_true", help="write the failing trace only")
     fuzz.add_argument("--list-mutants", action="store_true", help="list the planted bugs and exit")
     fuzz.add_argument("--server", metavar="HOST:PORT",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError
+from emulator.cli.common import CliError, parse_jobs
 from emulator.fleet.durations import DurationError, format_duration, parse_duration
 from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
 from emulator.fleet.scenario import EMPTY, load_scenario
@@ -46,9 +46,10 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--handset", default="correct", metavar="correct|2009",
                      help="handset behaviour: correct, or 2009 (restores from the server on reboot)")
     sim.add_argument("--seed", default="1", metavar="S", help="root seed (default 1)")
-    sim.add_argument("--jobs", default="1", metavar="N",
-                     help="worker processes, each simulating every N-th account; the report is the same "
-                          "for any N (default 1)")
+    sim.add_argument("--jobs", default="1", metavar="N|auto",
+                     help="worker processes, each simulating every N-th account, or auto (one per "
+                          "usable core, at most one per account); the report is the same for any N "
+                          "(default 1)")
     sim.add_argument("--report", default=None, metavar="DIR", help="write report.html (and report.json) here")
     sim.add_argument("--json", default=None, metavar="FILE", help="write the JSON figures to FILE ('-' = stdout)")
     sim.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
@@ -77,10 +78,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if accounts is not None and accounts > devices:
         raise CliError(f"--accounts ({accounts}) cannot exceed --devices ({devices})")
     seed = _int(args.seed, "seed", 0)
-    jobs = _int(args.jobs, "jobs", 1)
-    if jobs > (accounts if accounts is not None else devices):
+    shards_possible = accounts if accounts is not None else devices
+    jobs = parse_jobs(args.jobs)
+    if args.jobs == "auto":
+        jobs = min(jobs, shards_possible)
+    if jobs > shards_possible:
         raise CliError(f"--jobs ({jobs}) cannot exceed the number of accounts "
-                       f"({accounts if accounts is not None else devices}): a shard is a set of accounts")
+                       f"({shards_possible}): a shard is a set of accounts")
     if args.handset not in ("correct", "2009"):
         raise CliError(f"--handset must be correct or 2009, not {args.handset!r}")
     try:
