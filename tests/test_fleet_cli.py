@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,9 +43,9 @@ def test_jobs_auto_takes_one_per_core_and_at_most_one_per_account(
     used: list[int] = []
     real = emulator.fleet.engine.run_fleet
 
-    def spy(config: emulator.fleet.engine.FleetConfig, **kwargs: object) -> emulator.fleet.engine.FleetRun:
-        used.append(kwargs["jobs"])  # type: ignore[arg-type]
-        return real(config, **kwargs)  # type: ignore[arg-type]
+    def spy(config: emulator.fleet.engine.FleetConfig, **kwargs: Any) -> emulator.fleet.engine.FleetRun:
+        used.append(kwargs["jobs"])
+        return real(config, **kwargs)
 
     monkeypatch.setattr(emulator.cli.common, "usable_cores", lambda: cores)
     monkeypatch.setattr(emulator.fleet.engine, "run_fleet", spy)

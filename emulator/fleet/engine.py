@@ -224,7 +224,6 @@ class _Fleet:
                  shard: tuple[int, int] = (0, 1)) -> None:
         self.config = config
         self.progress = progress
-        self.shard = shard
         self.workload = config.workload
         self.metrics = FleetMetrics(duration=config.duration)
         self.accounts = [f"user{i:05d}" for i in range(config.account_count)]
@@ -264,12 +263,13 @@ class _Fleet:
 
     async def provision(self) -> None:
         config = self.config
+        own = set(self.own_accounts)
         for account in self.own_accounts:
             name = self.accounts[account]
             await self.storage.inner.add_account(name, hashlib.sha256(b"key/" + name.encode()).digest())
         for index in range(config.devices):
             account = index % len(self.accounts)
-            if account % self.shard[1] != self.shard[0]:
+            if account not in own:
                 continue
             profile = config.network.assign(index, config.devices)
             name = self.accounts[account]

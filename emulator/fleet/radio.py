@@ -33,7 +33,7 @@ class _Broken(Exception):
 
 
 class _TimedOut(Exception):
-    """A receive's deadline passed with nothing arrived."""
+    """A send or a receive reached its deadline (nothing arrived, or the send buffer did not drain)."""
 
 
 @dataclass(slots=True)
