@@ -92,6 +92,10 @@ class NopExceeded(UsageError):
     """More partial programs of one page than the part allows (NOP) between erases."""
 
 
+MAX_BLOCKS = 1 << 20
+"""The most erase blocks a chip may have."""
+
+
 @dataclass(frozen=True, slots=True)
 class Geometry:
     """Chip geometry; the default is a 64 MiB SLC part (2 KiB + 64 B pages, 128 KiB blocks)."""
@@ -111,8 +115,8 @@ class Geometry:
             raise ValueError(f"spare_size must be in 1..4096, not {self.spare_size}")
         if not 2 <= self.pages_per_block <= 4096:
             raise ValueError(f"pages_per_block must be in 2..4096, not {self.pages_per_block}")
-        if not 4 <= self.blocks <= 1 << 20:
-            raise ValueError(f"blocks must be in 4..{1 << 20}, not {self.blocks}")
+        if not 4 <= self.blocks <= MAX_BLOCKS:
+            raise ValueError(f"blocks must be in 4..{MAX_BLOCKS}, not {self.blocks}")
         if not 1 <= self.nop <= 255 or self.endurance < 1 or not 0 <= self.ecc_bits_per_512 <= 64:
             raise ValueError("nop must be in 1..255, endurance >= 1, ecc_bits_per_512 in 0..64")
 

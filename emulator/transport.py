@@ -21,6 +21,7 @@ __all__ = [
     "RECEIVE_SIZE",
     "Channel",
     "ConnectFailed",
+    "connect_error_reason",
     "CuttingChannel",
     "Connector",
     "HttpChannel",
@@ -138,16 +139,24 @@ async def _serve_quietly(serve: Callable[[trio.abc.Stream], Awaitable[None]],
         await trio.aclose_forcefully(stream)
 
 
+def connect_error_reason(exc: OSError) -> str:
+    """Why ``trio.open_tcp_stream`` failed, in words: the first attempt's error ("Connection
+    refused"), or the resolver's ("Name or service not known"), not Trio's summary."""
+    cause: BaseException = exc
+    if isinstance(exc.__cause__, BaseExceptionGroup) and exc.__cause__.exceptions:
+        cause = exc.__cause__.exceptions[0]
+    errno = getattr(cause, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    text = getattr(cause, "strerror", None)  # the resolver's errors have negative numbers
+    return str(text or cause) or type(cause).__name__
+
+
 async def _open_tcp(host: str, port: int) -> trio.SocketStream:
     try:
         return await trio.open_tcp_stream(host, port)
     except OSError as exc:
-        cause: BaseException = exc
-        if isinstance(exc.__cause__, BaseExceptionGroup) and exc.__cause__.exceptions:
-            cause = exc.__cause__.exceptions[0]
-        errno = getattr(cause, "errno", None)
-        reason = os.strerror(errno) if errno else str(cause) or type(cause).__name__
-        raise ConnectFailed(f"cannot reach server {host}:{port}: {reason}") from exc
+        raise ConnectFailed(f"cannot reach server {host}:{port}: {connect_error_reason(exc)}") from exc
 
 
 def tcp_connector(host: str, port: int) -> Connector:

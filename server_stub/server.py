@@ -388,7 +388,10 @@ class SyncServer:
                 if address is None:
                     continue
                 host, port = address
-                listeners = await trio.open_tcp_listeners(port, host=host)
+                try:
+                    listeners = await trio.open_tcp_listeners(port, host=host)
+                except OSError as exc:  # say which of the addresses could not be had
+                    raise OSError(exc.errno, f"{exc.strerror or exc} ({name} on {host}:{port})") from exc
                 sockname = listeners[0].socket.getsockname()
                 bound[name] = (sockname[0], sockname[1])
 

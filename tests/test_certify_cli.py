@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], key_file: Path, tmp_
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("sidekick: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_no_server_at_the_address_is_one_line_exit_2_and_no_report(key_file: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        code = main(["certify", f"127.0.0.1:{port}", "--account", "vendor", "--key-file", str(key_file),
+                     "--json", str(tmp_path / "r.json")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"sidekick: error: cannot reach 127.0.0.1:{port}: Connection refused "
+                                    "(is the server running there?)")
+    assert captured.out == "" and not (tmp_path / "r.json").exists()
 
 
 def test_list_names_every_check_by_requirement(capsys: pytest.CaptureFixture[str]) -> None:

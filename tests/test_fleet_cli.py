@@ -89,6 +89,7 @@ def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[
     (["--jobs", "many"], "--jobs must be a whole number or auto, not 'many'"),
     (["--devices", "4", "--accounts", "2", "--jobs", "3"], "--jobs (3) cannot exceed the number of accounts (2)"),
     (["--compare", "a.json", "b.json"], "--compare needs --report"),
+    (["--duration", "100000d"], "100000d of the typical workload needs 4,523,029 flash blocks a handset"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_black_box_with_no_server_there_is_a_usage_error_not_a_violation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "a.key"
+    key.write_text("ab" * 32, encoding="utf-8")
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        code = main(["fuzz", "--server", f"127.0.0.1:{port}", "--account", "a", "--key-file", str(key),
+                     "--budget", "5s", "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"cannot reach 127.0.0.1:{port}: Connection refused (is the server running there?)")
+    assert "VIOLATION" not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("argv", [["fuzz", "--budget", "soon"], ["fuzz", "--shard", "3/2"], ["fuzz", "--jobs", "0"],

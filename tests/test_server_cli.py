@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,34 @@ def test_accounts_add_writes_hex_key_file(tmp_path: Path, capsys: pytest.Capture
         finally:
             await storage.aclose()
     assert trio.run(stored) == key
+
+
+def test_serve_names_the_address_it_cannot_listen_on(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "serve", "--memory", "--tcp", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
+                           "--admin", "127.0.0.1:0")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (f"sidekick: error: cannot listen: {os.strerror(errno.EADDRINUSE)} "
+                                            f"(tcp on 127.0.0.1:{port})")
+
+
+def test_accounts_add_never_overwrites_a_key_file_nor_leaves_one_without_account(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db, key_file = tmp_path / "s.db", tmp_path / "alice.key"
+    assert run(capsys, "accounts", "add", "alice", "--db", str(db), "--key-file", str(key_file))[0] == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    alice_key = key_file.read_text()
+    code, _, err = run(capsys, "accounts", "add", "bob", "--db", str(db), "--key-file", str(key_file))
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert key_file.read_text() == alice_key  # alice's key is still there
+    assert store_state(db)[1] == ["alice"]  # and bob was not added without a key
+    second = tmp_path / "again.key"
+    code, _, err = run(capsys, "accounts", "add", "alice", "--db", str(db), "--key-file", str(second))
+    assert code == 2 and "already exists in" in err
+    assert not second.exists()  # a key for no account is not left behind
 
 
 def test_accounts_add_with_given_key_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

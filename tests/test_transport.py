@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import pytest
@@ -15,6 +17,7 @@ from emulator.transport import (
     StreamChannel,
     TransportError,
     TransportTimeout,
+    connect_error_reason,
     cutting_connector,
     http_connector,
     memory_connector,
@@ -123,6 +126,24 @@ async def test_tcp_connector_to_a_closed_port_is_connect_failed() -> None:
         await tcp_connector("127.0.0.1", port)()
     with pytest.raises(ConnectFailed):
         await http_connector("127.0.0.1", port)()
+
+
+async def test_a_refused_connection_names_its_reason() -> None:
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}: Connection refused$"):
+            await tcp_connector("127.0.0.1", port)()
+
+
+def test_connect_error_reasons_are_words_not_numbers() -> None:
+    refused = OSError("all attempts to connect to 127.0.0.1:1 failed")
+    refused.__cause__ = ExceptionGroup("attempts", [ConnectionRefusedError(errno.ECONNREFUSED, "Error connecting")])
+    assert connect_error_reason(refused) == os.strerror(errno.ECONNREFUSED)
+    # The resolver's errors carry negative numbers, which os.strerror cannot name.
+    unknown_host = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert connect_error_reason(unknown_host) == "Name or service not known"
+    assert connect_error_reason(OSError("no route")) == "no route"
 
 
 async def test_tcp_connector_over_a_real_socket() -> None:

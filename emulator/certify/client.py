@@ -19,6 +19,7 @@ import trio
 
 from emulator.certify.framework import TraceEntry
 from emulator.frame_json import message_to_json
+from emulator.transport import connect_error_reason
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.framing import MIN_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
@@ -364,4 +365,4 @@ async def open_stream(host: str, port: int, timeout: float) -> trio.SocketStream
     except trio.TooSlowError:
         raise ConnectFailed(f"cannot reach {host}:{port}: no connection within {timeout:g}s") from None
     except OSError as exc:
-        raise ConnectFailed(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+        raise ConnectFailed(f"cannot reach {host}:{port}: {connect_error_reason(exc)}") from None

@@ -21,7 +21,7 @@ from emulator.certify.report import (
     render_text,
 )
 from emulator.certify.runner import RunResult, load_expected_failures, run_suite
-from emulator.cli.common import CliError, parse_hostport
+from emulator.cli.common import CliError, parse_hostport, require_reachable
 
 __all__ = ["read_key", "register", "target_from_args"]
 
@@ -116,8 +116,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.expected_failures:
         try:
             expected = load_expected_failures(Path(args.expected_failures))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read {args.expected_failures}: {exc}") from None
+        except OSError as exc:
+            raise CliError(f"cannot read {args.expected_failures}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"cannot read {args.expected_failures}: not UTF-8 text") from None
+    require_reachable(target.host, target.port, target.timeout)
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     if not args.quiet:
         print(f"certifying {target.address} with {len(checks)} checks (seed {seed})", flush=True)

@@ -48,3 +48,21 @@ def parse_jobs(text: str) -> int:
     if value < 1:
         raise CliError("--jobs must be at least 1 (or auto)")
     return value
+
+
+def require_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+    """CliError unless a TCP connection to ``host:port`` opens within ``timeout`` seconds (it is
+    closed at once). For commands that test a running server: no server at the address is a
+    usage mistake (exit 2), not a failed check or a violation."""
+    import trio
+
+    from emulator.certify.client import ConnectFailed, open_stream
+
+    async def probe() -> None:
+        stream = await open_stream(host, port, timeout)
+        await trio.aclose_forcefully(stream)
+
+    try:
+        trio.run(probe)
+    except ConnectFailed as exc:
+        raise CliError(f"{exc} (is the server running there?)") from None

@@ -273,7 +273,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
         try:
             data = Path(args.file).read_bytes()
         except OSError as exc:
-            raise CliError(f"cannot read {args.file}: {exc}") from None
+            raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     _check_text(args)
 
     def work(handset: Handset) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from emulator.cli.common import CliError, parse_hostport, parse_jobs
+from emulator.cli.common import CliError, parse_hostport, parse_jobs, require_reachable
 from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
@@ -160,6 +160,7 @@ def _run_blackbox(args: argparse.Namespace) -> int:
     if args.budget.seconds is None:
         raise CliError("--server takes a wall-time budget (e.g. --budget 60s), not a number of runs")
     account = Account(args.account, read_key(args.key_file))
+    require_reachable(host, port)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     print(f"sidekick fuzz: black-box against {host}:{port} ({'http' if args.binding == 'http' else 'tcp'}), "
           f"seed {seed}, budget {args.budget}", file=sys.stderr)

@@ -63,7 +63,8 @@ def register(subparsers: Any) -> None:
     add.add_argument("name")
     add.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
     add.add_argument("--key", default=None, metavar="HEX", help="the key (default: 32 random bytes)")
-    add.add_argument("--key-file", default=None, metavar="F", help="write the key here (hex, one line)")
+    add.add_argument("--key-file", default=None, metavar="F",
+                     help="write the key to this new file (hex, one line; an existing file is refused)")
     add.set_defaults(func=cmd_accounts_add)
     lst = sub.add_parser("list", help="list accounts")
     lst.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
@@ -224,30 +225,49 @@ def _read_key(args: argparse.Namespace) -> bytes:
     return key
 
 
+def _create_key_file(path: str, key: bytes) -> None:
+    """Write ``key`` as hex to a NEW file readable by its owner only; CliError if it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"key file {path} already exists (it may hold another account's key): name a new "
+                       "file, or pass the key it holds with --key") from None
+    except OSError as exc:
+        raise CliError(f"cannot write key file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key.hex() + "\n")
+    except OSError as exc:
+        os.unlink(path)
+        raise CliError(f"cannot write key file {path}: {exc.strerror}") from None
+
+
 def cmd_accounts_add(args: argparse.Namespace) -> int:
-    """Add an account, write its key file."""
+    """Add an account; with ``--key-file``, its key goes to a new file first, so that no account
+    is ever added whose key was not kept."""
     name = args.name
     if not name or len(name.encode()) > 982 or not name.isprintable():
         raise CliError("account names are 1 to 982 bytes of printable UTF-8")
     key = _read_key(args)
-    storage = _open_store(args.db)
+    if args.key_file:
+        _create_key_file(args.key_file, key)
 
-    async def add() -> None:
+    async def add(storage: SqliteStorage) -> None:
         try:
             await storage.add_account(name, key)
         finally:
             await storage.aclose()
     try:
-        trio.run(add)
-    except AccountExists:
-        raise CliError(f"account {name!r} already exists in {args.db}") from None
+        trio.run(add, _open_store(args.db))
+    except (CliError, StorageError, AccountExists) as exc:  # not added: its new key file goes
+        if args.key_file:
+            os.unlink(args.key_file)
+        if isinstance(exc, AccountExists):
+            raise CliError(f"account {name!r} already exists in {args.db}") from None
+        if isinstance(exc, StorageError):
+            raise CliError(f"cannot add account {name!r}: {exc}") from None
+        raise
     if args.key_file:
-        try:
-            with open(args.key_file, "w", encoding="ascii") as fh:
-                fh.write(key.hex() + "\n")
-            os.chmod(args.key_file, 0o600)
-        except OSError as exc:
-            raise CliError(f"cannot write key file {args.key_file}: {exc.strerror}") from None
         print(f"account {name} added to {args.db}; key written to {args.key_file}")
     else:
         print(f"account {name} added to {args.db}; key {key.hex()}")

@@ -99,12 +99,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     late = [e for e in scenario.events if e.at > duration]
     if late:
         print(f"sidekick: note: {len(late)} server event(s) after the run's end are ignored", file=sys.stderr)
-    config = FleetConfig(
-        devices=devices, accounts=accounts, duration=duration, workload=workload, network=network,
-        scenario=scenario, handset=args.handset, seed=seed,
-        labels={"workload": args.workload, "network": args.network,
-                "scenario": args.server_events or "none"},
-    )
+    try:
+        config = FleetConfig(
+            devices=devices, accounts=accounts, duration=duration, workload=workload, network=network,
+            scenario=scenario, handset=args.handset, seed=seed,
+            labels={"workload": args.workload, "network": args.network,
+                    "scenario": args.server_events or "none"},
+        )
+    except ValueError as exc:  # what the checks above cannot see, e.g. a flash too large to model
+        raise CliError(str(exc)) from None
     json_path = Path(args.json) if args.json and args.json != "-" else None
     if json_path is not None and json_path.is_dir():
         raise CliError(f"--json {json_path}: is a directory")

@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from emulator.flash import Geometry, NandFlash, PowerLoss
+from emulator.flash import MAX_BLOCKS, Geometry, NandFlash, PowerLoss
 from emulator.fleet.durations import format_duration
 from emulator.fleet.ledger import ContentKey, Ledger, content_key
 from emulator.fleet.metrics import FleetMetrics, LossEvent, Sample, SyncRecord
@@ -98,6 +98,15 @@ class FleetConfig:
             raise ValueError("duration and sample interval must be positive")
         if self.handset not in HANDSETS:
             raise ValueError(f"handset must be one of {', '.join(HANDSETS)}")
+        if self.handset_blocks > MAX_BLOCKS:
+            raise ValueError(f"{format_duration(self.duration)} of the {self.workload.name} workload needs "
+                             f"{self.handset_blocks:,} flash blocks a handset, more than a chip has "
+                             f"({MAX_BLOCKS:,}): simulate a shorter time")
+
+    @property
+    def handset_blocks(self) -> int:
+        """Erase blocks of each handset's flash: ``flash_blocks``, or what the workload needs."""
+        return self.flash_blocks or _flash_blocks(self.workload, self.duration)
 
     @property
     def account_count(self) -> int:
@@ -237,7 +246,7 @@ class _Fleet:
                                  rng=derive_rng(config.seed, "server"))
         self.mutants = HANDSETS[config.handset]
         self.geometry = Geometry(pages_per_block=PAGES_PER_BLOCK,
-                                 blocks=config.flash_blocks or _flash_blocks(config.workload, config.duration))
+                                 blocks=config.handset_blocks)
         self.observer = _Observer(self.metrics)
         self.devices: dict[int, _Device] = {}
         """This shard's handsets by their index in the whole fleet."""
@@ -728,7 +737,7 @@ def fleet_report(config: FleetConfig, parts: Sequence[FleetPart]) -> dict[str, A
             errors[text] = errors.get(text, 0) + count
     report = metrics.summary(devices=config.devices, networks={
         index: config.network.assign(index, config.devices).name for index in range(config.devices)})
-    blocks = config.flash_blocks or _flash_blocks(config.workload, config.duration)
+    blocks = config.handset_blocks
     report["config"] = {
         "devices": config.devices,
         "accounts": config.account_count,
