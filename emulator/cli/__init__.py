@@ -58,18 +58,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sidekick: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("sidekick: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except BrokenPipeError:
         return 0
+    except BaseExceptionGroup as group:  # from a nursery: Ctrl-C inside a Trio run arrives this way
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return _interrupted()
+        usage = group.subgroup(CliError)
+        if usage is not None:
+            error = _first_leaf(usage)
+            assert isinstance(error, CliError)
+            print(f"sidekick: error: {error.message}", file=sys.stderr)
+            return error.exit_code
+        if not isinstance(group, Exception) or os.environ.get("SIDEKICK_DEBUG"):
+            raise
+        return _internal_error(group)
     except Exception as exc:  # last line of defence: one line, traceback only on request
         if os.environ.get("SIDEKICK_DEBUG"):
             raise
-        print(
-            f"sidekick: internal error: {type(exc).__name__}: {exc} (set SIDEKICK_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 2
+        return _internal_error(exc)
+
+
+def _interrupted() -> int:
+    print("sidekick: interrupted", file=sys.stderr)
+    return 130
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside nested exception groups (``exc`` itself if it is none)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _internal_error(exc: Exception) -> int:
+    leaf = _first_leaf(exc)
+    print(f"sidekick: internal error: {type(leaf).__name__}: {leaf} (set SIDEKICK_DEBUG=1 for a traceback)",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
