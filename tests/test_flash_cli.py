@@ -111,8 +111,9 @@ def test_fsck_finds_a_photo_whose_blob_is_missing(tmp_path: Path, capsys: pytest
     assert code == 1 and not report["clean"] and "blob" in report["findings"][0]
 
 
-def test_powerloss_sampled_run_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "powerloss", "--workloads", "1", "--ops", "30", "--samples", "20",
+@pytest.mark.parametrize("name", ["powerloss", "power-loss"])
+def test_powerloss_sampled_run_prints_a_json_summary(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, name, "--workloads", "1", "--ops", "30", "--samples", "20",
                        "--json", "--no-progress")
     summary = json.loads(out)
     assert code == 0 and summary["cuts"] == 20 and summary["failed"] == 0

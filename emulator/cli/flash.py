@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_fsck)
 
-    p = sub.add_parser("powerloss", help="cut power at flash operations of store workloads; check recovery")
+    p = sub.add_parser("powerloss", aliases=["power-loss"],
+                       help="cut power at flash operations of store workloads; check recovery")
     p.add_argument("--workloads", type=int, default=4, help="workloads (seeds SEED..SEED+N-1)")
     p.add_argument("--ops", type=int, default=200, help="store operations per workload")
     mode = p.add_mutually_exclusive_group()
@@ -197,7 +198,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"erase count min {ec['min']} mean {ec['mean']} max {ec['max']}")
     print(f"free      {info['free_bytes'] // 1024} KiB")
     print(f"device    {m['device_id']} account {m['account']!r} next LSN {m['next_lsn']}")
-    print(f"server    {m['server_id'] or '-'} generation {m['generation']} durable LSN {m['durable_lsn']} "
+    print(f"server    {m['server_id'] or '-'} generation {m['generation']:#x} durable LSN {m['durable_lsn']} "
           f"anchor {m['anchor']}")
     if not info["records"]:
         print("records   none")
@@ -205,7 +206,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"records   {kind:8} " + ", ".join(f"{n} {name}" for name, n in c.items()))
     print(f"blobs     {info['blobs']['count']} ({info['blobs']['pages']} pages)")
     risk = info["at_risk"]
-    print(f"at risk   {risk['count']} version(s) not durable in generation {m['generation']}")
+    print(f"at risk   {risk['count']} version(s) not durable in generation {m['generation']:#x}")
     for v in risk["versions"]:
         print(f"          {v['kind']:8} {v['record_id']} LSN {v['lsn']} {v['state']}"
               f"{' (delete)' if v['deleted'] else ''}")
@@ -251,7 +252,7 @@ def check(flash: NandFlash) -> tuple[list[str], list[str]]:
         if version.lsn >= meta.next_lsn:
             findings.append(f"record {rid.hex()}: LSN {version.lsn} >= next LSN {meta.next_lsn}")
         if version.state is not SyncState.DURABLE and version.generation != 0:
-            findings.append(f"record {rid.hex()}: {version.state.name} with generation {version.generation}")
+            findings.append(f"record {rid.hex()}: {version.state.name} with generation {version.generation:#x}")
         body = version.record.body
         blob_id = getattr(body, "blob_id", None)
         if blob_id is not None and not version.record.deleted and version.lsn and not store.has_blob(blob_id):
