@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_mutant_campaign_exits_1_and_its_trace_replays(tmp_path: Path, capsys: p
         assert main(["replay", str(out / name)]) == 1
         story = capsys.readouterr().out
         assert "INVARIANT BROKEN" in story and "replayed exactly" in story and "violation reproduced" in story
+        assert re.search(r"^  generation: 0x[0-9a-f]+$", story, re.MULTILINE)  # in hex, as in the story
     assert main(["replay", "--json", str(out / files[0])]) == 1
     assert json.loads(capsys.readouterr().out)["exact"] is True
 

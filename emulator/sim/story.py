@@ -104,7 +104,10 @@ def tell(trace: dict[str, Any], *, limit: int | None = None) -> str:
         lines.append(f"  {violation['text']}")
         details = violation.get("details") or {}
         for key in sorted(details):
-            lines.append(f"  {key}: {details[key]}")
+            value = details[key]
+            if key == "generation" and isinstance(value, int):
+                value = f"{value:#x}"  # as the story above writes generations
+            lines.append(f"  {key}: {value}")
     else:
         lines.append("")
         lines.append("no invariant broken")
