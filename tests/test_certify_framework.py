@@ -103,6 +103,10 @@ def test_reports_carry_results_evidence_and_the_disclaimer() -> None:
     assert len(root.findall(".//failure")) == 1
     page = render_html(run)
     assert DISCLAIMER in page and "<with markup>" not in page and "&lt;with markup&gt;" in page
+    failed_section = page[page.index("<h2>Failed</h2>"):page.index("<h2>Inconclusive</h2>")]
+    assert failed_section.count("<li>") == 1 and f"href='#check-0'><code>{run.results[0].check.name}" in failed_section
+    assert "id='check-0'" in page and page.index("<h2>Failed</h2>") < page.index("<h2>Results</h2>")
+    assert "<h2>Failed</h2>" not in render_html(_run(_result(Level.MUST, Outcome.PASS)))
 
 
 @given(seq=st.integers(0, 2**32 - 1), new_seq=st.integers(0, 2**32 - 1), nonce=st.integers(0, 2**64 - 1),

@@ -161,19 +161,25 @@ pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:12px}.note{border:2
 
 
 def render_html(run: RunResult) -> str:
-    """A self-contained HTML page (no external assets): verdict, inconclusive list, results with evidence."""
+    """A self-contained HTML page (no external assets): verdict, failed checks (each linked to its
+    row), inconclusive checks, results with evidence."""
     esc = html.escape
     must_failed = run.failed_must
     verdict = (f"{len(must_failed)} MUST check(s) failed" if must_failed else "No MUST check failed")
     rows = []
-    for r in run.results:
+    failed: list[str] = []
+    for index, r in enumerate(run.results):
         cls = "fail" if r.outcome is Outcome.FAIL else r.outcome.value
+        if r.outcome is Outcome.FAIL:
+            failed.append(f"<li><a href='#check-{index}'><code>{esc(r.check.name)}</code></a> "
+                          f"[{esc(r.check.level.value)}{', expected' if r.expected_failure else ''}]: "
+                          f"{esc(r.message)}</li>")
         evidence = ""
         if r.evidence:
             evidence = "<details><summary>evidence</summary><pre>" + esc(
                 "\n".join(e.render() for e in r.evidence)) + "</pre></details>"
         rows.append(
-            f"<tr class='{cls}'><td>{esc(_label(r))}</td><td>{esc(r.check.level.value)}</td>"
+            f"<tr class='{cls}' id='check-{index}'><td>{esc(_label(r))}</td><td>{esc(r.check.level.value)}</td>"
             f"<td><code>{esc(r.check.name)}</code></td><td>{esc(', '.join(r.check.requirements))}</td>"
             f"<td>{esc(r.check.title)}<br><small>{esc(r.message if r.outcome is not Outcome.PASS else '')}</small>"
             f"{evidence}</td><td>{r.duration:.2f}s</td></tr>")
@@ -186,6 +192,7 @@ def render_html(run: RunResult) -> str:
 <h2>{esc(verdict)}</h2>
 <p>{run.count(Outcome.PASS)} passed, {run.count(Outcome.FAIL)} failed, {run.count(Outcome.INCONCLUSIVE)} inconclusive,
 {run.count(Outcome.SKIPPED)} skipped in {run.duration:.1f}s (seed {run.seed}, profile {esc(run.profile)}).</p>
+{f"<h2>Failed</h2><ul>{''.join(failed)}</ul>" if failed else ""}
 {f"<h2>Inconclusive</h2><ul>{inconclusive}</ul>" if inconclusive else ""}
 <h2>Results</h2>
 <table><tr><th>result</th><th>level</th><th>check</th><th>requirements</th><th>title / message</th><th>time</th></tr>
