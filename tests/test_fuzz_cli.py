@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from emulator.cli import main
+from emulator.sim import runner
 from emulator.sim.runner import Budget, parse_budget, seeds
-from emulator.sim.world import ALL_MUTANTS
+from emulator.sim.world import ALL_MUTANTS, RunResult, SimOptions
 
 
 def test_list_mutants_names_device_and_server_bugs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,6 +72,36 @@ def test_clean_campaign_exits_0_with_a_json_summary(tmp_path: Path, capsys: pyte
     suite = ET.parse(junit).getroot()
     assert suite.get("failures") == "0" and suite.get("tests") == "1"
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_ends_the_campaign_with_the_runs_that_finished(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    real_run_world = runner.run_world
+    calls = itertools.count()
+
+    def interrupted_third_run(seed: int, options: SimOptions) -> RunResult:
+        if next(calls) == 2:  # Ctrl-C inside a Trio run arrives as an exception group
+            raise BaseExceptionGroup("from a nursery", [KeyboardInterrupt()])
+        return real_run_world(seed, options)
+
+    monkeypatch.setattr(runner, "run_world", interrupted_third_run)
+    code = main(["fuzz", "--budget", "10-runs", "--seed", "1", "--steps", "10", "--json", "--out", str(tmp_path)])
+    assert code == 130
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["result"] == "interrupted" and summary["runs"] == 2 and summary["failures"] == []
+    assert "sidekick fuzz: interrupted after 2 run(s)" in captured.err and "no violation so far" in captured.err
+
+
+@pytest.mark.parametrize("error, interrupt", [
+    (KeyboardInterrupt(), True),
+    (BaseExceptionGroup("nursery", [KeyboardInterrupt()]), True),
+    (BaseExceptionGroup("outer", [ExceptionGroup("inner", [ValueError()]), KeyboardInterrupt()]), True),
+    (ExceptionGroup("nursery", [ValueError()]), False),
+    (ValueError(), False),
+])
+def test_is_interrupt_finds_ctrl_c_inside_groups(error: BaseException, interrupt: bool) -> None:
+    assert runner.is_interrupt(error) is interrupt
 
 
 def test_mutant_campaign_exits_1_and_its_trace_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -212,15 +212,19 @@ def run_fuzz(args: argparse.Namespace) -> int:
             print(f"  shrunk: {failure.shrunk} ({failure.shrunk_steps} steps)", file=sys.stderr)
         print(f"  replay: sidekick replay {failure.shrunk or failure.trace}", file=sys.stderr)
     if not result.failures:
-        print(f"sidekick fuzz: {result.runs} run(s), {result.sessions} sync sessions, "
-              f"{result.sim_time:,.0f} simulated s, {result.faults} faults: no violation", file=sys.stderr)
-    return 1 if result.failures else 0
+        ended = "interrupted after " if result.interrupted else ""
+        print(f"sidekick fuzz: {ended}{result.runs} run(s), {result.sessions} sync sessions, "
+              f"{result.sim_time:,.0f} simulated s, {result.faults} faults: no violation"
+              f"{' so far' if result.interrupted else ''}", file=sys.stderr)
+    if result.failures:
+        return 1
+    return 130 if result.interrupted else 0
 
 
 def _summary(args: argparse.Namespace, start: int, result: CampaignResult) -> dict[str, Any]:
     wall = max(result.wall, 1e-9)
     return {
-        "result": "violation" if result.failures else "clean",
+        "result": "violation" if result.failures else "interrupted" if result.interrupted else "clean",
         "seed_start": start,
         "shard": f"{args.shard[0]}/{args.shard[1]}",
         "jobs": args.jobs,

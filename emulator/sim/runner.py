@@ -21,7 +21,8 @@ from emulator.sim.shrink import shrink
 from emulator.sim.trace import to_trace, write_trace
 from emulator.sim.world import RunResult, SimOptions, run_world
 
-__all__ = ["Budget", "Campaign", "CampaignResult", "Failure", "RunSummary", "parse_budget", "run_campaign", "seeds"]
+__all__ = ["Budget", "Campaign", "CampaignResult", "Failure", "RunSummary", "is_interrupt", "parse_budget", "run_campaign",
+           "seeds"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class CampaignResult:
     faults: int = 0
     wall: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    interrupted: bool = False
+    """Ctrl-C ended the campaign early; the totals are those of the runs that finished."""
 
     def add(self, summary: RunSummary) -> None:
         """Count one run."""
@@ -149,6 +152,13 @@ def _job_quota(budget: Budget, job: int, jobs: int) -> int | None:
     return budget.runs // jobs + (1 if job < budget.runs % jobs else 0)
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, alone or inside the exception group of a Trio run."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+
+
 def _worker(campaign: Campaign, job: int, out: Any, stop: Any) -> None:
     """One worker process: run its seeds, report each run, record a failure, stop on request."""
     quota = _job_quota(campaign.budget, job, campaign.jobs)
@@ -164,31 +174,40 @@ def _worker(campaign: Campaign, job: int, out: Any, stop: Any) -> None:
                 stop.set()
                 out.put(("fail", _record_failure(result, campaign)))
                 break
-    except BaseException as exc:  # reported to the parent, which exits 2
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
+    except BaseException as exc:
+        if not is_interrupt(exc):  # reported to the parent, which exits 2
+            out.put(("error", f"{type(exc).__name__}: {exc}"))
+        # Ctrl-C reaches every process of the group: the parent decides what it means
     finally:
         out.put(("done", job))
 
 
 def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignResult], None] | None = None
                  ) -> CampaignResult:
-    """Run the campaign; ``progress`` is called after every run. RuntimeError if a worker failed."""
+    """Run the campaign; ``progress`` is called after every run. RuntimeError if a worker failed.
+    Ctrl-C ends it early with the runs that finished (``interrupted``); a second one at once."""
     started = time.monotonic()
     deadline = started + campaign.budget.seconds if campaign.budget.seconds is not None else None
     result = CampaignResult()
     if campaign.jobs == 1:
         quota = _job_quota(campaign.budget, 0, 1)
-        for seed in seeds(campaign.start, campaign.shard):
-            if (quota is not None and result.runs >= quota) or (deadline is not None and time.monotonic() >= deadline):
-                break
-            run = run_world(seed, campaign.options)
-            summary = _summary(run)
-            result.add(summary)
-            if progress is not None:
-                progress(summary, result)
-            if run.violation is not None:
-                result.failures.append(_record_failure(run, campaign))
-                break
+        try:
+            for seed in seeds(campaign.start, campaign.shard):
+                if (quota is not None and result.runs >= quota) or (
+                        deadline is not None and time.monotonic() >= deadline):
+                    break
+                run = run_world(seed, campaign.options)
+                summary = _summary(run)
+                result.add(summary)
+                if progress is not None:
+                    progress(summary, result)
+                if run.violation is not None:
+                    result.failures.append(_record_failure(run, campaign))
+                    break
+        except BaseException as exc:
+            if not is_interrupt(exc):
+                raise
+            result.interrupted = True  # the run under way is not counted
         result.wall = time.monotonic() - started
         return result
     context: Any = multiprocessing.get_context(
@@ -203,23 +222,29 @@ def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignRes
     errors: list[str] = []
     try:
         while running:
-            if deadline is not None and time.monotonic() >= deadline:
-                stop.set()
             try:
-                kind, payload = out.get(timeout=0.2)
-            except queue_module.Empty:
-                continue
-            if kind == "run":
-                result.add(payload)
-                if progress is not None:
-                    progress(payload, result)
-            elif kind == "fail":
-                result.failures.append(payload)
-            elif kind == "error":
-                errors.append(payload)
-                stop.set()
-            elif kind == "done":
-                running -= 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop.set()
+                try:
+                    kind, payload = out.get(timeout=0.2)
+                except queue_module.Empty:
+                    continue
+                if kind == "run":
+                    result.add(payload)
+                    if progress is not None:
+                        progress(payload, result)
+                elif kind == "fail":
+                    result.failures.append(payload)
+                elif kind == "error":
+                    errors.append(payload)
+                    stop.set()
+                elif kind == "done":
+                    running -= 1
+            except BaseException as exc:
+                if not is_interrupt(exc) or result.interrupted:
+                    raise  # a second Ctrl-C: leave without waiting for the workers' runs
+                result.interrupted = True
+                stop.set()  # the workers finish the run under way, then report and stop
     finally:
         stop.set()
         for worker in workers:
