@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import emulator.cli.common
+import emulator.cli.simulate as simulate_cli
 import emulator.fleet.engine
 import fixtures
 from emulator.cli import main
@@ -96,6 +97,16 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
     assert main(["simulate", "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sidekick: error:") and message in err[0]
+
+
+def test_a_fleet_that_cannot_fit_in_memory_is_refused_before_it_starts(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(simulate_cli, "physical_memory", lambda: 2**30)
+    assert main(["simulate", "--no-progress", "--devices", "40000", "--duration", "1h"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sidekick: error: --devices 40,000 needs at least 1.2 GiB of memory (about 32 KiB a handset, "
+                   "shards included), more than this machine has (1.0 GiB): simulate fewer handsets")
+    assert main(["simulate", "--no-progress", "--devices", "2", "--duration", "10m", "--json", "-"]) == 0
 
 
 @pytest.mark.parametrize("text, message", [
