@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +93,22 @@ def test_ctrl_c_ends_the_campaign_with_the_runs_that_finished(monkeypatch: pytes
     summary = json.loads(captured.out)
     assert summary["result"] == "interrupted" and summary["runs"] == 2 and summary["failures"] == []
     assert "sidekick fuzz: interrupted after 2 run(s)" in captured.err and "no violation so far" in captured.err
+
+
+def test_a_worker_that_dies_ends_the_campaign_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    real_worker = runner._worker
+
+    def dying_worker(campaign: runner.Campaign, job: int, out: Any, stop: Any) -> None:
+        if job == 1:
+            os._exit(9)  # gone without a word, as when the kernel kills it for memory
+        real_worker(campaign, job, out, stop)
+
+    monkeypatch.setattr(runner, "_worker", dying_worker)
+    code = main(["fuzz", "--budget", "4-runs", "--jobs", "2", "--seed", "1", "--steps", "10",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "worker 2 of 2 ended without a word (exit code 9)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("error, interrupt", [

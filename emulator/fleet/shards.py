@@ -47,12 +47,14 @@ def run_shards(config: FleetConfig, jobs: int,
     parts: dict[int, FleetPart] = {}
     latest = [0.0] * jobs
     figures: list[dict[str, Any]] = [{} for _ in range(jobs)]
+    silent: set[int] = set()  # workers found dead without their part, at the last look
     try:
         while len(parts) < jobs:
             try:
                 kind, index, payload = out.get(timeout=1.0)
             except queue_module.Empty:
-                dead = [k for k, worker in enumerate(workers) if k not in parts and not worker.is_alive()]
+                gone = {k for k, worker in enumerate(workers) if k not in parts and not worker.is_alive()}
+                dead, silent = sorted(gone & silent), gone  # dead twice with nothing in between
                 if dead:  # a worker that died without a word (killed, out of memory)
                     raise ShardFailed(f"shard {dead[0] + 1} of {jobs} ended without a result "
                                       f"(exit code {workers[dead[0]].exitcode})") from None

@@ -220,6 +220,8 @@ def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignRes
         worker.start()
     running = len(workers)
     errors: list[str] = []
+    finished: set[int] = set()
+    silent: set[int] = set()  # workers found dead without their "done", at the last look
     try:
         while running:
             try:
@@ -228,6 +230,14 @@ def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignRes
                 try:
                     kind, payload = out.get(timeout=0.2)
                 except queue_module.Empty:
+                    gone = {job for job, worker in enumerate(workers) if job not in finished and not worker.is_alive()}
+                    dead, silent = gone & silent, gone  # dead twice with nothing in between: no word will come
+                    for job in sorted(dead):  # killed, or out of memory
+                        errors.append(f"worker {job + 1} of {len(workers)} ended without a word "
+                                      f"(exit code {workers[job].exitcode})")
+                        finished.add(job)
+                        running -= 1
+                        stop.set()
                     continue
                 if kind == "run":
                     result.add(payload)
@@ -239,6 +249,7 @@ def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignRes
                     errors.append(payload)
                     stop.set()
                 elif kind == "done":
+                    finished.add(payload)
                     running -= 1
             except BaseException as exc:
                 if not is_interrupt(exc) or result.interrupted:
