@@ -788,6 +788,43 @@ class RecordStore:
         if changed:
             self._run(changed, reserve=1)
 
+    def record_receipts(self, pushed_through: int, generation: int, durable_through: int,
+                        assigned: Sequence[tuple[int, bytes, int]], durable_lsn: int) -> None:
+        """A session's receipts in ONE commit (none if nothing changes): what ``mark_pushed``
+        (``pushed_through``), then ``mark_durable`` (``generation``, ``durable_through``,
+        ``assigned``), then raising ``meta.durable_lsn`` to ``durable_lsn`` would do in three."""
+        self._alive()
+        if not 0 <= generation <= _U64:
+            raise InvalidRecord(f"generation {generation} out of range")
+        by_lsn = {(lsn, bytes(rid)): v for lsn, rid, v in assigned}
+        versions = {rid for _lsn, rid in by_lsn}
+        dirty, pushed = SyncState.DIRTY.value, SyncState.PUSHED.value
+        pages: _PageMemo = {}
+        changed: list[_Entry] = []
+        for rid, h in self._heads.items():
+            lsn = h[_LSN]
+            becomes_pushed = h[_STATE] == dirty and 0 < lsn <= pushed_through
+            becomes_durable = (becomes_pushed or h[_STATE] == pushed) and 0 < lsn <= durable_through
+            new_version = by_lsn.get((lsn, rid)) if rid in versions and lsn > 0 else None
+            if not becomes_pushed and not becomes_durable and new_version is None:
+                continue
+            value = self._read_value(h[_LOC], pages)
+            if new_version is not None:
+                value = value[:HEAD_PREFIX.size] + with_version(value[HEAD_PREFIX.size:], new_version)
+            if becomes_durable:
+                value = _restated(value, SyncState.DURABLE, generation)
+            elif becomes_pushed:
+                value = _restated(value, SyncState.PUSHED, h[_GEN])
+            changed.append((E_HEAD, rid, value))
+        meta = self.meta
+        if durable_lsn > meta.durable_lsn:
+            meta = replace(meta, durable_lsn=durable_lsn)
+            self._check_meta(meta)
+            changed.append((E_META, b"", self._encode_meta(meta)))
+        if changed:
+            self._run(changed, reserve=1)
+            self.meta = meta
+
     def apply_pulled(self, records: Sequence[Record], anchor: int) -> None:
         """Store pulled server versions as DURABLE in ``meta.generation`` and set ``meta.anchor``,
         in one commit (none if neither changes). A record whose local head is not DURABLE in that

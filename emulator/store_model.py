@@ -60,6 +60,13 @@ class StoreModel:
             if v.state is SyncState.PUSHED and 0 < v.lsn <= through_lsn:
                 self.heads[rid] = replace(v, state=SyncState.DURABLE, generation=generation)
 
+    def record_receipts(self, pushed_through: int, generation: int, durable_through: int,
+                        assigned: Sequence[tuple[int, bytes, int]], durable_lsn: int) -> None:
+        self.mark_pushed(pushed_through)
+        self.mark_durable(generation, durable_through, assigned)
+        if durable_lsn > self.meta.durable_lsn:
+            self.set_meta(durable_lsn=durable_lsn)
+
     def apply_pulled(self, records: Sequence[Record], anchor: int) -> None:
         gen = self.meta.generation
         for record in records:
@@ -155,7 +162,7 @@ def make_workload(seed: int | str, n_ops: int, *, blob_max: int = 2500, ids: int
     generation = rng.randrange(1, 1 << 63)
     ops: list[StoreOp] = []
     choices = ["write"] * 40 + ["delete"] * 5 + ["push"] * 12 + ["durable"] * 12 + ["pull"] * 8 + \
-        ["all_dirty"] * 3 + ["meta"] * 7 + ["blob"] * 4 + ["regress"] * 1
+        ["all_dirty"] * 3 + ["meta"] * 7 + ["blob"] * 4 + ["regress"] * 1 + ["receipts"] * 8
     for _ in range(n_ops):
         what = rng.choice(choices)
         if what == "write":
@@ -178,6 +185,17 @@ def make_workload(seed: int | str, n_ops: int, *, blob_max: int = 2500, ids: int
                     assigned.append((v.lsn, v.record.record_id, server_version))
             gen = model.meta.generation if rng.random() < 0.9 else generation
             op = StoreOp("mark_durable", (gen, through, tuple(assigned)))
+        elif what == "receipts":  # a session's: some pushed, some of those durable, the watermark
+            pushed_through = rng.randint(0, model.meta.next_lsn)
+            durable_through = rng.randint(0, pushed_through)
+            assigned = []
+            for v in sorted(model.heads.values(), key=lambda v: v.lsn):
+                if 0 < v.lsn <= durable_through and v.state is not SyncState.DURABLE and rng.random() < 0.9:
+                    server_version += 1
+                    assigned.append((v.lsn, v.record.record_id, server_version))
+            gen = model.meta.generation if rng.random() < 0.9 else generation
+            op = StoreOp("record_receipts", (pushed_through, gen, durable_through, tuple(assigned),
+                                             rng.randint(0, durable_through)))
         elif what == "pull":
             records = []
             for _ in range(rng.randint(0, 3)):

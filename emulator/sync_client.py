@@ -447,18 +447,15 @@ class _Driver:
         self.record_receipts(acked)
 
     def record_receipts(self, acked: int) -> None:
-        """Persist the receipts of this session's pushes: PUSHED through ``acked``, then DURABLE
-        through what the DURABLEs covered. Deferred to the end of the pushes (two commits, not two
-        per batch); a cut before it only means the same versions are pushed again."""
-        if acked:
-            self.store.mark_pushed(acked)
-        if self.durable_through:
-            self.store.mark_durable(self.generation, self.durable_through, self.assigned)
-            self.echoes.update((rid, version) for lsn, rid, version in self.assigned
-                               if lsn <= self.durable_through)
+        """Persist the receipts of this session's pushes: PUSHED through ``acked``, DURABLE through
+        what the DURABLEs covered, the durable watermark. Deferred to the end of the pushes, in one
+        flash commit; a cut before it only means the same versions are pushed again."""
+        durable_through = self.durable_through
+        assigned = self.assigned if durable_through else []
+        self.store.record_receipts(acked, self.generation, durable_through, assigned, self.told_durable)
+        if durable_through:
+            self.echoes.update((rid, version) for lsn, rid, version in assigned if lsn <= durable_through)
             self.durable_through, self.assigned = 0, []
-        if self.told_durable > self.store.meta.durable_lsn:
-            self.store.set_meta(durable_lsn=self.told_durable)
 
     async def await_durable(self, pushed_through: int) -> int:
         """CONFLICT notices, then DURABLE; returns the LSN it names."""

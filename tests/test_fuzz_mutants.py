@@ -24,7 +24,7 @@ CAUGHT: dict[str, tuple[int, int, frozenset[str] | None]] = {
     "ack-before-durable": (12, 2, None),
     "silent-rollback": (7, 2, None),
     "duplicate-on-retransmit": (1, 2, None),
-    "ignore-pull-ack": (4, 2, None),
+    "ignore-pull-ack": (7, 2, None),
     "lose-tail-on-crash": (12, 2, None),
     "wrong-watermark": (27, 2, None),
     "reorder-versions": (3, 2, None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
 
@@ -48,6 +49,15 @@ def test_sampled_long_workloads(seed: int) -> None:
     cuts = list(runner.cuts(seed))
     tally = run_all(runner, seed, random.Random(seed).sample(cuts, 150))
     assert tally["before"] + tally["after"] == 150
+
+
+def test_every_cut_inside_a_sessions_receipts_keeps_all_of_them_or_none() -> None:
+    runner = PowerLossRunner(n_ops=80, recovery_every=1)
+    ref = runner.reference(11)
+    receipts = {j for j, op in enumerate(ref.ops) if op.name == "record_receipts"}
+    cuts = [(k, v) for k, v in runner.cuts(11) if bisect.bisect_left(ref.starts, k) - 1 in receipts]
+    tally = run_all(runner, 11, cuts)  # "before" or "after" the whole operation, never between
+    assert tally["torn-program"] > 0 and tally["before"] > 0
 
 
 def test_a_cut_reruns_alone_from_its_id() -> None:

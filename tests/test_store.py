@@ -19,6 +19,7 @@ from emulator.store import (
     SyncState,
     UnknownBlob,
 )
+from emulator.store_format import parse_header
 from emulator.store_model import StoreModel, compare, random_body
 from protocol.records import Contact, Note, Record
 from tests.strategies import bodies
@@ -86,6 +87,43 @@ def test_push_durable_cycle_and_server_versions() -> None:
     edit = store.write_local(rid(1), Note("a2"))
     assert edit.base_version == 9 and edit.record.version == 0
     assert remount(store).get(rid(1)) == edit
+
+
+@settings(max_examples=60)
+@given(data=st.data(), n=st.integers(1, 6))
+def test_record_receipts_equals_push_durable_and_watermark_in_one_commit(data: st.DataObject, n: int) -> None:
+    one, three = new_store(), new_store()
+    for store in (one, three):
+        for i in range(n):
+            store.write_local(rid(i), Note(f"n{i}"))
+        store.mark_pushed(1)  # one already pushed in an earlier session
+    pushed_through = data.draw(st.integers(0, n + 1))
+    durable_through = data.draw(st.integers(0, pushed_through))
+    lsns = data.draw(st.lists(st.integers(1, n), unique=True))
+    assigned = [(lsn, rid(lsn - 1), 100 + lsn) for lsn in sorted(lsns)]
+    durable_lsn = data.draw(st.integers(0, n + 1))
+    seq = one.stats().seq
+    one.record_receipts(pushed_through, 77, durable_through, assigned, durable_lsn)
+    three.mark_pushed(pushed_through)
+    three.mark_durable(77, durable_through, assigned)
+    if durable_lsn > three.meta.durable_lsn:
+        three.set_meta(durable_lsn=durable_lsn)
+    assert one.records() == three.records() and one.meta == three.meta
+    assert remount(one).records() == one.records() and remount(one).meta == one.meta
+    assert len(_transactions_since(one, seq)) <= 1
+
+
+def _transactions_since(store: RecordStore, seq: int) -> set[int]:
+    """Transactions of the pages written from page sequence number ``seq`` on (a flash scan)."""
+    geometry = store.flash.geometry
+    found = set()
+    for block in range(geometry.blocks):
+        for page in range(geometry.pages_per_block):
+            if not store.flash.is_erased(block, page):
+                header = parse_header(store.flash.read_raw(block, page))
+                if header is not None and header.seq >= seq:
+                    found.add(header.txn)
+    return found
 
 
 def test_at_risk_is_everything_not_durable_in_the_current_generation() -> None:

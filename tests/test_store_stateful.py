@@ -44,7 +44,8 @@ class StoreMachine(RuleBasedStateMachine):
 
     def ops(self, data: st.DataObject) -> StoreOp:
         """Draw any store operation valid for the model's current state."""
-        kind = data.draw(st.sampled_from(["write", "delete", "push", "durable", "pull", "dirty", "meta", "blob"]))
+        kind = data.draw(st.sampled_from(["write", "delete", "push", "durable", "receipts", "pull", "dirty", "meta",
+                                          "blob"]))
         meta = self.model.meta
         if kind == "write":
             return StoreOp("write_local", (data.draw(record_ids), data.draw(small_bodies)))
@@ -60,6 +61,15 @@ class StoreMachine(RuleBasedStateMachine):
                              for v in pushed if v.lsn <= through)
             gen = data.draw(st.sampled_from([meta.generation, meta.generation + 1]))
             return StoreOp("mark_durable", (gen, through, assigned))
+        if kind == "receipts":
+            pushed_through = data.draw(st.integers(0, meta.next_lsn))
+            durable_through = data.draw(st.integers(0, pushed_through))
+            assigned = tuple((v.lsn, v.record.record_id, data.draw(st.integers(1, 1000)))
+                             for v in sorted(self.model.heads.values(), key=lambda v: v.lsn)
+                             if 0 < v.lsn <= durable_through)
+            gen = data.draw(st.sampled_from([meta.generation, meta.generation + 1]))
+            return StoreOp("record_receipts", (pushed_through, gen, durable_through, assigned,
+                                               data.draw(st.integers(0, meta.next_lsn))))
         if kind == "pull":
             records = tuple(Record(data.draw(record_ids), data.draw(st.integers(1, 1000)), data.draw(st.booleans()),
                                    data.draw(small_bodies)) for _ in range(data.draw(st.integers(0, 3))))
