@@ -752,13 +752,7 @@ class RecordStore:
     def mark_pushed(self, through_lsn: int) -> None:
         """DIRTY heads with lsn <= through_lsn become PUSHED (one commit)."""
         self._alive()
-        dirty = SyncState.DIRTY.value
-        pages: _PageMemo = {}
-        changed = []
-        for rid, h in self._heads.items():
-            if h[_STATE] == dirty and 0 < h[_LSN] <= through_lsn:
-                value = self._read_value(h[_LOC], pages)
-                changed.append((E_HEAD, rid, _restated(value, SyncState.PUSHED, h[_GEN])))
+        changed = self._receipt_entries(through_lsn, 0, 0, ())
         if changed:
             self._run(changed, reserve=1)
 
@@ -769,22 +763,7 @@ class RecordStore:
         self._alive()
         if not 0 <= generation <= _U64:
             raise InvalidRecord(f"generation {generation} out of range")
-        versions = {rid: v for _lsn, rid, v in assigned}
-        by_lsn = {(lsn, bytes(rid)): v for lsn, rid, v in assigned}
-        pushed = SyncState.PUSHED.value
-        pages: _PageMemo = {}
-        changed = []
-        for rid, h in self._heads.items():
-            becomes_durable = h[_STATE] == pushed and 0 < h[_LSN] <= through_lsn
-            new_version = by_lsn.get((h[_LSN], rid)) if rid in versions and h[_LSN] > 0 else None
-            if not becomes_durable and new_version is None:
-                continue
-            value = self._read_value(h[_LOC], pages)
-            if new_version is not None:
-                value = value[:HEAD_PREFIX.size] + with_version(value[HEAD_PREFIX.size:], new_version)
-            if becomes_durable:
-                value = _restated(value, SyncState.DURABLE, generation)
-            changed.append((E_HEAD, rid, value))
+        changed = self._receipt_entries(0, generation, through_lsn, assigned)
         if changed:
             self._run(changed, reserve=1)
 
@@ -796,6 +775,20 @@ class RecordStore:
         self._alive()
         if not 0 <= generation <= _U64:
             raise InvalidRecord(f"generation {generation} out of range")
+        changed = self._receipt_entries(pushed_through, generation, durable_through, assigned)
+        meta = self.meta
+        if durable_lsn > meta.durable_lsn:
+            meta = replace(meta, durable_lsn=durable_lsn)
+            self._check_meta(meta)
+            changed.append((E_META, b"", self._encode_meta(meta)))
+        if changed:
+            self._run(changed, reserve=1)
+            self.meta = meta
+
+    def _receipt_entries(self, pushed_through: int, generation: int, durable_through: int,
+                         assigned: Sequence[tuple[int, bytes, int]]) -> list[_Entry]:
+        """The rewritten heads: DIRTY with lsn <= ``pushed_through`` become PUSHED, then PUSHED with
+        lsn <= ``durable_through`` DURABLE in ``generation``; ``assigned`` sets server versions."""
         by_lsn = {(lsn, bytes(rid)): v for lsn, rid, v in assigned}
         versions = {rid for _lsn, rid in by_lsn}
         dirty, pushed = SyncState.DIRTY.value, SyncState.PUSHED.value
@@ -816,14 +809,7 @@ class RecordStore:
             elif becomes_pushed:
                 value = _restated(value, SyncState.PUSHED, h[_GEN])
             changed.append((E_HEAD, rid, value))
-        meta = self.meta
-        if durable_lsn > meta.durable_lsn:
-            meta = replace(meta, durable_lsn=durable_lsn)
-            self._check_meta(meta)
-            changed.append((E_META, b"", self._encode_meta(meta)))
-        if changed:
-            self._run(changed, reserve=1)
-            self.meta = meta
+        return changed
 
     def apply_pulled(self, records: Sequence[Record], anchor: int) -> None:
         """Store pulled server versions as DURABLE in ``meta.generation`` and set ``meta.anchor``,
