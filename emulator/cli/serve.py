@@ -252,15 +252,19 @@ def cmd_accounts_add(args: argparse.Namespace) -> int:
     if args.key_file:
         _create_key_file(args.key_file, key)
 
+    added = False
+
     async def add(storage: SqliteStorage) -> None:
+        nonlocal added
         try:
             await storage.add_account(name, key)
+            added = True
         finally:
             await storage.aclose()
     try:
         trio.run(add, _open_store(args.db))
-    except (CliError, StorageError, AccountExists) as exc:  # not added: its new key file goes
-        if args.key_file:
+    except (CliError, StorageError, AccountExists) as exc:
+        if args.key_file and not added:  # the key of no account: its new file goes
             os.unlink(args.key_file)
         if isinstance(exc, AccountExists):
             raise CliError(f"account {name!r} already exists in {args.db}") from None
