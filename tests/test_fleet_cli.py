@@ -99,6 +99,21 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
     assert len(err) == 1 and err[0].startswith("sidekick: error:") and message in err[0]
 
 
+@pytest.mark.parametrize("flag, name, message", [
+    ("--report", "", "exists and is not a directory"),
+    ("--report", "reports", "is not a directory"),
+    ("--json", "run.json", "is not a directory"),
+])
+def test_an_output_place_that_cannot_be_written_is_refused_before_the_run(
+        flag: str, name: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    target = a_file / name if name else a_file
+    assert main(["simulate", "--no-progress", "--devices", "2", "--duration", "10m", flag, str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "simulated" not in err[0]
+
+
 def test_a_fleet_that_cannot_fit_in_memory_is_refused_before_it_starts(monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(simulate_cli, "physical_memory", lambda: 2**30)

@@ -40,6 +40,23 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("where, message", [
+    (["--out", "FILE"], "exists and is not a directory"),
+    (["--out", "FILE/traces"], "is not a directory"),
+    (["--junit", "FILE/fuzz.xml"], "is not a directory"),
+])
+def test_an_output_place_that_cannot_be_written_is_refused_before_the_campaign(
+        where: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    argv = [w.replace("FILE", str(a_file)) for w in where]
+    if "--out" not in where:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(["fuzz", "--budget", "3-runs", "--seed", "1", "--mutant", "mark-clean-on-push-ack", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "seeds from" not in err  # refused before any run: no violation to lose
+
+
 def test_black_box_with_no_server_there_is_a_usage_error_not_a_violation(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "a.key"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 
 class CliError(Exception):
@@ -66,3 +68,24 @@ def require_reachable(host: str, port: int, timeout: float = 5.0) -> None:
         trio.run(probe)
     except ConnectFailed as exc:
         raise CliError(f"{exc} (is the server running there?)") from None
+
+
+def require_writable(path: Path, flag: str, *, directory: bool) -> None:
+    """CliError unless ``path`` (a folder if ``directory``, else a file) can be written when the
+    run ends: checked before a long run, so that its results are not lost at its end. Creates
+    nothing: it writes and removes a probe file in the nearest folder that exists."""
+    if path.exists():
+        if directory != path.is_dir():
+            raise CliError(f"{flag} {path}: " + ("exists and is not a directory" if directory else "is a directory"))
+        folder = path if directory else path.parent
+    else:
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise CliError(f"{flag} {path}: {folder} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: cannot write in {folder}: {exc.strerror or exc}") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from emulator.cli.common import CliError, parse_hostport, parse_jobs, require_reachable
+from emulator.cli.common import CliError, parse_hostport, parse_jobs, require_reachable, require_writable
 from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
@@ -189,6 +189,9 @@ def run_fuzz(args: argparse.Namespace) -> int:
     options = _options(args)
     start = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     out = Path(args.out)
+    require_writable(out, "--out", directory=True)  # a violation's trace must not be lost at the end
+    if args.junit:
+        require_writable(Path(args.junit), "--junit", directory=False)
     campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=args.jobs, out=out,
                         shrink_runs=0 if args.no_shrink else 40)
     print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError, parse_jobs
+from emulator.cli.common import CliError, parse_jobs, require_writable
 from emulator.fleet.durations import DurationError, format_duration, parse_duration
 from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
 from emulator.fleet.scenario import EMPTY, load_scenario
@@ -134,10 +134,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # what the checks above cannot see, e.g. a flash too large to model
         raise CliError(str(exc)) from None
     json_path = Path(args.json) if args.json and args.json != "-" else None
-    if json_path is not None and json_path.is_dir():
-        raise CliError(f"--json {json_path}: is a directory")
-    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
-        raise CliError(f"--report {args.report}: exists and is not a directory")
+    if json_path is not None:  # checked now: a long run must not end unable to write its results
+        require_writable(json_path, "--json", directory=False)
+    if args.report:
+        require_writable(Path(args.report), "--report", directory=True)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     started = time.perf_counter()
