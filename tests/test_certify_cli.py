@@ -61,6 +61,16 @@ def test_no_server_at_the_address_is_one_line_exit_2_and_no_report(key_file: Pat
     assert captured.out == "" and not (tmp_path / "r.json").exists()
 
 
+def test_a_report_that_cannot_be_written_is_refused_before_the_suite(key_file: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["certify", "127.0.0.1:1", "--account", "vendor", "--key-file", str(key_file),
+                 "--html", str(key_file / "report.html")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the suite did not run
+    assert captured.err.strip() == f"sidekick: error: --html {key_file / 'report.html'}: {key_file} is not a directory"
+
+
 def test_list_names_every_check_by_requirement(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["certify", "127.0.0.1:1", "--list"]) == 0
     out = capsys.readouterr().out

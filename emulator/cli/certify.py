@@ -21,7 +21,7 @@ from emulator.certify.report import (
     render_text,
 )
 from emulator.certify.runner import RunResult, load_expected_failures, run_suite
-from emulator.cli.common import CliError, parse_hostport, require_reachable
+from emulator.cli.common import CliError, parse_hostport, require_reachable, require_writable
 
 __all__ = ["read_key", "register", "target_from_args"]
 
@@ -120,6 +120,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {args.expected_failures}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise CliError(f"cannot read {args.expected_failures}: not UTF-8 text") from None
+    for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html)):
+        if path:  # checked before the suite, which may take minutes
+            require_writable(Path(path), flag, directory=False)
     require_reachable(target.host, target.port, target.timeout)
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     if not args.quiet:
