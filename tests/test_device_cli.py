@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,3 +222,22 @@ async def test_power_cut_during_a_sync_keeps_the_flash_at_the_cut(tmp_path: Path
         _, out, _ = await sk("device", "--image", img, "status", "--json")
         assert json.loads(out)["at_risk"] == 0
         nursery.cancel_scope.cancel()
+
+
+def test_a_second_command_on_the_same_image_waits_instead_of_losing_a_change(
+        image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command loads the image and saves it whole: run side by side, the one that saves last
+    would drop what the other wrote (a note added during a sync was lost this way)."""
+    fcntl = pytest.importorskip("fcntl")
+    with open(str(image) + ".lock", "a", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a command in progress (a long sync) holds it
+        second = subprocess.Popen([sys.executable, "-m", "emulator", "device", "--image", str(image), "add",
+                                   "note", "queued"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert second.stderr is not None
+        said = second.stderr.readline()  # returns once the second command reports that it waits
+        assert said.strip() == f"sidekick: waiting for another command on {image} to finish"
+        assert second.poll() is None  # it cannot go on while the lock is held
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    code, listing, _ = dev(capsys, image, "list")
+    assert code == 0 and "queued" in listing

@@ -9,13 +9,14 @@ reports what survived a reboot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = ["register"]
 KINDS = {"contact": RecordKind.CONTACT, "event": RecordKind.EVENT, "todo": RecordKind.TODO,
          "note": RecordKind.NOTE, "photo": RecordKind.PHOTO}
 CUT_SUFFIX = ".powercut"
+LOCK_SUFFIX = ".lock"
 DEFAULT_BLOCKS = 256
 
 
@@ -124,6 +126,29 @@ def register(subparsers: Any) -> None:
 # ---------------------------------------------------------------------------------------- image
 
 
+@contextlib.contextmanager
+def _holding(path: Path) -> Iterator[None]:
+    """Hold ``path`` while the block runs (an exclusive lock on ``path.lock``): each command loads
+    the image and saves it whole, so two at once would lose one's changes. A second command
+    waits, saying so. Where the platform has no flock, nothing is held."""
+    try:
+        import fcntl  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    try:
+        lock = open(str(path) + LOCK_SUFFIX, "a", encoding="ascii")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CliError(f"cannot lock image {path}: {exc.strerror or exc}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"sidekick: waiting for another command on {path} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class _Image:
     """The image file, its handset, and the armed power cut (if any)."""
 
@@ -173,7 +198,13 @@ class _Image:
 
 
 def _run(args: argparse.Namespace, work: Callable[[Handset], int | None]) -> int:
-    """Load the image, run ``work``, save the image; handle an armed power cut."""
+    """Load the image, run ``work``, save the image; handle an armed power cut. The image is held
+    from load to save."""
+    with _holding(Path(args.image)):
+        return _run_held(args, work)
+
+
+def _run_held(args: argparse.Namespace, work: Callable[[Handset], int | None]) -> int:
     image = _Image(Path(args.image), args.seed)
     handset = image.load()
     try:
@@ -211,6 +242,11 @@ def _report_cut(image: _Image, command: str) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    with _holding(Path(args.image)):
+        return _init(args)
+
+
+def _init(args: argparse.Namespace) -> int:
     path = Path(args.image)
     if path.exists():
         raise CliError(f"{path} already exists; init refuses to overwrite a handset image")
@@ -440,9 +476,10 @@ def _cmd_power_cut(args: argparse.Namespace) -> int:
     if args.at_op < 1:
         raise CliError("--at-op must be 1 or more (the first flash operation is 1)")
     path = Path(args.image)
-    if not path.exists():
-        raise CliError(f"no image at {path}")
-    Path(str(path) + CUT_SUFFIX).write_text(json.dumps({"at_op": args.at_op}))
+    with _holding(path):
+        if not path.exists():
+            raise CliError(f"no image at {path}")
+        Path(str(path) + CUT_SUFFIX).write_text(json.dumps({"at_op": args.at_op}))
     print(f"power cut armed: the next command on {path} loses power at its flash operation {args.at_op}")
     return 0
 
