@@ -6,9 +6,9 @@ over TCP and prints JSON: commits/s and DURABLE latency percentiles with group c
 session (resident set size growth divided by the sessions held open), and the same commit load on
 the in-memory store (``--memory``): the ceiling the protocol processing allows on this machine.
 The disk's own figures come first (fsync of a 4 KiB write, one SQLite WAL transaction with
-``synchronous=FULL``, in the same folder): group commit saves fsyncs, so the speed-up it can give
-is bounded by how much of a baseline commit the fsync is (``speedup_ceiling``: in-memory commits/s
-over baseline commits/s).
+``synchronous=FULL``, in the same folder). Group commit cannot beat a store that costs nothing,
+so its speed-up is bounded by the in-memory store's commits/s over the baseline's
+(``speedup_ceiling``): on a disk with a fast fsync that bound is low.
 
     python benchmarks/server.py [--devices 100] [--seconds 5] [--batch 5] [--rounds 3]
 

@@ -109,6 +109,12 @@ def test_record_receipts_equals_push_durable_and_watermark_in_one_commit(data: s
     if durable_lsn > three.meta.durable_lsn:
         three.set_meta(durable_lsn=durable_lsn)
     assert one.records() == three.records() and one.meta == three.meta
+    model = StoreModel(new_store().meta)  # the plain-dict model: independent of the store's code
+    for i in range(n):
+        model.write_local(rid(i), Note(f"n{i}"))
+    model.mark_pushed(1)
+    model.record_receipts(pushed_through, 77, durable_through, assigned, durable_lsn)
+    assert compare(one, model) == []
     assert remount(one).records() == one.records() and remount(one).meta == one.meta
     assert len(_transactions_since(one, seq)) <= 1
 
