@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +30,12 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     if not 0 <= port <= 65535:
         raise CliError(f"bad address {text!r}: port out of range")
     return host, port
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """CliError (one line: what to install) unless the optional dependency ``module`` is importable."""
+    if importlib.util.find_spec(module) is None:
+        raise CliError(f"{what} needs {module}, which is not installed: pip install 'sidekick-testbed[{extra}]'")
 
 
 def usable_cores() -> int:
