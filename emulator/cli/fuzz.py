@@ -21,7 +21,7 @@ from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
 from emulator.sim.story import tell
-from emulator.sim.trace import TraceError, load_trace, replay
+from emulator.sim.trace import Replay, TraceError, load_trace, replay
 from emulator.sim.world import ALL_MUTANTS, SimOptions
 
 __all__ = ["register"]
@@ -104,6 +104,8 @@ def register(subparsers: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print a JSON summary instead of the story")
     rep.add_argument("--tail", type=_positive, default=None, metavar="N",
                      help="tell only the last N events")
+    rep.add_argument("--pcap", metavar="OUT", help="also write the run's sessions and events as a pcapng "
+                     "capture for Wireshark (docs/WIRESHARK.md)")
     rep.set_defaults(func=run_replay)
 
 
@@ -263,13 +265,31 @@ def _write_junit(path: Path, summary: dict[str, Any], result: CampaignResult) ->
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _replay_to_pcap(trace: dict[str, Any], path: Path) -> Replay:
+    from emulator.capture.sim import SimTap, write_capture
+
+    require_writable(path, "--pcap", directory=False)
+    tap = SimTap()
+    result = replay(trace, tap=tap)
+    try:
+        capture = write_capture(path, result.new_trace, tap)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"capture: {path} ({capture.streams} TCP streams, {capture.packets} TCP packets, "
+          f"{capture.events} events)", file=sys.stderr)
+    return result
+
+
 def run_replay(args: argparse.Namespace) -> int:
     """Replay one trace and tell it."""
     try:
         trace = load_trace(args.trace)
     except TraceError as exc:
         raise CliError(str(exc)) from None
-    result = replay(trace)
+    if args.pcap is None:
+        result = replay(trace)
+    else:
+        result = _replay_to_pcap(trace, Path(args.pcap))
     if args.json:
         print(json.dumps({
             "reproduced": result.reproduced, "exact": result.exact,
