@@ -107,6 +107,8 @@ class SimTap:
 
 
 def _text(event: dict[str, Any]) -> str:
+    if "dev" not in event and isinstance(event.get("device"), str):
+        event = {**event, "dev": event["device"]}  # the story names a partitioned device "device"
     line = event_line(event)
     return " ".join((line or event["kind"]).split())
 

@@ -143,16 +143,16 @@ def capture_stream(stream: trio.abc.HalfCloseableStream, host: str, port: int) -
 
 
 @contextlib.contextmanager
-def recording(path: str | Path, *, client: str, comment: str = "") -> Iterator[ClientRecorder]:
+def recording(out: BinaryIO, *, client: str, comment: str = "") -> Iterator[ClientRecorder]:
     """Record the connections opened inside the block (in this context and the Trio runs started in
-    it) into the pcapng file ``path``. OSError if the file cannot be written."""
-    with open(path, "wb") as out:
-        recorder = ClientRecorder(out, client=client, comment=comment)
-        token = _RECORDER.set(recorder)
-        try:
-            yield recorder
-        finally:
-            _RECORDER.reset(token)
+    it) as a pcapng capture written to ``out``."""
+    recorder = ClientRecorder(out, client=client, comment=comment)
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+        recorder.capture.flush()
 
 
 class ServerRecorder:

@@ -295,7 +295,8 @@ local function text(c, tree, f, what)
   local raw = n > 0 and c.tvb(c.pos + 2, n):raw() or ""
   c.pos = c.pos + 2 + n
   if not valid_utf8(raw) then
-    local item = tree:add(f, range, c.tvb(range:offset() + 2, n):string(ENC_UTF_8))
+    local shown = raw:gsub("[\128-\255]", function(b) return string.format("\\x%02x", b:byte()) end)
+    local item = tree:add(f, range, shown)
     item:add_proto_expert_info(E.payload, "BAD_FIELD: " .. what .. " is not valid UTF-8 (R-ENC-1)")
     fail("BAD_FIELD", what .. " is not valid UTF-8", range)
   end
@@ -679,6 +680,7 @@ local function dissect_frame(tvb, pinfo, tree, offset, own, peer)
   elseif c.after ~= nil then
     errors[#errors + 1] = c.after.code
   end
+  if seq_checks[seq_key] ~= nil then errors[#errors + 1] = "BAD_SEQUENCE" end
   if mtype == 0x02 and ok and extra ~= nil and not pinfo.visited and peer ~= nil then
     own.max_frame = extra
     peer.max_frame = extra
