@@ -10,13 +10,9 @@ import io
 import json
 import os
 import random
-import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +29,7 @@ from emulator.sim.story import event_line
 from emulator.sim.trace import to_trace, write_trace
 from emulator.sim.world import SimOptions, World, run_world
 from emulator.wireshark import dissector_path
+from tests.server_process import serve_process
 
 GOLDEN = json.loads(fixtures.path("frames", "manifest.json").read_text())
 MALFORMED = json.loads(fixtures.path("malformed", "manifest.json").read_text())
@@ -478,23 +475,9 @@ def running_server(tmp_path: Path, pcap_dir: Path) -> Iterator[tuple[int, int, P
     db, key = tmp_path / "s.db", tmp_path / "alice.key"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["accounts", "add", "alice", "--db", str(db), "--key-file", str(key)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
-                             "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--pcap", str(pcap_dir)],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        line = ""
-        while "serving" not in line:
-            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "the server did not start"
-            line = proc.stderr.readline()
-            assert line, "the server exited"
-        ports = dict(re.findall(r"(tcp|http)=\('[^']*', (\d+)\)", line))
-        yield int(ports["tcp"]), int(ports["http"]), key
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+    with serve_process([sys.executable, "-m", "emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
+                        "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--pcap", str(pcap_dir)]) as ports:
+        yield ports["tcp"], ports["http"], key
 
 
 def test_device_sync_certify_and_serve_write_captures(
