@@ -14,7 +14,7 @@ from typing import Protocol
 
 import trio
 
-from emulator.capture.streams import capture_stream
+from emulator.capture.streams import ClientStream, capture_stream
 from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
 from protocol.session import CONNECTION_CLOSED
 
@@ -153,7 +153,7 @@ def connect_error_reason(exc: OSError) -> str:
     return str(text or cause) or type(cause).__name__
 
 
-async def _open_tcp(host: str, port: int) -> trio.abc.HalfCloseableStream:
+async def _open_tcp(host: str, port: int) -> ClientStream:
     try:
         return capture_stream(await trio.open_tcp_stream(host, port), host, port)  # recorded with --pcap
     except OSError as exc:

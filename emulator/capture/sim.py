@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from emulator.capture.tcp import HTTP_PORT, RAW_PORT, Capture, Severity, TcpStream
+from emulator.capture.tcp import HTTP_PORT, RAW_PORT, SERVER_NAME, Capture, Severity, TcpStream
 from emulator.sim.story import event_line
 from emulator.sim.trace_log import Timeline
 
@@ -113,6 +113,15 @@ def _text(event: dict[str, Any]) -> str:
     return " ".join((line or event["kind"]).split())
 
 
+def _host(event: dict[str, Any]) -> str | None:
+    """Whose event it is: the handset it names, the server for server events, else no one."""
+    details = event.get("details")
+    name = event.get("dev", event.get("device", details.get("device") if isinstance(details, dict) else None))
+    if isinstance(name, str) and name:
+        return name
+    return SERVER_NAME if str(event.get("kind", "")).startswith("server.") else None
+
+
 def _fault_note(event: dict[str, Any]) -> str:
     what = event["kind"][4:]
     details = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("t", "kind", "conn", "device", "dir", "bytes"))
@@ -181,7 +190,8 @@ class _Writer:
             if kind == "sync.fail" and "power" in str(event.get("why", "")):
                 severity = Severity.WARNING
             text = _text(event)
-            self.capture.event(time, text, severity=severity, comment=self._comment(f"t={time:.6f} s: {text}"))
+            self.capture.event(time, text, severity=severity, comment=self._comment(f"t={time:.6f} s: {text}"),
+                               host=_host(event))
             return
         self.extra.append(_unknown(event))
 

@@ -23,7 +23,7 @@ import trio
 
 from emulator.capture.tcp import Capture, Severity, TcpStream
 
-__all__ = ["CapturedStream", "ClientRecorder", "ServerRecorder", "capture_stream", "recording"]
+__all__ = ["CapturedStream", "ClientRecorder", "ClientStream", "ServerRecorder", "capture_stream", "recording"]
 
 _RECORDER: ContextVar[ClientRecorder | None] = ContextVar("sidekick_capture", default=None)
 
@@ -76,15 +76,15 @@ class CapturedStream(trio.abc.HalfCloseableStream):
         """As the inner stream."""
         await self._inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive, then record what came (b"": the peer's FIN)."""
         try:
-            data = await self._inner.receive_some(max_bytes)
+            data = bytes(await self._inner.receive_some(max_bytes))
         except trio.BrokenResourceError:
             self._broken()
             raise
         if data:
-            self._tcp.data(self._clock(), not self._local, bytes(data))
+            self._tcp.data(self._clock(), not self._local, data)
         else:
             self._tcp.fin(self._clock(), not self._local)
         self._capture.flush()
@@ -120,7 +120,7 @@ class ClientRecorder:
         self.client = client
         self.clock = clock
 
-    def wrap(self, stream: trio.abc.HalfCloseableStream, host: str, port: int) -> trio.abc.HalfCloseableStream:
+    def wrap(self, stream: trio.SocketStream, host: str, port: int) -> CapturedStream:
         """``stream`` (just connected to ``host:port``), recorded as a new TCP stream."""
         local, peer = _endpoints(stream)
         tcp = self.capture.connect(self.clock(), self.client, server_port=port,
@@ -136,7 +136,11 @@ class ClientRecorder:
         self.capture.flush()
 
 
-def capture_stream(stream: trio.abc.HalfCloseableStream, host: str, port: int) -> trio.abc.HalfCloseableStream:
+ClientStream = trio.SocketStream | CapturedStream
+"""A client's TCP connection: as opened, or recorded."""
+
+
+def capture_stream(stream: trio.SocketStream, host: str, port: int) -> ClientStream:
     """``stream`` as it is, or recorded if a ``recording`` is active in this context."""
     recorder = _RECORDER.get()
     return stream if recorder is None else recorder.wrap(stream, host, port)

@@ -31,7 +31,8 @@ _FIRST_CLIENT_PORT: Final = 49152
 _WINDOW_SHIFT: Final = 7
 _SYN_OPTIONS: Final = struct.pack(">BBHBBBB", 2, 4, MSS, 1, 3, 3, _WINDOW_SHIFT)  # MSS, NOP, window scale
 _FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-_EXPORTED_DISSECTOR: Final = 12  # exported-PDU tag: name of the dissector for the payload
+_EXPORTED_DISSECTOR: Final = 12  # exported-PDU tags: name of the dissector for the payload,
+_EXPORTED_IPV4_SRC: Final = 20   # and the source address
 
 
 class Severity:
@@ -47,7 +48,7 @@ class Severity:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f">{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f">{len(data) // 2}H", data)))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -106,10 +107,13 @@ class Capture:
         stream.open(timestamp, comment)
         return stream
 
-    def event(self, timestamp: float, text: str, *, severity: int = Severity.INFO, comment: str = "") -> None:
-        """An event packet: a syslog message ``text``, with ``comment`` (default: the text) as its comment."""
+    def event(self, timestamp: float, text: str, *, severity: int = Severity.INFO, comment: str = "",
+              host: str | None = None) -> None:
+        """An event packet: a syslog message ``text`` (from ``host``'s address, if given), with
+        ``comment`` (default: the text) as its comment."""
         message = f"<{8 + severity}>{text}".encode()
-        pdu = _tag(_EXPORTED_DISSECTOR, b"syslog") + struct.pack(">HH", 0, 0) + message
+        source = _tag(_EXPORTED_IPV4_SRC, self.host(host)) if host is not None else b""
+        pdu = _tag(_EXPORTED_DISSECTOR, b"syslog") + source + struct.pack(">HH", 0, 0) + message
         self._writer.packet(self._event_interface, timestamp, pdu, comment or text)
         self.events += 1
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import trio
 
-from emulator.capture.streams import capture_stream
+from emulator.capture.streams import ClientStream, capture_stream
 from emulator.certify.framework import TraceEntry
 from emulator.frame_json import message_to_json
 from emulator.transport import connect_error_reason
@@ -129,9 +129,9 @@ class Trace:
 class Client:
     """One connection to the server (raw TCP or HTTP) with a frame recorder."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, *, host: str, port: int, http_path: str | None,
+    def __init__(self, stream: ClientStream, *, host: str, port: int, http_path: str | None,
                  trace: Trace, label: str, timeout: float) -> None:
-        self._stream: trio.abc.HalfCloseableStream | None = stream
+        self._stream: ClientStream | None = stream
         self.host = host
         self.port = port
         self._http_path = http_path
@@ -358,7 +358,7 @@ class Client:
         await self.aclose()
 
 
-async def open_stream(host: str, port: int, timeout: float) -> trio.abc.HalfCloseableStream:
+async def open_stream(host: str, port: int, timeout: float) -> ClientStream:
     """A TCP connection to ``host:port``; ``ConnectFailed`` on refusal, error or timeout."""
     try:
         with trio.fail_after(timeout):
