@@ -231,21 +231,32 @@ local function valid_utf8(s)
   return true
 end
 
+-- Bit operations: bit32 (Lua 5.2, Wireshark up to 4.2), else the operators of Lua 5.3 and later
+-- (compiled from a string, so that Lua 5.2 never parses them).
+local band, bxor, rshift
+if bit32 ~= nil then
+  band, bxor, rshift = bit32.band, bit32.bxor, bit32.rshift
+else
+  band = load("return function(a, b) return a & b end")()
+  bxor = load("return function(a, b) return a ~ b end")()
+  rshift = load("return function(a, n) return a >> n end")()
+end
+
 -- CRC-32 (ISO-HDLC, reflected polynomial 0xEDB88320), table driven, on a Lua string
 local CRC_TABLE = {}
 for i = 0, 255 do
   local c = i
   for _ = 1, 8 do
-    if bit32.band(c, 1) == 1 then c = bit32.bxor(0xEDB88320, bit32.rshift(c, 1)) else c = bit32.rshift(c, 1) end
+    if band(c, 1) == 1 then c = bxor(0xEDB88320, rshift(c, 1)) else c = rshift(c, 1) end
   end
   CRC_TABLE[i] = c
 end
 local function crc32(s)
   local c = 0xFFFFFFFF
   for i = 1, #s do
-    c = bit32.bxor(CRC_TABLE[bit32.band(bit32.bxor(c, s:byte(i)), 0xFF)], bit32.rshift(c, 8))
+    c = bxor(CRC_TABLE[band(bxor(c, s:byte(i)), 0xFF)], rshift(c, 8))
   end
-  return bit32.bxor(c, 0xFFFFFFFF)
+  return bxor(c, 0xFFFFFFFF)
 end
 
 -- A decoding error inside a payload: raised with error(), caught by the frame dissector.
@@ -394,8 +405,8 @@ local function record(c, tree, label)
   end
   BODY[kind](c, sub)
   sub:set_len(c.pos - start)
-  sub:append_text(": " .. KINDS[kind] .. " v" .. tostring(version) .. (bit32.band(flags, 1) == 1 and " (deleted)" or ""))
-  if bit32.band(flags, 0xFE) ~= 0 then
+  sub:append_text(": " .. KINDS[kind] .. " v" .. tostring(version) .. (band(flags, 1) == 1 and " (deleted)" or ""))
+  if band(flags, 0xFE) ~= 0 then
     flags_item:add_proto_expert_info(E.payload, string.format("BAD_FIELD: record flags 0x%02x has unknown bits (R-REC-1)", flags))
     fail("BAD_FIELD", string.format("record flags 0x%02x has unknown bits", flags), c.tvb(start, c.pos - start))
   end
