@@ -178,8 +178,8 @@ class ServerRecorder:
         self.files.append(path)
         local, peer = _endpoints(stream)
         capture = Capture(out, comment=f"sidekick serve: one {binding} connection")
-        tcp = capture.connect(now, _show(peer).rsplit(":", 1)[0] if peer else "client",
-                              server_port=local[1] if local else 0, client_port=peer[1] if peer else None,
+        tcp = capture.connect(now, "client", server_port=local[1] if local else 0,
+                              client_port=peer[1] if peer else None,
                               comment=f"{binding} connection from {_show(peer)} to {_show(local)}")
         capture.flush()
         return CapturedStream(stream, tcp, capture, local_is_client=False, clock=self.clock, on_close=out.close)
