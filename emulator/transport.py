@@ -14,6 +14,7 @@ from typing import Protocol
 
 import trio
 
+from emulator.capture.streams import ClientStream, capture_stream
 from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
 from protocol.session import CONNECTION_CLOSED
 
@@ -152,9 +153,9 @@ def connect_error_reason(exc: OSError) -> str:
     return str(text or cause) or type(cause).__name__
 
 
-async def _open_tcp(host: str, port: int) -> trio.SocketStream:
+async def _open_tcp(host: str, port: int) -> ClientStream:
     try:
-        return await trio.open_tcp_stream(host, port)
+        return capture_stream(await trio.open_tcp_stream(host, port), host, port)  # recorded with --pcap
     except OSError as exc:
         raise ConnectFailed(f"cannot reach server {host}:{port}: {connect_error_reason(exc)}") from exc
 

@@ -12,7 +12,6 @@ import pytest
 import emulator.cli.common
 import emulator.cli.simulate as simulate_cli
 import emulator.fleet.engine
-import fixtures
 from emulator.cli import main
 
 
@@ -62,7 +61,7 @@ def test_usable_cores_is_this_process_affinity() -> None:
 
 
 def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    scenario = str(fixtures.path("scenarios", "2009-outage.toml"))
+    scenario = "2009-outage"
     for handset in ("correct", "2009"):
         assert main(["simulate", "--devices", "3", "--duration", "9h", "--server-events", scenario, "--handset",
                      handset, "--no-progress", "--json", str(tmp_path / f"{handset}.json")]) == 0

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-import fixtures
 from emulator.fleet.engine import FleetConfig, derive_rng, run_fleet
 from emulator.fleet.profiles import NetworkMix, load_workload
-from emulator.fleet.scenario import load_scenario
+from emulator.fleet.scenario import find_scenario, load_scenario
 
 LAB_NETWORK = """
 [profile.lab]
@@ -51,7 +50,7 @@ def test_derived_generators_depend_on_seed_and_name_only() -> None:
 
 
 def test_same_seed_same_json_and_another_seed_another_run() -> None:
-    scenario = load_scenario(fixtures.path("scenarios", "bad-day.toml"))
+    scenario = find_scenario("bad-day")
     first = json.dumps(_run(scenario=scenario, duration=4 * 3600.0), sort_keys=True)
     again = json.dumps(_run(scenario=scenario, duration=4 * 3600.0), sort_keys=True)
     assert first == again
@@ -90,7 +89,7 @@ def test_tiny_fleet_matches_hand_computed_figures(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def outage_runs() -> dict[str, dict[str, Any]]:
-    scenario = load_scenario(fixtures.path("scenarios", "2009-outage.toml"))
+    scenario = find_scenario("2009-outage")
     return {handset: _run(devices=9, duration=86400.0, scenario=scenario, handset=handset)
             for handset in ("correct", "2009")}
 

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import fixtures
 from emulator.fleet.durations import DurationError, format_duration, parse_duration
 from emulator.fleet.ledger import Ledger
 from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
-from emulator.fleet.scenario import load_scenario
+from emulator.fleet.scenario import find_scenario
 from protocol.messages import Change
 from protocol.records import Note, Record, RecordKind
 
@@ -77,12 +76,12 @@ def test_workloads_by_name_and_from_a_file(tmp_path: Path) -> None:
 
 
 def test_ready_scenarios_load() -> None:
-    outage = load_scenario(fixtures.path("scenarios", "2009-outage.toml"))
+    outage = find_scenario("2009-outage")
     assert [e.kind for e in outage.events] == ["crash", "outage", "fleet-reboot", "restore"]
     assert outage.backup_times == [3600.0]
     assert outage.events[3].describe() == "18h: restore from the backup of 1h"
-    for name in ("bad-day.toml", "silent-rollback.toml"):
-        assert load_scenario(fixtures.path("scenarios", name)).events
+    for name in ("bad-day", "silent-rollback"):
+        assert find_scenario(name).events
 
 
 def _record(rid: bytes, text: str, *, deleted: bool = False) -> Record:

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-import fixtures
 from emulator.fleet.engine import FleetConfig, run_fleet
 from emulator.fleet.profiles import NetworkMix, load_workload
 from emulator.fleet.report import PLOTS, render_html, write_report
-from emulator.fleet.scenario import load_scenario
+from emulator.fleet.scenario import find_scenario
 
 
 class _Page(HTMLParser):
@@ -58,7 +57,7 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, dict[str, Any]]:
-    scenario = load_scenario(fixtures.path("scenarios", "bad-day.toml"))
+    scenario = find_scenario("bad-day")
     config: dict[str, Any] = {"devices": 5, "workload": load_workload("heavy"), "network": NetworkMix.parse("mixed"),
               "duration": 4 * 3600.0, "scenario": scenario, "seed": 3}
     return {handset: run_fleet(FleetConfig(handset=handset, **config)).report for handset in ("correct", "2009")}

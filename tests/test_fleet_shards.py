@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-import fixtures
 from emulator.fleet import shards
 from emulator.fleet.engine import FleetConfig, run_fleet, run_shard
 from emulator.fleet.profiles import NetworkMix, load_workload
-from emulator.fleet.scenario import load_scenario
+from emulator.fleet.scenario import find_scenario, load_scenario
 
 
 def _config(**changes: Any) -> FleetConfig:
@@ -25,11 +24,11 @@ def _config(**changes: Any) -> FleetConfig:
     return FleetConfig(**settings)
 
 
-@pytest.mark.parametrize(("scenario", "handset"), [("bad-day.toml", "correct"), ("2009-outage.toml", "2009")])
+@pytest.mark.parametrize(("scenario", "handset"), [("bad-day", "correct"), ("2009-outage", "2009")])
 def test_shards_give_the_report_of_one_process(scenario: str, handset: str) -> None:
     """Crashes, an outage, a fleet-wide reboot and a restore reach every shard; shared accounts
     (two handsets each) stay within one shard."""
-    config = _config(scenario=load_scenario(fixtures.path("scenarios", scenario)), handset=handset)
+    config = _config(scenario=find_scenario(scenario), handset=handset)
     whole = json.dumps(run_fleet(config).report, sort_keys=True)
     assert json.loads(whole)["totals"]["syncs"] > 300
     for jobs in (2, 4):

@@ -1,4 +1,5 @@
-"""Checks of framing and malformed input: the vectors in fixtures/malformed plus generated ones.
+"""Checks of framing and malformed input: the malformed vectors (``emulator.certify.malformed``,
+also written to fixtures/malformed for the decoder tests) plus generated ones.
 
 The fixture vectors are decoder vectors; here each bad frame is re-numbered to the session's next
 sequence number (keeping its CRC valid, or wrong, as it was) and sent in READY, where the server
@@ -9,15 +10,13 @@ decoder (``protocol.framing.FrameDecoder``), which applies the checks in the spe
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import fixtures
 from emulator.certify.client import CLOSED, Client, HttpRefusal, Received
 from emulator.certify.context import CheckContext, expect_closed, expect_error, note_change, show
 from emulator.certify.framework import CheckFunc, Fail, Level, Need, check, expect
+from emulator.certify.malformed import malformed
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.framing import HEADER_LEN, TRAILER_LEN, FrameDecoder, encode_frame
 from protocol.messages import Error, Ping, Pong, Pull, PullAck, PullEnd, Push
@@ -39,7 +38,7 @@ CODE_REQUIREMENTS: dict[ErrorCode, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class Vector:
-    """One malformed-input vector of fixtures/malformed."""
+    """One malformed-input vector (named as its file in fixtures/malformed)."""
 
     name: str
     data: bytes
@@ -48,12 +47,10 @@ class Vector:
     description: str
 
 
-def load_vectors(folder: Path | None = None) -> list[Vector]:
-    """The vectors listed in the folder's manifest.json."""
-    folder = folder or fixtures.path("malformed")
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    return [Vector(Path(e["file"]).stem, (folder / e["file"]).read_bytes(), ErrorCode[e["code"]], int(e["offset"]),
-                   e["description"]) for e in manifest]
+def load_vectors() -> list[Vector]:
+    """The malformed vectors, numbered as their files are."""
+    return [Vector(f"{number:02d}-{bad.name}", bad.data, bad.code, bad.offset, bad.description)
+            for number, bad in enumerate(malformed(), 1)]
 
 
 def resequence(frame: bytes, seq: int) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import trio
 
+from emulator.capture.streams import ClientStream, capture_stream
 from emulator.certify.framework import TraceEntry
 from emulator.frame_json import message_to_json
 from emulator.transport import connect_error_reason
@@ -128,9 +129,9 @@ class Trace:
 class Client:
     """One connection to the server (raw TCP or HTTP) with a frame recorder."""
 
-    def __init__(self, stream: trio.SocketStream, *, host: str, port: int, http_path: str | None,
+    def __init__(self, stream: ClientStream, *, host: str, port: int, http_path: str | None,
                  trace: Trace, label: str, timeout: float) -> None:
-        self._stream: trio.SocketStream | None = stream
+        self._stream: ClientStream | None = stream
         self.host = host
         self.port = port
         self._http_path = http_path
@@ -357,11 +358,11 @@ class Client:
         await self.aclose()
 
 
-async def open_stream(host: str, port: int, timeout: float) -> trio.SocketStream:
+async def open_stream(host: str, port: int, timeout: float) -> ClientStream:
     """A TCP connection to ``host:port``; ``ConnectFailed`` on refusal, error or timeout."""
     try:
         with trio.fail_after(timeout):
-            return await trio.open_tcp_stream(host, port)
+            return capture_stream(await trio.open_tcp_stream(host, port), host, port)  # recorded with --pcap
     except trio.TooSlowError:
         raise ConnectFailed(f"cannot reach {host}:{port}: no connection within {timeout:g}s") from None
     except OSError as exc:

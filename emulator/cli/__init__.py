@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "emulator.cli.fuzz",
     "emulator.cli.certify",
     "emulator.cli.simulate",
+    "emulator.cli.wireshark",
 )
 
 

@@ -21,7 +21,7 @@ from emulator.certify.report import (
     render_text,
 )
 from emulator.certify.runner import RunResult, load_expected_failures, run_suite
-from emulator.cli.common import CliError, parse_hostport, require_reachable, require_writable
+from emulator.cli.common import CliError, parse_hostport, pcap_recording, require_reachable, require_writable
 
 __all__ = ["read_key", "register", "target_from_args"]
 
@@ -52,6 +52,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--junit", metavar="FILE", help="write the results as JUnit XML")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    parser.add_argument("--pcap", metavar="OUT", help="write every connection of the run as a pcapng capture "
+                        "for Wireshark, each check's verdict as an event (docs/WIRESHARK.md)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
                         help="seconds to wait for any one answer (default 5)")
     parser.add_argument("--ready-timeout", type=float, default=30.0, metavar="S",
@@ -120,7 +122,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {args.expected_failures}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise CliError(f"cannot read {args.expected_failures}: not UTF-8 text") from None
-    for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html)):
+    for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html), ("--pcap", args.pcap)):
         if path:  # checked before the suite, which may take minutes
             require_writable(Path(path), flag, directory=False)
     require_reachable(target.host, target.port, target.timeout)
@@ -129,11 +131,15 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(f"certifying {target.address} with {len(checks)} checks (seed {seed})", flush=True)
 
     def progress(result: CheckResult) -> None:
+        if recorder is not None:  # --pcap: each verdict as an event after the check's connections
+            recorder.event(f"check {result.check.name}: {result.outcome.value}")
         if not args.quiet:
             print(f"  {result.outcome.value:<12} {result.check.name}", flush=True)
 
-    run: RunResult = trio.run(lambda: run_suite(target, checks, seed=seed, profile=args.profile, strict=args.strict,
-                                                expected=expected, on_result=progress))
+    with pcap_recording(args.pcap, client="certify", comment=f"sidekick certify {target.address} (seed {seed})") \
+            as recorder:
+        run: RunResult = trio.run(lambda: run_suite(target, checks, seed=seed, profile=args.profile,
+                                                    strict=args.strict, expected=expected, on_result=progress))
     sys.stdout.write(render_text(run, evidence=not args.quiet, table=not args.quiet))
     _write(args.json, render_json(run))
     _write(args.junit, render_junit(run))

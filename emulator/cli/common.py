@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emulator.capture.streams import ClientRecorder
 
 
 class CliError(Exception):
@@ -29,6 +36,12 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     if not 0 <= port <= 65535:
         raise CliError(f"bad address {text!r}: port out of range")
     return host, port
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """CliError (one line: what to install) unless the optional dependency ``module`` is importable."""
+    if importlib.util.find_spec(module) is None:
+        raise CliError(f"{what} needs {module}, which is not installed: pip install 'sidekick-testbed[{extra}]'")
 
 
 def usable_cores() -> int:
@@ -89,3 +102,20 @@ def require_writable(path: Path, flag: str, *, directory: bool) -> None:
             pass
     except OSError as exc:
         raise CliError(f"{flag} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def pcap_recording(path: str | None, *, client: str, comment: str) -> Iterator[ClientRecorder | None]:
+    """With ``--pcap PATH``: the connections opened in the block are written to PATH as a pcapng
+    capture (host ``client``, section comment ``comment``). Without: nothing is recorded."""
+    if path is None:
+        yield None
+        return
+    from emulator.capture.streams import recording
+
+    try:
+        out = open(path, "wb")  # noqa: SIM115 - closed below, after the recording ends
+    except OSError as exc:
+        raise CliError(f"--pcap {path}: cannot write: {exc.strerror or exc}") from None
+    with out, recording(out, client=client, comment=comment) as recorder:
+        yield recorder

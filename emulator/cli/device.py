@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from emulator.cli.common import CliError, parse_hostport
+from emulator.cli.common import CliError, parse_hostport, pcap_recording, require_writable
 from emulator.flash import FlashError, Geometry, NandFlash, PowerLoss
 from emulator.flash_image import ImageError
 from emulator.handset import Handset, HandsetError, UnknownRecord, UnsyncedData
@@ -112,6 +112,8 @@ def register(subparsers: Any) -> None:
     sync.add_argument("--timeout", type=float, default=10.0, metavar="S",
                       help="seconds to wait for each answer (default 10)")
     sync.add_argument("--attempts", type=int, default=3, help="tries before giving up (default 3)")
+    sync.add_argument("--pcap", metavar="OUT", help="write the sync's connections as a pcapng capture for "
+                      "Wireshark (docs/WIRESHARK.md)")
     sync.set_defaults(func=_cmd_sync)
 
     reset = sub.add_parser("reset", help="factory reset (refused while data is not durable on the server)")
@@ -445,10 +447,17 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     connect = http_connector(host, port) if args.http else tcp_connector(host, port)
     logging.basicConfig(level=logging.WARNING, format="sidekick: warning: %(message)s", stream=sys.stderr)
 
+    if args.pcap:
+        require_writable(Path(args.pcap), "--pcap", directory=False)
+
     def work(handset: Handset) -> int:
         handset.timeout = args.timeout
         try:
-            report = trio.run(partial(handset.sync, connect, attempts=args.attempts))
+            meta = handset.store.meta
+            with pcap_recording(args.pcap, client=f"{meta.account}.{meta.device_id.hex()[:8]}",
+                                comment=f"sidekick device sync: device {meta.device_id.hex()} of account "
+                                f"{meta.account} with {host}:{port} ({'HTTP' if args.http else 'raw'} binding)"):
+                report = trio.run(partial(handset.sync, connect, attempts=args.attempts))
         except SyncError as exc:
             raise CliError(str(exc), 1) from None
         if report.regression:

@@ -3,7 +3,8 @@
 ``fuzz`` runs seeded simulations (handsets, the embedded reference server, a faulty network) until
 the budget is spent or an invariant breaks. Exit 0: no violation; 1: a violation (its trace and a
 shrunk reproduction are in --out); 2: usage or internal error. ``replay`` runs a trace again and
-prints its story: exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace.
+prints its story: exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace
+(with ``--pcap OUT``, 0 once the capture is written).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
 from emulator.sim.story import tell
-from emulator.sim.trace import TraceError, load_trace, replay
+from emulator.sim.trace import Replay, TraceError, load_trace, replay
 from emulator.sim.world import ALL_MUTANTS, SimOptions
 
 __all__ = ["register"]
@@ -99,11 +100,14 @@ def register(subparsers: Any) -> None:
 
     rep = subparsers.add_parser("replay", help="replay a fuzz trace exactly and tell its story",
                                 description="Run a trace written by `sidekick fuzz` again and print what happened. "
-                                "Exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace.")
+                                "Exit 1 if the violation reproduces, 0 if not, 2 if the file is not a trace; with --pcap, 0 once "
+                                "the capture is written.")
     rep.add_argument("trace", metavar="TRACE", help="a trace file from `sidekick fuzz --out`")
     rep.add_argument("--json", action="store_true", help="print a JSON summary instead of the story")
     rep.add_argument("--tail", type=_positive, default=None, metavar="N",
                      help="tell only the last N events")
+    rep.add_argument("--pcap", metavar="OUT", help="also write the run's sessions and events as a pcapng "
+                     "capture for Wireshark (docs/WIRESHARK.md); exit 0 once it is written")
     rep.set_defaults(func=run_replay)
 
 
@@ -263,13 +267,31 @@ def _write_junit(path: Path, summary: dict[str, Any], result: CampaignResult) ->
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _replay_to_pcap(trace: dict[str, Any], path: Path) -> Replay:
+    from emulator.capture.sim import SimTap, write_capture
+
+    require_writable(path, "--pcap", directory=False)
+    tap = SimTap()
+    result = replay(trace, tap=tap)
+    try:
+        capture = write_capture(path, result.new_trace, tap)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"capture: {path} ({capture.streams} TCP streams, {capture.packets} TCP packets, "
+          f"{capture.events} events)", file=sys.stderr)
+    return result
+
+
 def run_replay(args: argparse.Namespace) -> int:
     """Replay one trace and tell it."""
     try:
         trace = load_trace(args.trace)
     except TraceError as exc:
         raise CliError(str(exc)) from None
-    result = replay(trace)
+    if args.pcap is None:
+        result = replay(trace)
+    else:
+        result = _replay_to_pcap(trace, Path(args.pcap))
     if args.json:
         print(json.dumps({
             "reproduced": result.reproduced, "exact": result.exact,
@@ -284,4 +306,6 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"replay differs from the recording (first difference at event {result.first_difference}): "
                   "the code changed since the trace was written")
         print("violation reproduced" if result.reproduced else "violation did not reproduce")
+    if args.pcap is not None:
+        return 0  # exporting: the capture is written (the story says whether the violation reproduced)
     return 1 if result.reproduced else 0

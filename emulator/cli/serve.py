@@ -16,17 +16,21 @@ import secrets
 import signal
 import socket
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from emulator.cli.common import CliError, parse_hostport
+from emulator.cli.common import CliError, parse_hostport, require_writable
 from server_stub.faults import FaultSet, UnknownFault, describe
 from server_stub.limits import Limits
 from server_stub.session_log import configure_logging
 from server_stub.sim_storage import SimulatedStorage
 from server_stub.sqlite_storage import SqliteStorage, backup_file
 from server_stub.storage import AccountExists, StorageError, UnknownAccount
+
+if TYPE_CHECKING:
+    from server_stub.server import SyncServer
 
 DEFAULT_DB = "sidekick-server.db"
 DEFAULT_TCP = "127.0.0.1:7400"
@@ -55,6 +59,8 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="S", help="idle timeout (seconds)")
     serve.add_argument("--max-sessions", type=int, default=1000, metavar="N", help="concurrent session limit")
     serve.add_argument("--seed", type=int, default=None, help="seed the server's RNG (experiments only)")
+    serve.add_argument("--pcap", metavar="DIR", help="write each connection as a pcapng capture for Wireshark "
+                       "into DIR, one file per connection (docs/WIRESHARK.md)")
     serve.set_defaults(func=cmd_serve)
 
     accounts = subparsers.add_parser("accounts", help="provision accounts and device keys")
@@ -142,6 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     addresses["http"][1])
         addresses["http"] = None
     token = args.admin_token or secrets.token_hex(16)
+    if args.pcap:
+        _pcap_folder(Path(args.pcap))
     try:
         trio.run(_serve, args, faults, limits, addresses, token)
     except BaseExceptionGroup as group:
@@ -186,7 +194,8 @@ async def _serve(args: argparse.Namespace, faults: FaultSet, limits: Limits,
     else:
         storage = _open_store(args.db or DEFAULT_DB, faults=faults, group_commit=limits.group_commit,
                               seed=args.seed)
-    server = SyncServer(storage, faults=faults, limits=limits, rng=_rng(args.seed))
+    server_class = SyncServer if args.pcap is None else _recording_server(Path(args.pcap))
+    server = server_class(storage, faults=faults, limits=limits, rng=_rng(args.seed))
     server.admin_token = token
     if faults:
         log.warning("FAULT MODES ON: %s (this server is deliberately wrong)", ", ".join(sorted(faults.names)))
@@ -200,6 +209,39 @@ async def _serve(args: argparse.Namespace, faults: FaultSet, limits: Limits,
     finally:
         with trio.CancelScope(shield=True):
             await storage.aclose()
+
+
+def _pcap_folder(folder: Path) -> None:
+    """``--pcap DIR``: the folder exists (made if need be) and takes files, or CliError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--pcap {folder}: cannot make the folder: {exc.strerror or exc}") from None
+    require_writable(folder, "--pcap", directory=True)
+
+
+def _recording_server(folder: Path) -> type[SyncServer]:
+    """A ``SyncServer`` that writes each connection it serves into ``folder`` as a pcapng file."""
+    from emulator.capture.streams import ServerRecorder
+    from server_stub.server import SyncServer
+
+    recorder = ServerRecorder(folder)
+
+    def recorded(stream: trio.abc.Stream, binding: str) -> trio.abc.Stream:
+        try:
+            return recorder.wrap(stream, binding)
+        except OSError as exc:  # the capture fails, not the service
+            log.warning("--pcap: cannot record a %s connection: %s", binding, exc.strerror or exc)
+            return stream
+
+    class RecordingServer(SyncServer):
+        async def serve_stream(self, stream: trio.abc.Stream) -> None:
+            await super().serve_stream(recorded(stream, "tcp"))
+
+        async def serve_http_stream(self, stream: trio.abc.Stream) -> None:
+            await super().serve_http_stream(recorded(stream, "http"))
+
+    return RecordingServer
 
 
 async def _stop_on_signal(server: Any) -> None:

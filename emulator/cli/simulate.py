@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError, parse_jobs, require_writable
+from emulator.cli.common import CliError, parse_jobs, require_extra, require_writable
 from emulator.fleet.durations import DurationError, format_duration, parse_duration
 from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
-from emulator.fleet.scenario import EMPTY, load_scenario
+from emulator.fleet.scenario import EMPTY, builtin_scenarios, find_scenario, load_scenario
 
 __all__ = ["register"]
 
@@ -42,8 +42,10 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--network", default="mixed", metavar="NAME|FILE",
                      help=f"radio links: mixed, {', '.join(NETWORKS)}, name=share,... or a .toml file "
                           "(default mixed)")
-    sim.add_argument("--server-events", default=None, metavar="FILE",
-                     help="scenario file of server events (e.g. fixtures/scenarios/2009-outage.toml)")
+    sim.add_argument("--server-events", default=None, metavar="NAME|FILE",
+                     help=f"server events: a built-in scenario ({', '.join(builtin_scenarios())}; "
+                          "see --list-scenarios) or a scenario .toml file")
+    sim.add_argument("--list-scenarios", action="store_true", help="list the built-in scenarios and exit")
     sim.add_argument("--handset", default="correct", metavar="correct|2009",
                      help="handset behaviour: correct, or 2009 (restores from the server on reboot)")
     sim.add_argument("--seed", default="1", metavar="S", help="root seed (default 1)")
@@ -92,7 +94,17 @@ def _check_memory(devices: int) -> None:
                        f"machine has ({memory / 2**30:,.1f} GiB): simulate fewer handsets")
 
 
+def _list_scenarios() -> int:
+    for name, source in builtin_scenarios().items():
+        scenario = load_scenario(source)
+        print(f"{name:<18} {scenario.name}")
+        print(f"{'':<18} {'; '.join(event.describe() for event in scenario.events)}")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.list_scenarios:
+        return _list_scenarios()
     if args.compare:
         return _compare(args)
     from emulator.fleet.engine import FleetConfig, run_fleet
@@ -118,7 +130,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise CliError("--duration must be positive")
         workload = load_workload(args.workload)
         network = NetworkMix.parse(args.network)
-        scenario = load_scenario(args.server_events) if args.server_events else EMPTY
+        scenario = find_scenario(args.server_events) if args.server_events else EMPTY
     except (ProfileError, DurationError) as exc:
         raise CliError(str(exc)) from None
     late = [e for e in scenario.events if e.at > duration]
@@ -137,6 +149,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if json_path is not None:  # checked now: a long run must not end unable to write its results
         require_writable(json_path, "--json", directory=False)
     if args.report:
+        require_extra("matplotlib", "report", "--report")
         require_writable(Path(args.report), "--report", directory=True)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -235,10 +248,11 @@ def _load_run(path: str) -> dict[str, Any]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from emulator.fleet.report import write_report
-
     if not args.report:
         raise CliError("--compare needs --report DIR")
+    require_extra("matplotlib", "report", "--compare")
+    from emulator.fleet.report import write_report
+
     runs = [_load_run(path) for path in args.compare]
     labels = [_label(run) for run in runs]
     if labels[0] == labels[1]:

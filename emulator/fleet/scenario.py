@@ -1,5 +1,8 @@
 """Server events on a timeline, read from a TOML scenario file (docs/SIMULATE.md).
 
+Built-in scenarios ship with the package (``emulator/fleet/scenarios/NAME.toml``) and are named
+without their suffix (``2009-outage``); ``find_scenario`` takes such a name or a file path.
+
 ```toml
 name = "..."
 [[event]]
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +91,35 @@ def _fraction(table: dict[str, Any], where: str) -> float:
     return float(value)
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def builtin_scenarios() -> dict[str, Traversable]:
+    """The scenarios shipped with the package, by name (file name without ``.toml``), sorted."""
+    folder = resources.files("emulator.fleet").joinpath("scenarios")
+    files = [entry for entry in folder.iterdir() if entry.name.endswith(".toml")]
+    return {entry.name.removesuffix(".toml"): entry for entry in sorted(files, key=lambda e: e.name)}
+
+
+def find_scenario(spec: str) -> Scenario:
+    """A built-in scenario by name (``2009-outage``), else the TOML file at path ``spec``."""
+    builtin = builtin_scenarios()
+    if spec in builtin:
+        return load_scenario(builtin[spec])
+    if not Path(spec).is_file():
+        raise ProfileError(f"{spec}: no such file, and no built-in scenario of that name "
+                           f"({', '.join(builtin)}; sidekick simulate --list-scenarios)")
+    return load_scenario(spec)
+
+
+def load_scenario(path: str | Path | Traversable) -> Scenario:
     """Read a scenario file; raise ProfileError with the file and event on any mistake."""
-    path = Path(path)
+    if isinstance(path, str):
+        path = Path(path)
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ProfileError(f"{path}: is a directory, not a scenario file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from None
     raw_events = data.get("event", [])
@@ -130,4 +156,4 @@ def load_scenario(path: str | Path) -> Scenario:
             raise ProfileError(f"{where}: fraction must be in (0, 1]")
         events.append(event)
     events.sort(key=lambda e: e.at)
-    return Scenario(str(data.get("name", path.stem)), str(data.get("description", "")), tuple(events))
+    return Scenario(str(data.get("name", Path(path.name).stem)), str(data.get("description", "")), tuple(events))

@@ -24,13 +24,14 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import trio
 
 from emulator.sim.trace_log import Timeline
 from emulator.transport import Channel, ConnectFailed, Connector, HttpChannel, StreamChannel
 
-__all__ = ["FAULT_KINDS", "Binding", "NetworkFaults", "ServerSpawner", "SimNetwork"]
+__all__ = ["FAULT_KINDS", "Binding", "ConnectionTap", "NetworkFaults", "ServerSpawner", "SimNetwork"]
 
 Binding = str  # "raw" or "http"
 ServerSpawner = Callable[[Binding, trio.abc.Stream], None]
@@ -99,11 +100,17 @@ class _Connection:
             await trio.aclose_forcefully(stream)
 
 
+class ConnectionTap(Protocol):
+    """Sees every connection as it opens (``emulator.capture.sim`` records what crosses it)."""
+
+    def attach(self, conn: _Connection, timeline: Timeline) -> None: ...
+
+
 class SimNetwork:
     """In-memory network with faults between named devices and one server."""
 
     def __init__(self, rng: random.Random, faults: NetworkFaults, timeline: Timeline,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, tap: ConnectionTap | None = None) -> None:
         self.rng = rng
         self.faults = faults
         self.timeline = timeline
@@ -115,6 +122,7 @@ class SimNetwork:
         self.injected: Counter[str] = Counter()
         self.connections = 0
         self.bytes = 0
+        self.tap = tap
 
     # ------------------------------------------------------------------ control
 
@@ -173,6 +181,8 @@ class SimNetwork:
             raise ConnectFailed(f"{device}: connection refused (server down)")
         self._next += 1
         conn = _Connection(self._next, device, binding)
+        if self.tap is not None:
+            self.tap.attach(conn, self.timeline)
         self._open[conn.number] = conn
         self.connections += 1
         spawn(binding, conn.server_stream)

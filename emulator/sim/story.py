@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["tell"]
+__all__ = ["event_line", "tell"]
 
 _ARROW = {"sent": "->", "received": "<-"}
 
@@ -112,3 +112,8 @@ def tell(trace: dict[str, Any], *, limit: int | None = None) -> str:
         lines.append("")
         lines.append("no invariant broken")
     return "\n".join(lines) + "\n"
+
+
+def event_line(event: dict[str, Any]) -> str | None:
+    """One event as the story tells it, without its time (None for events the story leaves out)."""
+    return _line(event)

@@ -13,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from emulator.sim.world import RunResult, SimOptions, run_world, with_swarm
+from emulator.sim.network import ConnectionTap
+from emulator.sim.world import RunResult, SimOptions, World, with_swarm
 
 __all__ = [
     "TRACE_FORMAT",
@@ -128,7 +129,7 @@ class Replay:
         return None if len(old) == len(new) else min(len(old), len(new))
 
 
-def replay(trace: dict[str, Any]) -> Replay:
-    """Run the trace's seed with its options again."""
+def replay(trace: dict[str, Any], *, tap: ConnectionTap | None = None) -> Replay:
+    """Run the trace's seed with its options again (``tap``: record its connections, e.g. to a pcap)."""
     options = SimOptions.from_dict(trace["options"])
-    return Replay(trace, run_world(int(trace["seed"]), options))
+    return Replay(trace, World(int(trace["seed"]), options, tap=tap).run())

@@ -26,7 +26,7 @@ from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
 from emulator.sim.clock import sim_clock
 from emulator.sim.ledger import Key, Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
-from emulator.sim.network import SimNetwork
+from emulator.sim.network import ConnectionTap, SimNetwork
 from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
 from emulator.sim.simflash import SimFlash
 from emulator.sim.summary import summarize
@@ -197,12 +197,14 @@ class World:
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
     def __init__(self, seed: int, options: SimOptions = SimOptions(),
-                 script: Sequence[tuple[str, int]] | None = None) -> None:
+                 script: Sequence[tuple[str, int]] | None = None, *, tap: ConnectionTap | None = None) -> None:
         self.seed = seed
         self.options = options
         self.script = list(script) if script is not None else None
         """Explicit fault-phase steps ``(action, device index)`` instead of the seed's draw:
         ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        self.tap = tap
+        """Sees every network connection (a packet capture of the run); changes nothing in it."""
         self.swarm = options.swarm if options.swarm is not None else draw_swarm(self._rng("swarm"), options.faults)
         self.timeline = Timeline()
         self.ledger = Ledger()
@@ -273,7 +275,7 @@ class World:
     async def _main(self) -> None:
         async with trio.open_nursery() as root:
             self._root = root
-            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root)
+            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root, self.tap)
             self.timeline.record("start", seed=self.seed, swarm=self.swarm.as_dict(),
                                  mutant=self.options.mutant)
             await self._setup()
