@@ -635,7 +635,7 @@ class HttpTunnelClient:
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
-                if self._status is not None:  # a refusal whose body broke off: the status is what counts
+                if self._status is not None or self._eof:  # a refusal whose body broke off, or no answer
                     raise self._refused() from None
                 raise _http_error(exc, self._eof, None) from None
             if event is h11.NEED_DATA:

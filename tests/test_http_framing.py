@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode
-from protocol.http import FRAMES_CONTENT_TYPE, OPENING_BODY_LIMIT, HttpBindingError, HttpRequest, HttpServerBinding
+from protocol.http import (
+    FRAMES_CONTENT_TYPE,
+    OPENING_BODY_LIMIT,
+    HttpBindingError,
+    HttpRequest,
+    HttpServerBinding,
+)
 from protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 CT = f"Content-Type: {FRAMES_CONTENT_TYPE}\r\n".encode()
