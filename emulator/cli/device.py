@@ -456,8 +456,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         raise CliError("--timeout must be positive and --attempts at least 1")
     logging.basicConfig(level=logging.WARNING, format="sidekick: warning: %(message)s", stream=sys.stderr)
     if server.http and args.proxy is None and os.environ.get("HTTP_PROXY") and not os.environ.get("http_proxy"):
-        logging.warning("HTTP_PROXY is not read (as by curl: a web server sets it from a request header); "
-                        "set http_proxy or give --proxy")
+        print("sidekick: warning: HTTP_PROXY is not read (as by curl: a web server sets it from a request "
+              "header); set http_proxy or give --proxy", file=sys.stderr)
     host, port = server.host, server.port
     if server.http:
         connect = http_connector(host, port, server.path, proxy=proxy)
