@@ -5,8 +5,10 @@ that never authenticates), over real sockets from a chosen source address.
     python -m tests.attack --tcp HOST:PORT --http HOST:PORT [--source 127.0.0.2] [--slow 1000]
         [--flood 1000] [--seconds S]
 
-runs the attack until the flood has sent ``--flood`` HELLOs and ``--seconds`` have passed, then
-prints one JSON line of counts. The open-files limit is raised as far as the hard limit allows.
+prints ``attacking`` once the slowloris sockets are open, runs the attack until the flood has sent
+``--flood`` HELLOs and ``--seconds`` have passed (with ``--until-eof``: and standard input is
+closed), then prints one JSON line of counts. The open-files limit is raised as far as the hard
+limit allows.
 """
 
 from __future__ import annotations
@@ -65,41 +67,48 @@ async def _open(host: str, port: int, source: str | None) -> trio.SocketStream:
 
 async def slowloris(host: str, port: int, count: int, data: bytes, *, source: str | None, interval: float,
                     counts: AttackCounts, stop: trio.Event, task_status: trio.TaskStatus[None],
-                    first: int = 1) -> None:
+                    first: int = 1, reopen: bool = False) -> None:
     """Open ``count`` connections that send the ``first`` bytes of ``data``, then one more byte per
-    ``interval`` (never the last one); ``task_status.started()`` once all are open; run until
-    ``stop`` is set."""
-    streams: list[trio.SocketStream] = []
+    ``interval`` (never the last one; ``reopen``: a connection the server closed is replaced by
+    a new one); ``task_status.started()`` once all are open; run until ``stop`` is set."""
+    held: list[tuple[trio.SocketStream, int]] = []  # (connection, bytes of data sent on it)
+
+    async def open_one() -> None:
+        try:
+            stream = await _open(host, port, source)
+            await stream.send_all(data[:first])
+        except OSError as exc:
+            counts.error(f"slow open: {exc.strerror or exc}")
+            return
+        held.append((stream, first))
+        counts.slow_opened += 1
+
     try:
         for _ in range(count):
-            try:
-                stream = await _open(host, port, source)
-                await stream.send_all(data[:first])
-            except OSError as exc:
-                counts.error(f"slow open: {exc.strerror or exc}")
-                continue
-            streams.append(stream)
-            counts.slow_opened += 1
+            await open_one()
         task_status.started()
-        sent = first
-        while not stop.is_set() and sent < len(data) - 1:
+        while not stop.is_set():
             with trio.move_on_after(interval):
                 await stop.wait()
             if stop.is_set():
                 break
-            alive = []
-            for stream in streams:
+            current, held[:] = list(held), []
+            lost = 0
+            for stream, sent in current:
+                if sent >= len(data) - 1:  # never the last byte
+                    held.append((stream, sent))
+                    continue
                 try:
                     await stream.send_all(data[sent:sent + 1])
-                    alive.append(stream)
+                    held.append((stream, sent + 1))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     counts.slow_closed_by_server += 1
                     await trio.aclose_forcefully(stream)
-            streams = alive
-            sent += 1
-        await stop.wait()
+                    lost += 1
+            for _ in range(lost if reopen else 0):  # a slowloris keeps its count up
+                await open_one()
     finally:
-        for stream in streams:
+        for stream, _ in held:
             await trio.aclose_forcefully(stream)
 
 
@@ -149,15 +158,24 @@ async def _main(args: argparse.Namespace) -> AttackCounts:
     async with trio.open_nursery() as nursery:
         half = args.slow // 2
         await nursery.start(lambda task_status: slowloris(*tcp, half, HELLO, source=args.source, interval=1.0,
-                                                          counts=counts, stop=stop, task_status=task_status))
+                                                          counts=counts, stop=stop, task_status=task_status,
+                                                          reopen=True))
         await nursery.start(lambda task_status: slowloris(*http, args.slow - half, head, source=args.source,
                                                           interval=1.0, counts=counts, stop=stop,
-                                                          task_status=task_status))
+                                                          task_status=task_status, reopen=True))
         print("attacking", flush=True)
         deadline = trio.current_time() + args.seconds
+        eof = trio.Event()
+        if args.until_eof:
+            async def wait_eof() -> None:
+                await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+                eof.set()
+            nursery.start_soon(wait_eof)
+        else:
+            eof.set()
 
         def done() -> bool:
-            return counts.flood_sent >= args.flood and trio.current_time() >= deadline
+            return counts.flood_sent >= args.flood and trio.current_time() >= deadline and eof.is_set()
 
         async with trio.open_nursery() as floods:
             floods.start_soon(lambda: hello_flood(*http, http=True, source=args.source, workers=25, done=done,
@@ -165,6 +183,7 @@ async def _main(args: argparse.Namespace) -> AttackCounts:
             floods.start_soon(lambda: hello_flood(*tcp, http=False, source=args.source, workers=25, done=done,
                                                   counts=counts))
         stop.set()
+        nursery.cancel_scope.cancel()
     return counts
 
 
@@ -176,6 +195,7 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000)
     parser.add_argument("--flood", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=0.0)
+    parser.add_argument("--until-eof", action="store_true", help="also run until standard input closes")
     args = parser.parse_args()
     raise_open_files(4 * args.slow + 1024)
     counts = trio.run(_main, args)
