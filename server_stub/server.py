@@ -392,9 +392,8 @@ class SyncServer:
                 await self._probe(handler, io)
                 continue
             break
-        if io.evicted:
-            await handler.fail(ErrorCode.BUSY, "too many connections from this address before authentication; "
-                                               "retry later", outcome="evicted")
+        if io.evicted:  # closed without a frame (docs/PROTOCOL.md R-TCP-6)
+            handler.summary.outcome = "evicted"
             return
         if io.late == "write":
             if scope.cancelled_caught:  # the scope, not ``write``, ended it: counted here
