@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from protocol.http import DEFAULT_PATH, basic_credentials
 
@@ -92,6 +92,16 @@ def _port(text: str, what: str) -> int:
     return port
 
 
+def _host_port(parts: SplitResult, what: str) -> tuple[str, int | None]:
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise EndpointError(f"{what}: bad port") from None
+    if not host:
+        raise EndpointError(f"{what}: no host")
+    return host, port
+
+
 def parse_server(text: str, *, http: bool = False, default_host: str = "127.0.0.1") -> ServerURL:
     """``HOST:PORT``, ``PORT`` or ``http://HOST[:PORT][/PATH]`` (see the module docstring)."""
     if "://" in text:
@@ -101,12 +111,7 @@ def parse_server(text: str, *, http: bool = False, default_host: str = "127.0.0.
                                 + ("; TLS belongs to a proxy in front of the server" if parts.scheme == "https" else ""))
         if parts.username is not None or parts.fragment:
             raise EndpointError(f"bad server URL {text!r}: no user or #fragment allowed")
-        try:
-            host, port_number = parts.hostname, parts.port
-        except ValueError:
-            raise EndpointError(f"bad server URL {text!r}: bad port") from None
-        if not host:
-            raise EndpointError(f"bad server URL {text!r}: no host")
+        host, port_number = _host_port(parts, f"bad server URL {text!r}")
         path = parts.path or DEFAULT_PATH
         if parts.query:
             path += "?" + parts.query
@@ -127,12 +132,7 @@ def parse_proxy(text: str) -> ProxyURL:
     parts = urlsplit(target)
     if parts.scheme.lower() != "http":
         raise EndpointError(f"proxy {text!r}: only http:// proxies are supported, not {parts.scheme}://")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise EndpointError(f"proxy {text!r}: bad port") from None
-    if not host:
-        raise EndpointError(f"proxy {text!r}: no host")
+    host, port = _host_port(parts, f"proxy {text!r}")
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return ProxyURL(host, DEFAULT_PROXY_PORT if port is None else port, user, password)

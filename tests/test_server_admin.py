@@ -38,14 +38,15 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 async def call(addresses: ServerAddresses, method: str, target: str, *, token: str | None = TOKEN,
-               body: bytes = b"") -> tuple[int, bytes]:
+               body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One admin request; its status and body (and its headers into ``headers``, if given)."""
     assert addresses.admin is not None
     stream = await trio.open_tcp_stream(*addresses.admin)
     conn = h11.Connection(h11.CLIENT)
-    headers = [("Host", "admin"), ("Content-Length", str(len(body)))]
+    sent = [("Host", "admin"), ("Content-Length", str(len(body)))]
     if token is not None:
-        headers.append(("Authorization", f"Bearer {token}"))
-    data = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        sent.append(("Authorization", f"Bearer {token}"))
+    data = conn.send(h11.Request(method=method, target=target, headers=sent)) or b""
     data += (conn.send(h11.Data(data=body)) or b"") if body else b""
     data += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(data)
@@ -57,6 +58,8 @@ async def call(addresses: ServerAddresses, method: str, target: str, *, token: s
                 conn.receive_data(bytes(await stream.receive_some(65536)))
         elif isinstance(event, h11.Response):
             status = event.status_code
+            if headers is not None:
+                headers.update({k.decode(): v.decode() for k, v in event.headers})
         elif isinstance(event, h11.Data):
             payload += event.data
         elif isinstance(event, h11.EndOfMessage):
@@ -172,25 +175,6 @@ async def test_garbage_on_the_admin_port_is_a_400(served: Any) -> None:
     assert status == 404
 
 
-async def call_with_headers(addresses: ServerAddresses, method: str, target: str,
-                            token: str | None = TOKEN) -> tuple[int, dict[str, str]]:
-    assert addresses.admin is not None
-    stream = await trio.open_tcp_stream(*addresses.admin)
-    conn = h11.Connection(h11.CLIENT)
-    headers = [("Host", "admin"), ("Content-Length", "0")]
-    if token is not None:
-        headers.append(("Authorization", f"Bearer {token}"))
-    await stream.send_all((conn.send(h11.Request(method=method, target=target, headers=headers)) or b"")
-                          + (conn.send(h11.EndOfMessage()) or b""))
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            with trio.fail_after(10):
-                conn.receive_data(bytes(await stream.receive_some(65536)))
-        elif isinstance(event, h11.Response):
-            await stream.aclose()
-            return event.status_code, {k.decode(): v.decode() for k, v in event.headers}
-
 
 @pytest.mark.parametrize(("method", "target", "token", "allow"), [
     ("POST", "/metrics", None, "GET"),
@@ -204,14 +188,15 @@ async def call_with_headers(addresses: ServerAddresses, method: str, target: str
 async def test_a_known_path_with_the_wrong_method_is_405_with_allow(served: Any, method: str, target: str,
                                                                    token: str | None, allow: str) -> None:
     _, addresses = served
-    status, headers = await call_with_headers(addresses, method, target, token)
+    headers: dict[str, str] = {}
+    status, _ = await call(addresses, method, target, token=token, headers=headers)
     assert (status, headers.get("allow")) == (405, allow)
 
 
 async def test_a_protected_path_needs_the_token_before_its_methods_are_told(served: Any) -> None:
     _, addresses = served
-    assert (await call_with_headers(addresses, "PUT", "/accounts", None))[0] == 401
-    assert (await call_with_headers(addresses, "GET", "/no/such/route"))[0] == 404
+    assert (await call(addresses, "PUT", "/accounts", token=None))[0] == 401
+    assert (await call(addresses, "GET", "/no/such/route"))[0] == 404
 
 
 async def test_metrics_pass_promtool_and_carry_the_generation_as_a_label(served: Any) -> None:

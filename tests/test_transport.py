@@ -228,7 +228,10 @@ async def test_http_channel_server_closing_mid_answer_is_transport_error() -> No
             await channel.send_all(b"x")
 
 
-async def test_http_channel_reopens_when_the_server_closed_between_requests() -> None:
+async def _answer_once_then_reopen(close_header: bytes, *, read_second: bool) -> list[tuple[bytes, str | None]]:
+    """A first connection answers one POST (with ``close_header`` among its headers) and closes
+    (after reading the second request if ``read_second``); ``reopen`` gives a second server. The
+    channel's two exchanges must both succeed; returns what the servers saw."""
     seen: list[tuple[bytes, str | None]] = []
     opened: list[int] = []
     async with trio.open_nursery() as nursery:
@@ -241,15 +244,17 @@ async def test_http_channel_reopens_when_the_server_closed_between_requests() ->
 
         first_device, first_server = trio.testing.memory_stream_pair()
 
-        async def close_after_one() -> None:
+        async def answer_once() -> None:
             request = await first_server.receive_some()
             seen.append((request.rsplit(b"\r\n\r\n", 1)[1], None))
             await first_server.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n" + close_header +
                 b"X-Sidekick-Session: tok\r\nContent-Type: application/x-sidekick-frames\r\n\r\nonce")
+            if read_second:
+                await first_server.receive_some()  # the second request arrives: closed unread
             await first_server.aclose()
 
-        nursery.start_soon(close_after_one)
+        nursery.start_soon(answer_once)
         channel = HttpChannel(first_device, "example.invalid", reopen=reopen)
         await channel.send_all(b"a")
         assert await channel.receive_some() == b"once"
@@ -257,42 +262,18 @@ async def test_http_channel_reopens_when_the_server_closed_between_requests() ->
         assert await channel.receive_some() == b"again"
         await channel.aclose()
     assert opened == [1]
-    assert seen == [(b"a", None), (b"b", "tok")]
+    return seen
+
+
+async def test_http_channel_reopens_when_the_server_closed_between_requests() -> None:
+    assert await _answer_once_then_reopen(b"Connection: close\r\n", read_second=False) == [(b"a", None),
+                                                                                           (b"b", "tok")]
 
 
 async def test_a_reused_connection_closed_before_any_answer_is_tried_once_more_on_a_new_one() -> None:
     """A proxy that closes after each answer without "Connection: close" (tinyproxy does): the
     request that met the close is sent again, once, on a new connection."""
-    seen: list[tuple[bytes, str | None]] = []
-    opened: list[int] = []
-    async with trio.open_nursery() as nursery:
-
-        async def reopen() -> trio.abc.Stream:
-            device_end, server_end = trio.testing.memory_stream_pair()
-            opened.append(1)
-            nursery.start_soon(_http_server, server_end, [(200, b"again", None)], seen)
-            return device_end
-
-        first_device, first_server = trio.testing.memory_stream_pair()
-
-        async def close_silently_after_one() -> None:
-            request = await first_server.receive_some()
-            seen.append((request.rsplit(b"\r\n\r\n", 1)[1], None))
-            await first_server.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"
-                b"X-Sidekick-Session: tok\r\nContent-Type: application/x-sidekick-frames\r\n\r\nonce")
-            await first_server.receive_some()  # the second request arrives: closed unread
-            await first_server.aclose()
-
-        nursery.start_soon(close_silently_after_one)
-        channel = HttpChannel(first_device, "example.invalid", reopen=reopen)
-        await channel.send_all(b"a")
-        assert await channel.receive_some() == b"once"
-        await channel.send_all(b"b")
-        assert await channel.receive_some() == b"again"
-        await channel.aclose()
-    assert opened == [1]
-    assert seen == [(b"a", None), (b"b", "tok")]
+    assert await _answer_once_then_reopen(b"", read_second=True) == [(b"a", None), (b"b", "tok")]
 
 
 async def test_a_new_connection_closed_before_any_answer_is_not_tried_again() -> None:
