@@ -76,17 +76,23 @@ class HttpSessions:
 
     def expire(self) -> int:
         """End sessions idle for longer than the idle timeout, and sessions still before HELLO_OK
-        past the handshake deadline; return how many."""
+        past the handshake deadline (the server's reaper calls this); return how many."""
         now = trio.current_time()
-        limits = self.server.limits
-        stale = [(t, e) for t, e in self._sessions.items() if not e.lock.locked() and (
-            now - e.last_used > limits.idle_timeout
-            or (e.holder is not None and now - e.handler.summary.started > limits.handshake_timeout))]
+        stale = [(t, e) for t, e in self._sessions.items() if self._stale(e, now)]
         for token, entry in stale:
-            handshake = entry.holder is not None and entry.holder.holding
-            self.server.metrics.refusals["handshake_timeout" if handshake else "idle_timeout"] += 1
-            self._end(token, entry, "handshake timeout" if handshake else "expired")
+            self._expire(token, entry)
         return len(stale)
+
+    def _stale(self, entry: _Entry, now: float) -> bool:
+        limits = self.server.limits
+        return not entry.lock.locked() and (
+            now - entry.last_used > limits.idle_timeout
+            or (entry.holder is not None and now - entry.handler.summary.started > limits.handshake_timeout))
+
+    def _expire(self, token: str, entry: _Entry) -> None:
+        handshake = entry.holder is not None and entry.holder.holding
+        self.server.metrics.refusals["handshake_timeout" if handshake else "idle_timeout"] += 1
+        self._end(token, entry, "handshake timeout" if handshake else "expired")
 
     def _end(self, token: str, entry: _Entry, outcome: str | None = None) -> None:
         """Forget the session ``token`` names, if it still names ``entry``."""
@@ -103,7 +109,6 @@ class HttpSessions:
         """Feed one request to its session; return the response to send. ``address``: the client's,
         for the bounds before authentication and the failed-authentication throttle."""
         server = self.server
-        self.expire()
         if request.session_token is None:
             if server.shutting_down:
                 return HttpAnswer(503, text="shutting down", retry_after=5)
@@ -131,6 +136,9 @@ class HttpSessions:
         else:
             token = request.session_token
             found = self._sessions.get(token)
+            if found is not None and self._stale(found, trio.current_time()):  # expired, not yet reaped
+                self._expire(token, found)
+                found = None
             if found is None:
                 return HttpAnswer(410, text="unknown or expired session")
             entry = found
