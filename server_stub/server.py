@@ -220,7 +220,8 @@ class SyncServer:
         if summary.outcome == "open":
             summary.outcome = "dropped"
         summary.duration = trio.current_time() - summary.started
-        log_session(summary)
+        if handler.authenticated or summary.outcome == "AUTH_FAILED" or log.isEnabledFor(logging.DEBUG):
+            log_session(summary)  # not a line per flooding HELLO: those are counted in /metrics
 
     @property
     def full(self) -> bool:
