@@ -11,8 +11,16 @@ so its speed-up is bounded by the in-memory store's commits/s over the baseline'
 (``speedup_ceiling``): on a disk with a fast fsync that bound is low.
 
     python benchmarks/server.py [--devices 100] [--seconds 5] [--batch 5] [--rounds 3]
+                                [--only commits|attack] [--attack-syncs 200]
 
 Each mode's figures are those of its median round; every round's commits/s is listed too.
+
+``attack``: the latency of a normal sync (HELLO, AUTH, PUSH of 3 notes, COMMIT, PULL, BYE, one at a
+time, TCP and HTTP in turn) on one server, without an attack and during one: 1,000 slowloris
+sockets (half on each binding, each closed one replaced) and a HELLO flood of at least 1,000 new
+sessions per binding (``tests.attack``, a process of its own), from another client address
+(127.0.0.2) and from the user's own address. Phases interleaved per round; p50/p99 of the median
+round, failed syncs counted.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.scripted_device import ScriptedDevice, note_change  # noqa: E402
+from tests.scripted_device import HttpStream, ScriptedDevice, note_change  # noqa: E402
 
 KEY = bytes(range(32))
 ACCOUNTS = 10
@@ -55,11 +63,11 @@ class Server:
             for index in range(ACCOUNTS):
                 subprocess.run([sys.executable, "-m", "emulator", "accounts", "add", f"acct{index}", "--db",
                                 str(self.db), "--key", KEY.hex()], check=True, capture_output=True)
-        self.tcp, self.admin = free_port(), free_port()
+        self.tcp, self.http, self.admin = free_port(), free_port(), free_port()
         store = ["--memory"] if memory else ["--db", str(self.db)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emulator", "serve", *store, "--tcp", f"127.0.0.1:{self.tcp}",
-             "--http", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{self.admin}",
+             "--http", f"127.0.0.1:{self.http}", "--admin", f"127.0.0.1:{self.admin}",
              "--admin-token", "bench", "--max-sessions", "5000", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
@@ -224,6 +232,94 @@ async def idle_memory(server: Server, sessions: int) -> dict[str, Any]:
             "bytes_per_idle_session": (after - before) // sessions}
 
 
+async def normal_syncs(server: Server, count: int, first_id: int) -> dict[str, Any]:
+    """``count`` full syncs one after another, TCP and HTTP in turn; latencies by binding, failures."""
+    latencies: dict[str, list[float]] = {"tcp": [], "http": []}
+    failures: dict[str, int] = {}
+    for index in range(count):
+        binding = "tcp" if index % 2 == 0 else "http"
+        rng = random.Random(first_id + index)
+        started = trio.current_time()
+        try:
+            with trio.fail_after(30):
+                raw = await trio.open_tcp_stream("127.0.0.1", server.tcp if binding == "tcp" else server.http)
+                stream: Any = raw if binding == "tcp" else HttpStream(raw)
+                dev = ScriptedDevice(stream, account=f"acct{index % ACCOUNTS}",
+                                     device_id=(first_id + index).to_bytes(16, "big"), key=KEY, rng=rng, timeout=30)
+                await dev.hello()
+                await dev.push_commit([note_change(rng, lsn, "normal sync") for lsn in (1, 2, 3)])
+                await dev.pull(0, max_records=50)
+                await dev.bye()
+                await trio.aclose_forcefully(raw)
+        except Exception as exc:  # a refused or dropped sync is a figure, not a crash
+            what = f"{binding}: {type(exc).__name__}: {str(exc)[:60]}"
+            failures[what] = failures.get(what, 0) + 1
+            continue
+        latencies[binding].append(trio.current_time() - started)
+    both = latencies["tcp"] + latencies["http"]
+    out: dict[str, Any] = {"syncs": count, "failed": sum(failures.values())}
+    for label, values in (("all", both), ("tcp", latencies["tcp"]), ("http", latencies["http"])):
+        out[f"{label}_ms_p50"] = round(percentile(values, 0.50) * 1000, 2)
+        out[f"{label}_ms_p99"] = round(percentile(values, 0.99) * 1000, 2)
+    if failures:
+        out["failures"] = failures
+    return out
+
+
+def under_attack(server: Server, source: str, syncs: int, first_id: int) -> dict[str, Any]:
+    """Normal syncs while ``tests.attack`` runs from ``source``; the syncs' figures and the attack's."""
+    root = Path(__file__).resolve().parent.parent
+    attacker = subprocess.Popen(
+        [sys.executable, "-m", "tests.attack", "--tcp", f"127.0.0.1:{server.tcp}", "--http",
+         f"127.0.0.1:{server.http}", "--source", source, "--slow", "1000", "--flood", "2000", "--until-eof"],
+        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert attacker.stdin is not None and attacker.stdout is not None
+    try:
+        if attacker.stdout.readline().strip() != b"attacking":
+            raise RuntimeError("the attacker did not start")
+        result = trio.run(normal_syncs, server, syncs, first_id)
+        attacker.stdin.close()
+        counts = json.loads(attacker.stdout.readline() or b"{}")
+        attacker.wait(120)
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+    result["attack"] = {key: counts.get(key) for key in ("slow_opened", "slow_closed_by_server", "flood_sent",
+                                                         "flood_answered", "errors")}
+    return result
+
+
+def attack_figures(syncs: int, rounds: int) -> dict[str, Any]:
+    """Sync latency without an attack and during one, phases interleaved, on one SQLite server."""
+    phases = (("no_attack", None), ("attack_from_another_address", "127.0.0.2"),
+              ("attack_from_the_same_address", "127.0.0.1"))
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in phases}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as folder:
+        server = Server(Path(folder))
+        try:
+            first_id = 5_000_000
+            for _ in range(rounds):
+                for label, source in phases:
+                    first_id += syncs
+                    run = (trio.run(normal_syncs, server, syncs, first_id) if source is None
+                           else under_attack(server, source, syncs, first_id))
+                    runs[label].append(run)
+            metrics = server.metrics()
+        finally:
+            server.stop()
+    result: dict[str, Any] = {"syncs_per_phase": syncs, "rounds": rounds}
+    for label, results in runs.items():
+        best = sorted(results, key=lambda r: r["all_ms_p99"])[len(results) // 2]  # the median round by p99
+        result[label] = {**best, "all_ms_p99_each_round": [r["all_ms_p99"] for r in results]}
+    base = result["no_attack"]["all_ms_p99"]
+    for label, _ in phases[1:]:
+        result[label]["p99_over_no_attack"] = round(result[label]["all_ms_p99"] / max(base, 1e-9), 2)
+    result["server_refusals"] = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+                                 if line.startswith("sidekick_limit_refusals_total{")}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=100)
@@ -231,7 +327,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--idle-sessions", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three modes, interleaved")
+    parser.add_argument("--only", choices=("commits", "attack"), default=None, help="run one part only")
+    parser.add_argument("--attack-syncs", type=int, default=200, help="normal syncs per attack phase")
     args = parser.parse_args()
+    if args.only == "attack":
+        print(json.dumps({"attack": attack_figures(args.attack_syncs, args.rounds),
+                          "load_average_1m": os.getloadavg()[0]}, indent=2))
+        return
     result: dict[str, Any] = {"devices": args.devices, "changes_per_commit": args.batch,
                               "seconds_per_phase": args.seconds, "store": "SQLite on disk, WAL, synchronous=FULL"}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as folder:
@@ -264,6 +366,8 @@ def main() -> None:
         result["ceiling_in_memory_store"]["commits_per_s"] / max(base["commits_per_s"], 1e-9), 2)
     result["group_commit_share_of_ceiling"] = round(
         group["commits_per_s"] / max(result["ceiling_in_memory_store"]["commits_per_s"], 1e-9), 2)
+    if args.only is None:
+        result["attack"] = attack_figures(args.attack_syncs, args.rounds)
     result["load_average_1m"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 

@@ -3,20 +3,34 @@
 A ``Channel`` is the device's side of one connection; a ``Connector`` opens a fresh one per sync
 attempt. Every failure of the connection itself surfaces as ``TransportError`` (retryable), never
 as a bare ``OSError`` or Trio resource error.
+
+Both TCP connectors can go through a forward HTTP proxy (``emulator.endpoint.ProxyURL``): the HTTP
+binding sends its requests to the proxy in absolute form (``POST http://host:port/sync``), the raw
+binding asks the proxy for a tunnel (``CONNECT host:port``) and runs inside it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import select
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
 
 from emulator.capture.streams import ClientStream, capture_stream
-from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
-from protocol.session import CONNECTION_CLOSED
+from emulator.endpoint import ProxyURL
+from protocol.errors import ErrorCode
+from protocol.http import (
+    DEFAULT_PATH,
+    HttpBindingError,
+    HttpClientBinding,
+    HttpResponse,
+    HttpTunnelClient,
+    TunnelOpen,
+)
+from protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 __all__ = [
     "RECEIVE_SIZE",
@@ -39,6 +53,8 @@ __all__ = [
 ]
 
 RECEIVE_SIZE = 65536
+PROXY_TIMEOUT = 30.0
+"""Seconds a forward proxy has to answer a CONNECT."""
 
 
 class TransportError(Exception):
@@ -78,10 +94,12 @@ Connector = Callable[[], Awaitable[Channel]]
 
 
 class StreamChannel:
-    """The raw binding: frames written to and read from a Trio stream as they are."""
+    """The raw binding: frames written to and read from a Trio stream as they are (``initial``:
+    bytes already read from the stream, returned first)."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, initial: bytes = b"") -> None:
         self._stream = stream
+        self._initial = initial
 
     async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
         """Write ``data``; TransportError if the connection is gone, TransportTimeout at ``deadline``."""
@@ -95,6 +113,9 @@ class StreamChannel:
 
     async def receive_some(self, deadline: float = math.inf) -> bytes:
         """Read what has arrived (b"" when the peer closed); TransportTimeout at ``deadline``."""
+        if self._initial:
+            data, self._initial = self._initial, b""
+            return data
         try:
             with trio.move_on_at(deadline):
                 return bytes(await self._stream.receive_some(RECEIVE_SIZE))
@@ -153,20 +174,53 @@ def connect_error_reason(exc: OSError) -> str:
     return str(text or cause) or type(cause).__name__
 
 
-async def _open_tcp(host: str, port: int) -> ClientStream:
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _open_tcp(host: str, port: int, what: str = "server") -> ClientStream:
     try:
         return capture_stream(await trio.open_tcp_stream(host, port), host, port)  # recorded with --pcap
     except OSError as exc:
-        raise ConnectFailed(f"cannot reach server {host}:{port}: {connect_error_reason(exc)}") from exc
+        raise ConnectFailed(f"cannot reach {what} {_authority(host, port)}: {connect_error_reason(exc)}") from exc
 
 
-def tcp_connector(host: str, port: int) -> Connector:
-    """Raw binding over TCP: one new connection per call."""
+async def _open_tunnel(proxy: ProxyURL, host: str, port: int, timeout: float) -> StreamChannel:
+    """A connection to ``host:port`` through ``proxy``'s CONNECT; ConnectFailed if refused or silent."""
+    stream = await _open_tcp(proxy.host, proxy.port, f"proxy {proxy}")
+    tunnel = HttpTunnelClient(_authority(host, port), proxy_authorization=proxy.authorization)
+    try:
+        with trio.move_on_after(timeout):
+            await stream.send_all(tunnel.request())
+            while True:
+                event = tunnel.next_event()
+                if isinstance(event, TunnelOpen):
+                    return StreamChannel(stream, event.data)
+                assert event is NEED_DATA
+                tunnel.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
+        reason = f"the proxy did not answer CONNECT within {timeout:g} s"
+    except HttpBindingError as exc:
+        reason = exc.message
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        reason = f"the proxy connection failed: {exc or type(exc).__name__}"
+    await trio.aclose_forcefully(stream)
+    raise ConnectFailed(f"cannot reach server {_authority(host, port)} through proxy {proxy}: {reason}")
+
+
+def tcp_connector(host: str, port: int, *, proxy: ProxyURL | None = None,
+                  proxy_timeout: float = PROXY_TIMEOUT) -> Connector:
+    """Raw binding over TCP: one new connection per call (through ``proxy``'s CONNECT if given)."""
 
     async def connect() -> Channel:
+        if proxy is not None:
+            return await _open_tunnel(proxy, host, port, proxy_timeout)
         return StreamChannel(await _open_tcp(host, port))
 
     return connect
+
+
+class _NoAnswer(Exception):
+    """A request's connection ended before any byte of its answer came."""
 
 
 class HttpChannel:
@@ -174,16 +228,24 @@ class HttpChannel:
     ``receive_some`` returns next. The server's session token rides on every later request; if the
     server closed the connection between two requests, ``reopen`` (when given) opens another."""
 
-    def __init__(self, stream: trio.abc.Stream, host: str, path: str = "/sync", *,
-                 reopen: Callable[[], Awaitable[trio.abc.Stream]] | None = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, host: str, path: str = DEFAULT_PATH, *,
+                 reopen: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+                 proxy: ProxyURL | None = None) -> None:
         self._stream = stream
         self._host = host
         self._path = path
         self._reopen = reopen
-        self._binding = HttpClientBinding(host, path=path)
+        self._proxy = proxy
+        self._binding = self._new_binding()
+        self._used = False  # the connection has carried a request
         self._token: str | None = None
         self._inbox: list[bytes] = []
         self._closed = False
+
+    def _new_binding(self) -> HttpClientBinding:
+        proxy = self._proxy
+        return HttpClientBinding(self._host, path=self._path, absolute=proxy is not None,
+                                 proxy_authorization=proxy.authorization if proxy is not None else None)
 
     async def send_all(self, data: bytes, deadline: float = math.inf) -> None:
         """POST ``data`` and queue the answer's body for ``receive_some``; TransportTimeout if the
@@ -196,26 +258,24 @@ class HttpChannel:
         raise TransportTimeout("no HTTP answer from the server before the deadline")
 
     async def _post(self, data: bytes) -> None:
-        """One request and its whole answer (reopening the connection if the server closed it)."""
-        if not self._binding.reusable:
-            if self._reopen is None:
-                raise TransportError("the server closed the HTTP connection")
-            await StreamChannel(self._stream).aclose()
-            self._stream = await self._reopen()
-            self._binding = HttpClientBinding(self._host, path=self._path)
-        raw = StreamChannel(self._stream)
+        """One request and its whole answer. The connection is reopened first if the server or a
+        proxy closed it (said so, or closed it while idle without saying, as some proxies do); and
+        a request on a reused connection that closes before any byte of its answer is sent once
+        more on a new one: a server that did get the first copy refuses the repeated sequence
+        numbers and applies nothing twice (docs/PROTOCOL.md R-HTTP-14, RFC 9112 section 9.3.1)."""
+        if not self._binding.reusable or (self._used and _closed_while_idle(self._stream)):
+            await self._fresh_connection()
+        reused = self._used
         try:
-            await raw.send_all(self._binding.request(data, self._token))
-            while True:
-                response = self._binding.next_response()
-                if isinstance(response, HttpResponse):
-                    break
-                if response is CONNECTION_CLOSED:
-                    raise TransportError("server closed the HTTP connection before answering")
-                chunk = await raw.receive_some()
-                self._binding.receive_data(chunk)
-        except HttpBindingError as exc:
-            raise TransportError(f"bad HTTP answer from the server: {exc}") from exc
+            response = await self._exchange(data)
+        except _NoAnswer as exc:
+            if not reused or self._reopen is None:
+                raise TransportError(str(exc)) from None
+            await self._fresh_connection()
+            try:
+                response = await self._exchange(data)
+            except _NoAnswer as again:
+                raise TransportError(str(again)) from None
         if response.status != 200:
             text = response.body[:120].decode("utf-8", "replace").strip()
             raise HttpStatusError(response.status, text)
@@ -223,6 +283,40 @@ class HttpChannel:
             self._token = response.session_token
         if response.body:
             self._inbox.append(response.body)
+
+    async def _fresh_connection(self) -> None:
+        if self._reopen is None:
+            raise TransportError("the server closed the HTTP connection")
+        await StreamChannel(self._stream).aclose()
+        self._stream = await self._reopen()
+        self._binding = self._new_binding()
+        self._used = False
+
+    async def _exchange(self, data: bytes) -> HttpResponse:
+        """Send one request, read its answer; ``_NoAnswer`` if the connection ended before any
+        byte of the answer came."""
+        raw = StreamChannel(self._stream)
+        self._used = True
+        received = 0
+        try:
+            await raw.send_all(self._binding.request(data, self._token))
+            while True:
+                response = self._binding.next_response()
+                if isinstance(response, HttpResponse):
+                    return response
+                if response is CONNECTION_CLOSED:
+                    raise _NoAnswer("server closed the HTTP connection before answering")
+                chunk = await raw.receive_some()
+                received += len(chunk)
+                self._binding.receive_data(chunk)
+        except HttpBindingError as exc:
+            if received == 0 and exc.code == ErrorCode.TRUNCATED:
+                raise _NoAnswer(f"the connection closed before any answer: {exc.message}") from exc
+            raise TransportError(f"bad HTTP answer from the server: {exc}") from exc
+        except TransportError as exc:
+            if received == 0 and not isinstance(exc, TransportTimeout):
+                raise _NoAnswer(str(exc)) from exc
+            raise
 
     async def receive_some(self, deadline: float = math.inf) -> bytes:
         """The next queued answer body; b"" when the server has nothing more to say. Never
@@ -237,14 +331,32 @@ class HttpChannel:
         await StreamChannel(self._stream).aclose()
 
 
-def http_connector(host: str, port: int, path: str = "/sync") -> Connector:
-    """HTTP binding over TCP: frames POSTed per request (``protocol.http``)."""
+def _closed_while_idle(stream: trio.abc.Stream) -> bool:
+    """Whether an idle connection has something to read (its close, or bytes nobody asked for):
+    then it cannot carry another request. A look without waiting (``select`` with timeout 0), as
+    HTTP clients check a kept-alive connection before they reuse it; False for a stream without
+    a socket."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def http_connector(host: str, port: int, path: str = DEFAULT_PATH, *, proxy: ProxyURL | None = None) -> Connector:
+    """HTTP binding over TCP: frames POSTed per request (``protocol.http``) to ``path``; through
+    ``proxy`` (requests in absolute form) if given."""
 
     async def reopen() -> trio.abc.Stream:
+        if proxy is not None:
+            return await _open_tcp(proxy.host, proxy.port, f"proxy {proxy}")
         return await _open_tcp(host, port)
 
     async def connect() -> Channel:
-        return HttpChannel(await reopen(), f"{host}:{port}", path, reopen=reopen)
+        return HttpChannel(await reopen(), _authority(host, port), path, reopen=reopen, proxy=proxy)
 
     return connect
 

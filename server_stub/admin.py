@@ -8,6 +8,10 @@ token (``Authorization: Bearer <token>`` or ``X-Admin-Token``) and answers JSON:
 * ``GET /faults``; ``POST /faults/<name>/on``; ``POST /faults/<name>/off``
 * ``POST /backup`` (body ``{"path": ...}`` for a SQLite file, or empty: kept in memory, an id is
   returned); ``POST /restore`` (``{"path": ...}`` or ``{"snapshot": id}``) -> the new generation
+* ``GET /generation``
+
+A known path asked with another method gets 405 with ``Allow`` (the health and metrics paths
+without a token, the others once the token is right); an unknown path 404 (401 without a token).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -23,6 +28,7 @@ import trio
 
 from protocol.records import Record
 from server_stub.faults import FAULT_MODES, UnknownFault
+from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.storage import AccountExists, StorageError, UnknownAccount
 
 if TYPE_CHECKING:
@@ -36,10 +42,37 @@ MAX_HEADER = 8192
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []
+
+
+_OPEN = "open"  # a route that needs no token
+_ROUTES: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
+    (re.compile(pattern), access, methods) for pattern, access, methods in (
+        (r"/healthz", _OPEN, ("GET",)),
+        (r"/metrics", _OPEN, ("GET",)),
+        (r"/accounts", "", ("GET", "POST")),
+        (r"/accounts/[^/]+", "", ("DELETE",)),
+        (r"/accounts/[^/]+/(records|devices)", "", ("GET",)),
+        (r"/faults", "", ("GET",)),
+        (r"/faults/[^/]+/(on|off)", "", ("POST",)),
+        (r"/generation", "", ("GET",)),
+        (r"/backup", "", ("POST",)),
+        (r"/restore", "", ("POST",)),
+    )
+]
+
+
+def _allowed(path: str) -> tuple[bool, tuple[str, ...]] | None:
+    """Whether ``path`` is open, and the methods it takes; None for an unknown path."""
+    normal = "/" + "/".join(p for p in path.split("/") if p)
+    for pattern, access, methods in _ROUTES:
+        if pattern.fullmatch(normal):
+            return access == _OPEN, methods
+    return None
 
 
 def record_json(record: Record) -> dict[str, Any]:
@@ -68,7 +101,9 @@ async def serve_admin_stream(server: SyncServer, stream: trio.abc.Stream) -> Non
             except _HttpError as exc:
                 status, content_type = exc.status, "application/json"
                 payload = json.dumps({"error": exc.message}).encode()
-            await _respond(conn, stream, status, content_type, payload)
+                await _respond(conn, stream, status, content_type, payload, exc.headers)
+            else:
+                await _respond(conn, stream, status, content_type, payload)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
@@ -109,8 +144,8 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream,
 
 
 async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, content_type: str,
-                   payload: bytes) -> None:
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(payload)))]
+                   payload: bytes, extra: list[tuple[str, str]] | None = None) -> None:
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(payload))), *(extra or [])]
     out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
     out += conn.send(h11.Data(data=payload)) or b""
     out += conn.send(h11.EndOfMessage()) or b""
@@ -137,12 +172,17 @@ async def _route(server: SyncServer, request: h11.Request, body: bytes) -> tuple
     method = request.method.decode()
     path = unquote(request.target.decode("latin-1").split("?", 1)[0])
     parts = [p for p in path.split("/") if p]
-    if path == "/healthz" and method == "GET":
-        return 200, "text/plain", b"ok\n"
-    if path == "/metrics" and method == "GET":
-        return 200, "text/plain; version=0.0.4", server.metrics.render(server.storage).encode()
-    if not _authorized(server, request):
+    route = _allowed(path)
+    open_route = route is not None and route[0]
+    if not open_route and not _authorized(server, request):
         raise _HttpError(401, "admin token required")
+    if route is not None and method not in route[1]:
+        allow = ", ".join(route[1])
+        raise _HttpError(405, f"{path} takes {allow}", [("Allow", allow)])
+    if path == "/healthz":
+        return 200, "text/plain", b"ok\n"
+    if path == "/metrics":
+        return 200, METRICS_CONTENT_TYPE, server.metrics.render(server.storage).encode()
     storage = server.storage
     try:
         if parts == ["accounts"] and method == "GET":

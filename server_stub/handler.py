@@ -92,8 +92,9 @@ class SessionHandler:
     """Server side of one session (see the module docstring)."""
 
     def __init__(self, server: SyncServer, write: Callable[[bytes], Awaitable[None]], *, binding: str,
-                 over_capacity: bool = False) -> None:
+                 over_capacity: bool = False, address: str | None = None) -> None:
         self.server = server
+        self.address = address  # the client's, for the failed-authentication throttle (R-AUTH-9)
         self.storage = server.storage
         self.faults = server.faults
         self.metrics = server.metrics
@@ -210,6 +211,10 @@ class SessionHandler:
         account = self.session.account or ""
         device_id = self.session.device_id or b""
         server_nonce = self.session.server_nonce or b""
+        if self.server.auth_throttled(account, self.address):  # refused unchecked: a guess cannot succeed
+            self.metrics.auth_failures += 1
+            await self.fail(ErrorCode.AUTH_FAILED, "authentication failed")
+            return
         key = await self.storage.account_key(account)
         server_id = self.storage.server_id
         expected = device_mac(key if key is not None else _DUMMY_KEY, server_nonce=server_nonce,
@@ -217,6 +222,7 @@ class SessionHandler:
                               server_id=server_id)
         if not verify(expected, auth.mac) or key is None:
             self.metrics.auth_failures += 1
+            self.server.auth_failed(account, self.address)
             await self.fail(ErrorCode.AUTH_FAILED, "authentication failed")
             return
         state = await self.storage.device_state(account, device_id)

@@ -3,7 +3,10 @@
 A request without a session token starts a session; the token (128 bits from the server's RNG,
 hex) names it in every later request. Each request's frames are fed to the session's handler and
 the frames it answers make the response body. A session ends on BYE or a fatal ERROR, and expires
-after ``Limits.idle_timeout`` without requests (its token then gets 410).
+after ``Limits.idle_timeout`` without requests (its token then gets 410). Until HELLO_OK a session
+holds a place before authentication (``server_stub.admission``, taken for the address of the
+request that started it): it expires ``Limits.handshake_timeout`` after its start, and a newcomer
+past the bounds may take its place (its token then gets 410 too).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from protocol.framing import HEADER_LEN, TRAILER_LEN
 from protocol.http import HttpRequest
 from protocol.session import CONNECTION_CLOSED, NEED_DATA
 from protocol.wire import HEADER_STRUCT
+from server_stub.admission import Holder
 from server_stub.handler import SessionHandler
 
 if TYPE_CHECKING:
@@ -28,12 +32,15 @@ __all__ = ["HttpAnswer", "HttpSessions"]
 
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
-    """Status, body and session token of one response."""
+    """Status, body and session token of one response; ``authenticated``: the request belongs to a
+    session that has passed HELLO_OK (the connection carrying it is then a proven one)."""
 
     status: int
     body: bytes = b""
     token: str | None = None
     text: str = ""
+    authenticated: bool = False
+    retry_after: int | None = None
 
 
 @dataclass(eq=False)
@@ -41,6 +48,7 @@ class _Entry:
     handler: SessionHandler
     outbox: bytearray
     last_used: float
+    holder: Holder | None = None  # its place before authentication, until HELLO_OK
     bytes_in: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -67,51 +75,88 @@ class HttpSessions:
         return len(self._sessions)
 
     def expire(self) -> int:
-        """End sessions idle for longer than the idle timeout; return how many."""
+        """End sessions idle for longer than the idle timeout, and sessions still before HELLO_OK
+        past the handshake deadline (the server's reaper calls this); return how many."""
         now = trio.current_time()
-        idle = self.server.limits.idle_timeout
-        stale = [t for t, e in self._sessions.items() if now - e.last_used > idle and not e.lock.locked()]
-        for token in stale:
-            entry = self._sessions.pop(token)
-            entry.handler.summary.outcome = "expired"
-            self.server.metrics.refusals["idle_timeout"] += 1
-            self.server.session_ended(entry.handler)
+        stale = [(t, e) for t, e in self._sessions.items() if self._stale(e, now)]
+        for token, entry in stale:
+            self._expire(token, entry)
         return len(stale)
 
-    async def answer(self, request: HttpRequest) -> HttpAnswer:
-        """Feed one request to its session; return the response to send."""
+    def _stale(self, entry: _Entry, now: float) -> bool:
+        limits = self.server.limits
+        return not entry.lock.locked() and (
+            now - entry.last_used > limits.idle_timeout
+            or (entry.holder is not None and now - entry.handler.summary.started > limits.handshake_timeout))
+
+    def _expire(self, token: str, entry: _Entry) -> None:
+        handshake = entry.holder is not None and entry.holder.holding
+        self.server.metrics.refusals["handshake_timeout" if handshake else "idle_timeout"] += 1
+        self._end(token, entry, "handshake timeout" if handshake else "expired")
+
+    def _end(self, token: str, entry: _Entry, outcome: str | None = None) -> None:
+        """Forget the session ``token`` names, if it still names ``entry``."""
+        if self._sessions.get(token) is not entry:
+            return
+        del self._sessions[token]
+        if outcome is not None and entry.handler.summary.outcome == "open":
+            entry.handler.summary.outcome = outcome
+        if entry.holder is not None:
+            self.server.release(entry.holder)
+        self.server.session_ended(entry.handler)
+
+    async def answer(self, request: HttpRequest, address: str | None = None) -> HttpAnswer:
+        """Feed one request to its session; return the response to send. ``address``: the client's,
+        for the bounds before authentication and the failed-authentication throttle."""
         server = self.server
-        self.expire()
         if request.session_token is None:
             if server.shutting_down:
-                return HttpAnswer(503, text="shutting down")
-            if server.active_sessions >= server.limits.max_sessions:
+                return HttpAnswer(503, text="shutting down", retry_after=5)
+            if server.full:
                 server.metrics.refusals["max_sessions"] += 1
-                return HttpAnswer(503, text="too many sessions")
+                return HttpAnswer(503, text="too many sessions", retry_after=5)
+            if not request.body:
+                return HttpAnswer(400, text="a request without a session token must carry a HELLO (R-HTTP-2)")
             token = server.rng.randbytes(16).hex()
             outbox = bytearray()
 
             async def write(data: bytes) -> None:
                 outbox.extend(data)
 
-            handler = SessionHandler(server, write, binding="http")
+            handler = SessionHandler(server, write, binding="http", address=address)
             entry = _Entry(handler, outbox, trio.current_time())
+
+            def evict() -> None:
+                self._end(token, entry, "evicted")
+                server.evicted("HTTP session")
+
+            entry.holder = server.admit(address, evict)
             self._sessions[token] = entry
             server.session_started(handler)
         else:
             token = request.session_token
             found = self._sessions.get(token)
+            if found is not None and self._stale(found, trio.current_time()):  # expired, not yet reaped
+                self._expire(token, found)
+                found = None
             if found is None:
                 return HttpAnswer(410, text="unknown or expired session")
             entry = found
         async with entry.lock:
             entry.last_used = trio.current_time()
+            holder = entry.holder
+            if holder is not None:
+                server.admission.progress(holder, entry.last_used)
             body = await self._feed(entry, request.body)
             entry.last_used = trio.current_time()
+            authenticated = entry.handler.authenticated
+            if holder is not None and authenticated and self._sessions.get(token) is entry:
+                entry.holder = None
+                server.release(holder)
+                server.session_authenticated(entry.handler)
             if entry.handler.closed:
-                self._sessions.pop(token, None)
-                server.session_ended(entry.handler)
-            return HttpAnswer(200, body, token)
+                self._end(token, entry)
+            return HttpAnswer(200, body, token, authenticated=authenticated)
 
     async def _feed(self, entry: _Entry, data: bytes) -> bytes:
         handler = entry.handler
@@ -128,7 +173,8 @@ class HttpSessions:
         elif self.server.shutting_down:
             await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
         else:
-            session.receive_data(data)
+            if data:  # an empty body carries nothing (b"" would tell the session the stream ended)
+                session.receive_data(data)
             while not handler.closed:
                 try:
                     event = session.next_event()
@@ -151,8 +197,5 @@ class HttpSessions:
 
     def close_all(self) -> None:
         """Forget every session (server shutdown)."""
-        for entry in self._sessions.values():
-            if entry.handler.summary.outcome == "open":
-                entry.handler.summary.outcome = "shutdown"
-            self.server.session_ended(entry.handler)
-        self._sessions.clear()
+        for token, entry in list(self._sessions.items()):
+            self._end(token, entry, "shutdown")

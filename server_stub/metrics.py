@@ -1,15 +1,47 @@
-"""Server metrics, rendered in the Prometheus text exposition format for /metrics."""
+"""Server metrics, rendered in the Prometheus text exposition format for /metrics.
+
+The server counts in plain attributes (no locks, no per-sample objects on the session path);
+``Metrics.render`` turns them into metric families and prometheus_client writes the text, so
+names, types, label escaping and number formats follow the format's own implementation. Beside
+the server's families come prometheus_client's ``process_*`` (CPU time, memory, open and maximum
+file descriptors, start time: read from /proc where the platform has it) and ``python_info``,
+and ``sidekick_build_info``. The store's generation is a label of ``sidekick_store_info``, never a
+sample value: a sample is a float64, exact only to 2**53, and generations are 64-bit.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
-from protocol.errors import ErrorCode
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-__all__ = ["Histogram", "Metrics"]
+from protocol.errors import ErrorCode
+from protocol.framing import PROTOCOL_VERSION
+
+__all__ = ["CONTENT_TYPE", "Histogram", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The exposition format /metrics answers in (0.0.4: every Prometheus reads it)."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sidekick-testbed")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "unknown"
 
 
 class Histogram:
@@ -32,17 +64,26 @@ class Histogram:
         self.total += value * times
         self.count += times
 
-    def render(self, name: str) -> list[str]:
-        """The ``_bucket``, ``_sum`` and ``_count`` lines."""
-        lines = []
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """The histogram as a metric family (cumulative buckets, ``+Inf`` last)."""
+        buckets: list[tuple[str, float]] = []
         running = 0
         for bound, count in zip(self.bounds, self.counts, strict=False):
             running += count
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {self.total:.6f}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
+            buckets.append((f"{bound:g}", running))
+        buckets.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _labelled_counter(name: str, documentation: str, label: str, values: dict[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
 
 
 class Metrics:
@@ -50,6 +91,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.sessions_active = 0
+        self.sessions_authenticated = 0
+        self.handshakes_active = 0
         self.sessions_total: Counter[str] = Counter()     # by binding
         self.frames_in: Counter[str] = Counter()          # by message type
         self.frames_out: Counter[str] = Counter()
@@ -61,8 +104,14 @@ class Metrics:
         self.changes_applied = 0
         self.conflicts = 0
         self.auth_failures = 0
+        self.pings = 0
+        self.http_connections = 0
         self.http_status: Counter[int] = Counter()
         self.durable_latency = Histogram(LATENCY_BUCKETS)
+        self._registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
+        self._store: Any = None
 
     def error_sent(self, code: int) -> None:
         """Count one ERROR frame sent."""
@@ -74,48 +123,55 @@ class Metrics:
 
     def render(self, storage: Any) -> str:
         """Prometheus text for this server and its storage."""
-        out: list[str] = []
+        self._store = storage
+        try:
+            self._registry.register(self)
+            return generate_latest(self._registry).decode()
+        finally:
+            self._registry.unregister(self)
+            self._store = None
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                out.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
-
-        metric("sidekick_sessions_active", "gauge", "Sessions in progress.", [("", self.sessions_active)])
-        metric("sidekick_sessions_total", "counter", "Sessions started, by binding.",
-               [(f'{{binding="{b}"}}', n) for b, n in sorted(self.sessions_total.items())] or [("", 0)])
-        metric("sidekick_frames_received_total", "counter", "Frames received, by message type.",
-               [(f'{{type="{t}"}}', n) for t, n in sorted(self.frames_in.items())])
-        metric("sidekick_frames_sent_total", "counter", "Frames sent, by message type.",
-               [(f'{{type="{t}"}}', n) for t, n in sorted(self.frames_out.items())])
-        metric("sidekick_bytes_received_total", "counter", "Protocol bytes received.", [("", self.bytes_in)])
-        metric("sidekick_bytes_sent_total", "counter", "Protocol bytes sent.", [("", self.bytes_out)])
-        metric("sidekick_errors_sent_total", "counter", "ERROR frames sent, by code.",
-               [(f'{{code="{c}"}}', n) for c, n in sorted(self.errors_sent.items())])
-        metric("sidekick_limit_refusals_total", "counter", "Sessions or requests refused by a limit.",
-               [(f'{{limit="{r}"}}', n) for r, n in sorted(self.refusals.items())])
-        metric("sidekick_auth_failures_total", "counter", "Failed authentications.", [("", self.auth_failures)])
-        metric("sidekick_commits_total", "counter", "COMMITs answered with DURABLE.", [("", self.commits)])
-        metric("sidekick_changes_applied_total", "counter", "Changes covered by DURABLE.",
-               [("", self.changes_applied)])
-        metric("sidekick_conflicts_total", "counter", "CONFLICTs sent.", [("", self.conflicts)])
-        metric("sidekick_http_responses_total", "counter", "HTTP binding responses, by status.",
-               [(f'{{status="{s}"}}', n) for s, n in sorted(self.http_status.items())])
-        out.append("# HELP sidekick_durable_latency_seconds COMMIT received to DURABLE sent (durable lag).")
-        out.append("# TYPE sidekick_durable_latency_seconds histogram")
-        out.extend(self.durable_latency.render("sidekick_durable_latency_seconds"))
+    def collect(self) -> Iterator[Metric]:
+        """The server's metric families (prometheus_client's collector interface)."""
+        yield GaugeMetricFamily("sidekick_sessions_active", "Sessions in progress, authenticated or not.",
+                                value=self.sessions_active)
+        yield GaugeMetricFamily("sidekick_sessions_authenticated", "Sessions past HELLO_OK (bounded by max_sessions).",
+                                value=self.sessions_authenticated)
+        yield GaugeMetricFamily("sidekick_handshakes_active",
+                                "Connections and HTTP sessions holding a place before authentication.",
+                                value=self.handshakes_active)
+        yield _labelled_counter("sidekick_sessions", "Sessions started, by binding.", "binding", self.sessions_total)
+        yield _labelled_counter("sidekick_frames_received", "Frames received, by message type.", "type", self.frames_in)
+        yield _labelled_counter("sidekick_frames_sent", "Frames sent, by message type.", "type", self.frames_out)
+        yield _counter("sidekick_bytes_received", "Protocol bytes received.", self.bytes_in)
+        yield _counter("sidekick_bytes_sent", "Protocol bytes sent.", self.bytes_out)
+        yield _labelled_counter("sidekick_errors_sent", "ERROR frames sent, by code.", "code", self.errors_sent)
+        yield _labelled_counter("sidekick_limit_refusals", "Sessions, connections or requests refused by a limit.",
+                                "limit", self.refusals)
+        yield _counter("sidekick_auth_failures", "Failed authentications (throttled ones included).", self.auth_failures)
+        yield _counter("sidekick_pings", "PINGs sent to idle sessions (R-STATE-7).", self.pings)
+        yield _counter("sidekick_commits", "COMMITs answered with DURABLE.", self.commits)
+        yield _counter("sidekick_changes_applied", "Changes covered by DURABLE.", self.changes_applied)
+        yield _counter("sidekick_conflicts", "CONFLICTs sent.", self.conflicts)
+        yield _counter("sidekick_http_connections", "HTTP binding connections accepted.", self.http_connections)
+        yield _labelled_counter("sidekick_http_responses", "HTTP binding responses, by status.", "status",
+                                self.http_status)
+        yield self.durable_latency.family("sidekick_durable_latency_seconds",
+                                          "COMMIT received to DURABLE sent (durable lag).")
+        storage = self._store
         transactions = getattr(storage, "transactions", None)
         if transactions is not None:
-            metric("sidekick_storage_transactions_total", "counter",
-                   "Storage transactions committed (one fsync each).", [("", transactions)])
+            yield _counter("sidekick_storage_transactions", "Storage transactions committed (one fsync each).",
+                           transactions)
         sizes = getattr(storage, "batch_sizes", None)
         if sizes:
-            out.append("# HELP sidekick_commit_batch_size Write requests per storage transaction.")
-            out.append("# TYPE sidekick_commit_batch_size histogram")
-            histogram = Histogram((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+            histogram = Histogram(BATCH_BUCKETS)
             for size, count in sizes.items():
                 histogram.observe(size, count)
-            out.extend(histogram.render("sidekick_commit_batch_size"))
-        metric("sidekick_generation", "gauge", "Current store generation.", [("", storage.generation)])
-        return "\n".join(out) + "\n"
+            yield histogram.family("sidekick_commit_batch_size", "Write requests per storage transaction.")
+        if storage is not None:
+            yield InfoMetricFamily("sidekick_store", "The store's identity: its generation and server id, as labels.",
+                                   value={"generation": f"{storage.generation:#018x}",
+                                          "server_id": storage.server_id.hex()})
+        yield InfoMetricFamily("sidekick_build", "The server's build.",
+                               value={"version": _version(), "protocol": str(PROTOCOL_VERSION)})

@@ -9,6 +9,7 @@ from the Trio clock.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import random
@@ -19,7 +20,11 @@ import trio
 
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.http import HttpBindingError, HttpRequest, HttpServerBinding
+from protocol.messages import Hello, Ping
 from protocol.session import CONNECTION_CLOSED, NEED_DATA
+from protocol.states import SessionState
+from server_stub.admission import Admission, Holder
+from server_stub.auth_throttle import AuthThrottle, Bucket
 from server_stub.faults import FaultSet
 from server_stub.handler import SessionHandler
 from server_stub.http_binding import HttpSessions
@@ -28,7 +33,7 @@ from server_stub.metrics import Metrics
 from server_stub.session_log import log_session
 from server_stub.storage import Storage
 
-__all__ = ["Address", "ServerAddresses", "SyncServer"]
+__all__ = ["Address", "ServerAddresses", "SyncServer", "peer_address"]
 
 log = logging.getLogger("sidekick.server")
 
@@ -44,6 +49,29 @@ class ServerAddresses:
     tcp: Address | None = None
     http: Address | None = None
     admin: Address | None = None
+
+
+def peer_address(stream: trio.abc.Stream) -> str | None:
+    """The client address a stream's socket is connected to, as the admission bounds count it:
+    an IPv4 address, or the /64 network of an IPv6 one (one subscriber's share); None for a
+    stream without a socket (in-process)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return None
+    host = name[0] if isinstance(name, tuple) else str(name)
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 class _Closed(Exception):
@@ -62,13 +90,15 @@ class _SessionIO:
     raising ``trio.TooSlowError``: a simulated link on its clock) is left to do it. ``late`` names
     the read or write under way ("" between them): after a timeout, the one that missed it."""
 
-    __slots__ = ("stream", "scope", "late", "inside", "_receive_before", "_send_before")
+    __slots__ = ("stream", "scope", "late", "inside", "evicted", "probing", "_receive_before", "_send_before")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.scope = trio.CancelScope()
         self.late = ""
         self.inside = False  # the session's loop runs inside ``scope``
+        self.evicted = False  # the connection lost its place before authenticating
+        self.probing = False  # the write under way is the server's own PING
         self._receive_before = getattr(stream, "receive_some_before", None)
         self._send_before = getattr(stream, "send_all_before", None)
 
@@ -115,8 +145,21 @@ class _SessionIO:
                 raise _Late("peer does not read")
 
 
+class _HttpLink:
+    """Times of one HTTP connection: its start, its last traffic, the first byte of the request
+    head under way (infinity between requests)."""
+
+    __slots__ = ("started", "at", "head_at", "evicted")
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self.at = now
+        self.head_at = math.inf
+        self.evicted = False
+
+
 class _Progress:
-    """When a raw session last made progress: a complete frame received or a write finished."""
+    """When a raw session's link was last not silent: bytes received or a write finished."""
 
     __slots__ = ("at",)
 
@@ -140,6 +183,13 @@ class SyncServer:
         self.active_sessions = 0
         self.shutting_down = False
         self.admin_token: str | None = None
+        limits = self.limits
+        self.admission = Admission(limits.max_handshakes, limits.max_handshakes_per_address)
+        """Places of connections and sessions before authentication (``server_stub.admission``)."""
+        self.auth_throttle = AuthThrottle(Bucket(limits.auth_failures, limits.auth_failure_refill),
+                                          Bucket(limits.address_auth_failures, limits.address_auth_failure_refill))
+        self.authenticated: set[SessionHandler] = set()
+        """Sessions past HELLO_OK: what ``Limits.max_sessions`` bounds."""
         self._received: dict[tuple[str, bytes], int] = {}
         self._wait_scopes: set[trio.CancelScope] = set()
         self._stop = trio.Event()
@@ -155,15 +205,56 @@ class SyncServer:
         self.metrics.sessions_active = self.active_sessions
         self.metrics.sessions_total[handler.summary.binding] += 1
 
+    def session_authenticated(self, handler: SessionHandler) -> None:
+        """Count a session that reached HELLO_OK."""
+        self.authenticated.add(handler)
+        self.metrics.sessions_authenticated = len(self.authenticated)
+
     def session_ended(self, handler: SessionHandler) -> None:
         """Count a session that ended and log its line."""
         self.active_sessions -= 1
         self.metrics.sessions_active = self.active_sessions
+        self.authenticated.discard(handler)
+        self.metrics.sessions_authenticated = len(self.authenticated)
         summary = handler.summary
         if summary.outcome == "open":
             summary.outcome = "dropped"
         summary.duration = trio.current_time() - summary.started
-        log_session(summary)
+        if handler.authenticated or summary.outcome == "AUTH_FAILED" or log.isEnabledFor(logging.DEBUG):
+            log_session(summary)  # not a line per flooding HELLO: those are counted in /metrics
+
+    @property
+    def full(self) -> bool:
+        """Whether ``Limits.max_sessions`` authenticated sessions are in progress (a HELLO gets BUSY)."""
+        return len(self.authenticated) >= self.limits.max_sessions
+
+    def admit(self, address: str | None, on_evict: Any) -> Holder:
+        """A place for a connection or session before authentication (``server_stub.admission``)."""
+        holder = self.admission.admit(address, trio.current_time(), on_evict)
+        self.metrics.handshakes_active = len(self.admission)
+        return holder
+
+    def release(self, holder: Holder) -> None:
+        """Give back a place taken by ``admit``."""
+        self.admission.release(holder)
+        self.metrics.handshakes_active = len(self.admission)
+
+    def evicted(self, what: str) -> None:
+        """Count a connection or session that lost its place to a newcomer."""
+        self.metrics.refusals["handshake_evicted"] += 1
+        self.metrics.handshakes_active = len(self.admission)
+        log.debug("%s evicted before authenticating", what)
+
+    def auth_throttled(self, account: str, address: str | None) -> bool:
+        """Whether an AUTH for ``account`` from ``address`` is refused unchecked now (R-AUTH-9)."""
+        if self.auth_throttle.throttled(account, address, trio.current_time()):
+            self.metrics.refusals["auth_throttled"] += 1
+            return True
+        return False
+
+    def auth_failed(self, account: str, address: str | None) -> None:
+        """Count a failed AUTH for the throttle."""
+        self.auth_throttle.failed(account, address, trio.current_time())
 
     def note_received(self, account: str, device_id: bytes, lsn: int) -> None:
         """Remember the highest LSN received from a device (only the wrong-watermark fault reads it)."""
@@ -183,9 +274,12 @@ class SyncServer:
 
     # ------------------------------------------------------------------ raw binding
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one session of the raw binding on ``stream``; returns when it is over."""
-        over = self.active_sessions >= self.limits.max_sessions
+    async def serve_stream(self, stream: trio.abc.Stream, *, address: str | None = None) -> None:
+        """Serve one session of the raw binding on ``stream``; returns when it is over. ``address``
+        (default: the stream's peer, ``peer_address``) is the client address the bounds before
+        authentication count."""
+        if address is None:
+            address = peer_address(stream)
         progress = _Progress(trio.current_time())
         io = _SessionIO(stream)
 
@@ -197,13 +291,20 @@ class SyncServer:
                 raise
             except _STREAM_ERRORS as exc:
                 raise _Closed(str(exc)) from None
-            progress.at = trio.current_time()  # a slow link that keeps reading is not idle
+            if not io.probing:
+                progress.at = trio.current_time()  # a slow link that keeps reading is not idle
 
-        handler = SessionHandler(self, write, binding="tcp", over_capacity=over)
+        def evict() -> None:
+            io.evicted = True
+            io.scope.cancel()
+            self.evicted("raw connection")
+
+        handler = SessionHandler(self, write, binding="tcp", address=address)
+        holder = self.admit(address, evict)
         self.session_started(handler)
         self._raw_sessions += 1
         try:
-            await self._raw_session(handler, io, progress)
+            await self._raw_session(handler, io, progress, holder)
         except _Closed:
             pass
         except Exception:  # a bug must not take the server down; the session ends
@@ -214,6 +315,7 @@ class SyncServer:
             except (_Closed, Exception):
                 pass
         finally:
+            self.release(holder)
             self.session_ended(handler)
             self._raw_sessions -= 1
             if self._raw_sessions == 0:
@@ -222,63 +324,108 @@ class SyncServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _raw_session(self, handler: SessionHandler, io: _SessionIO, progress: _Progress) -> None:
+    async def _raw_session(self, handler: SessionHandler, io: _SessionIO, progress: _Progress,
+                           holder: Holder) -> None:
         limits = self.limits
         session = handler.session
         budget_deadline = handler.summary.started + limits.session_time
+        handshake_deadline = handler.summary.started + limits.handshake_timeout
         received = 0
-        scope = io.scope
-        with scope:
-            io.inside = True
-            try:
-                while not handler.closed:
-                    try:
-                        event = session.next_event()
-                    except RemoteProtocolError as exc:
-                        await handler.refuse(exc)
-                        break
-                    if event is CONNECTION_CLOSED:
-                        return
-                    if event is not NEED_DATA:
-                        progress.at = trio.current_time()
-                        await handler.handle(event)
-                        continue
-                    if self.shutting_down and handler.authenticated:
-                        await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
-                        break
-                    self._wait_scopes.add(scope)  # shutdown cancels a session waiting for data
-                    try:
-                        data = await io.read(min(progress.at + limits.idle_timeout, budget_deadline))
-                    except _STREAM_ERRORS:
-                        return
-                    finally:
-                        self._wait_scopes.discard(scope)
-                    received += len(data)
-                    self.metrics.bytes_in += len(data)
-                    if received > limits.session_bytes:
-                        self.metrics.refusals["session_bytes"] += 1
-                        await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session byte budget exceeded")
-                        break
-                    session.receive_data(bytes(data))
-            except _Late:
-                pass
-            finally:
-                io.inside = False
+        probe_at = math.inf
+        while True:  # one pass per cancel scope: a PING (the scope's deadline passed) starts another
+            scope = io.scope = trio.CancelScope()
+            if io.evicted:
+                scope.cancel()
+            with scope:
+                io.inside = True
+                try:
+                    while not handler.closed:
+                        try:
+                            event = session.next_event()
+                        except RemoteProtocolError as exc:
+                            await handler.refuse(exc)
+                            break
+                        if event is CONNECTION_CLOSED:
+                            return
+                        if event is not NEED_DATA:
+                            if holder.holding:
+                                self.admission.progress(holder, trio.current_time())
+                                if isinstance(event, Hello):
+                                    handler.over_capacity = self.full
+                            await handler.handle(event)
+                            if holder.holding and handler.authenticated:
+                                self.release(holder)
+                                self.session_authenticated(handler)
+                            continue
+                        if self.shutting_down and handler.authenticated:
+                            await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
+                            break
+                        deadline = min(progress.at + limits.idle_timeout, budget_deadline)
+                        if holder.holding:
+                            deadline = min(deadline, handshake_deadline)
+                        probe_at = math.inf
+                        if session.state is SessionState.READY and handler.authenticated:
+                            probe_at = progress.at + limits.probe_after
+                        self._wait_scopes.add(scope)  # shutdown cancels a session waiting for data
+                        try:
+                            data = await io.read(min(deadline, probe_at))
+                        except _STREAM_ERRORS:
+                            return
+                        finally:
+                            self._wait_scopes.discard(scope)
+                        if data:
+                            progress.at = trio.current_time()  # any byte breaks the silence
+                        received += len(data)
+                        self.metrics.bytes_in += len(data)
+                        if received > limits.session_bytes:
+                            self.metrics.refusals["session_bytes"] += 1
+                            await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session byte budget exceeded")
+                            break
+                        session.receive_data(bytes(data))
+                except _Late:
+                    pass
+                finally:
+                    io.inside = False
+            now = trio.current_time()
+            if (io.late == "read" and not io.evicted and not self.shutting_down and now >= probe_at
+                    and now < min(progress.at + limits.idle_timeout, budget_deadline)):
+                io.late = ""
+                await self._probe(handler, io)
+                continue
+            break
+        if io.evicted:  # closed without a frame (docs/PROTOCOL.md R-TCP-6)
+            handler.summary.outcome = "evicted"
+            return
         if io.late == "write":
             if scope.cancelled_caught:  # the scope, not ``write``, ended it: counted here
                 self.metrics.refusals["send_timeout"] += 1
             return  # the peer does not read: nothing more can reach it
         if io.late == "read":
+            now = trio.current_time()
             if self.shutting_down:
                 await handler.fail(ErrorCode.SHUTTING_DOWN, "the server is stopping; retry later")
-            elif trio.current_time() >= budget_deadline:
+            elif now >= budget_deadline:
                 self.metrics.refusals["session_time"] += 1
                 await handler.fail(ErrorCode.BUDGET_EXCEEDED, "session time budget exceeded")
+            elif holder.holding and now >= handshake_deadline:
+                self.metrics.refusals["handshake_timeout"] += 1
+                await handler.fail(ErrorCode.TIMEOUT, f"handshake not completed within {limits.handshake_timeout:g} s",
+                                   outcome="handshake timeout")
             else:
                 self.metrics.refusals["idle_timeout"] += 1
-                await handler.fail(ErrorCode.TIMEOUT, "no complete frame within the idle timeout")
-        if handler.summary.outcome not in ("bye", "open"):
+                await handler.fail(ErrorCode.TIMEOUT, f"the link was silent for {limits.idle_timeout:g} s")
+        if handler.summary.outcome not in ("bye", "open") and handler.closed:
             await self._linger(io.stream)
+
+    async def _probe(self, handler: SessionHandler, io: _SessionIO) -> None:
+        """Send a PING to a session whose link has been silent (R-STATE-7); its write does not
+        count as traffic, so a device that does not answer still times out."""
+        io.probing = True
+        try:
+            await handler.send(Ping(self.rng.getrandbits(63)))
+        finally:
+            io.probing = False
+        self.metrics.pings += 1
 
     async def _linger(self, stream: trio.abc.Stream) -> None:
         """After a fatal ERROR: half-close, then read and discard briefly so the ERROR is not reset."""
@@ -298,35 +445,62 @@ class SyncServer:
 
     # ------------------------------------------------------------------ HTTP binding
 
-    async def serve_http_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one HTTP/1.1 connection (any number of requests, of any sessions)."""
+    async def serve_http_stream(self, stream: trio.abc.Stream, *, address: str | None = None) -> None:
+        """Serve one HTTP/1.1 connection (any number of requests, of any sessions). ``address`` as
+        for ``serve_stream``: until the connection has carried a request of an authenticated
+        session it holds a place before authentication."""
+        if address is None:
+            address = peer_address(stream)
         limits = self.limits
         binding = HttpServerBinding(max_body=limits.max_http_body, max_header=limits.max_http_header)
+        scope = trio.CancelScope()
+        link = _HttpLink(trio.current_time())
+
+        def evict() -> None:
+            link.evicted = True
+            scope.cancel()
+            self.evicted("HTTP connection")
+
+        holder = self.admit(address, evict)
+        self.metrics.http_connections += 1
         try:
-            while True:
-                deadline = trio.current_time() + limits.idle_timeout
-                request = await self._next_request(binding, stream, deadline)
-                if request is None:
-                    return
-                answer = await self.http_sessions.answer(request)
-                self.metrics.http_status[answer.status] += 1
-                body = answer.body if answer.status == 200 else answer.text.encode()
-                content_type = "application/x-sidekick-frames" if answer.status == 200 else "text/plain"
-                out = binding.respond(answer.status, body, session_token=answer.token, content_type=content_type)
-                with trio.fail_after(limits.idle_timeout):
-                    await stream.send_all(out)
-                if binding.closing:
-                    return
+            with scope:
+                while True:
+                    request = await self._next_request(binding, stream, link, holder)
+                    if request is None:
+                        return
+                    answer = await self.http_sessions.answer(request, address)
+                    self.metrics.http_status[answer.status] += 1
+                    if holder.holding:
+                        if answer.authenticated:
+                            self.release(holder)  # the connection carries an authenticated session
+                        else:
+                            self.admission.progress(holder, trio.current_time())
+                    body = answer.body if answer.status == 200 else answer.text.encode()
+                    content_type = "application/x-sidekick-frames" if answer.status == 200 else "text/plain"
+                    out = binding.respond(answer.status, body, session_token=answer.token, content_type=content_type,
+                                          retry_after=answer.retry_after)
+                    with trio.fail_after(limits.idle_timeout):
+                        await stream.send_all(out)
+                    link.at = trio.current_time()
+                    if binding.closing:
+                        return
         except (*_STREAM_ERRORS, trio.TooSlowError):
             return
         except Exception:
             log.exception("HTTP connection failed")
         finally:
+            self.release(holder)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _next_request(self, binding: HttpServerBinding, stream: trio.abc.Stream,
-                            deadline: float) -> HttpRequest | None:
+    async def _next_request(self, binding: HttpServerBinding, stream: trio.abc.Stream, link: _HttpLink,
+                            holder: Holder) -> HttpRequest | None:
+        """The next request, or None when the connection is to close (an error or a timeout was
+        answered, the peer closed, the server stops). Waits at most: ``idle_timeout`` of silence;
+        ``handshake_timeout`` from a request head's first byte to its end; and, while the
+        connection holds a place before authentication, ``handshake_timeout`` from its start."""
+        limits = self.limits
         while True:
             try:
                 request = binding.next_request()
@@ -335,24 +509,51 @@ class SyncServer:
                 self.metrics.http_status[status] += 1
                 if status in (413, 431) or exc.code == ErrorCode.FRAME_TOO_LARGE:
                     self.metrics.refusals["http_size"] += 1
-                await stream.send_all(binding.respond(status, str(exc).encode()[:200], content_type="text/plain"))
+                elif status in (400, 411, 501, 505):
+                    self.metrics.refusals["http_framing"] += 1
+                with trio.fail_after(limits.idle_timeout):
+                    await stream.send_all(binding.respond(status, str(exc).encode()[:200], content_type="text/plain"))
                 return None
             if request is CONNECTION_CLOSED:
                 return None
             if request is not NEED_DATA:
                 assert isinstance(request, HttpRequest)
+                link.head_at = math.inf
                 return request
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._wait_scopes.add(scope)
+            phase = binding.receiving
+            if phase == "head" and link.head_at == math.inf:  # a pipelined head already here
+                link.head_at = trio.current_time()
+            deadline = link.at + limits.idle_timeout
+            if phase == "head":
+                deadline = min(deadline, link.head_at + limits.handshake_timeout)
+            if holder.holding:
+                deadline = min(deadline, link.started + limits.handshake_timeout)
+            with trio.CancelScope(deadline=deadline) as waiting:
+                self._wait_scopes.add(waiting)
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 finally:
-                    self._wait_scopes.discard(scope)
-            if scope.cancelled_caught:
-                if not self.shutting_down:
+                    self._wait_scopes.discard(waiting)
+            if waiting.cancelled_caught:
+                if self.shutting_down:
+                    return None
+                if holder.holding and trio.current_time() >= link.started + limits.handshake_timeout:
+                    self.metrics.refusals["handshake_timeout"] += 1
+                elif phase == "nothing":
                     self.metrics.refusals["http_idle"] += 1
+                else:
+                    self.metrics.refusals["http_request_timeout"] += 1
+                if phase != "nothing":  # a request was on its way: say why it is not answered
+                    self.metrics.http_status[408] += 1
+                    with trio.move_on_after(limits.error_linger):
+                        await stream.send_all(binding.timed_out())
                 return None
+            now = trio.current_time()
+            if data:
+                link.at = now
             binding.receive_data(bytes(data))
+            if link.head_at == math.inf and binding.receiving == "head":
+                link.head_at = now
 
     # ------------------------------------------------------------------ listening
 
@@ -422,6 +623,7 @@ class SyncServer:
         log.info("stopped")
 
     async def _reaper(self) -> None:
+        limits = self.limits
         while True:
-            await trio.sleep(max(0.5, self.limits.idle_timeout / 4))
+            await trio.sleep(max(0.5, min(limits.idle_timeout, limits.handshake_timeout) / 4))
             self.http_sessions.expire()

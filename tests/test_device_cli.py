@@ -85,6 +85,8 @@ def test_add_every_kind_list_edit_delete(image: Path, capsys: pytest.CaptureFixt
     (("delete", "zz"), "not hex"),
     (("power-cut", "--at-op", "0"), "1 or more"),
     (("sync", "--server", "nohost:notaport"), "bad address"),
+    (("sync", "--server", "https://sync.example/sync"), "only http://"),
+    (("sync", "--server", "127.0.0.1:9", "--proxy", "socks5://p:1080"), "only http:// proxies"),
 ])
 def test_bad_input_is_one_line(image: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
                                message: str) -> None:
@@ -123,6 +125,28 @@ def test_sync_to_a_closed_port_is_one_line(image: Path, capsys: pytest.CaptureFi
     code, _, err = dev(capsys, image, "sync", "--server", f"127.0.0.1:{port}", "--attempts", "1")
     assert code == 1 and "cannot reach server" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_sync_through_a_closed_proxy_port_names_the_proxy(image: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    code, _, err = dev(capsys, image, "sync", "--server", "http://127.0.0.1:9/sync", "--attempts", "1")
+    assert code == 1 and f"cannot reach proxy http://127.0.0.1:{port}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_upper_case_http_proxy_is_not_read_and_says_so(image: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    code, _, err = dev(capsys, image, "sync", "--server", f"http://127.0.0.1:{port}/sync", "--attempts", "1")
+    assert code == 1 and "HTTP_PROXY is not read" in err and f"cannot reach server 127.0.0.1:{port}" in err
 
 
 async def serve(nursery: trio.Nursery, storage: SimulatedStorage) -> tuple[int, int]:

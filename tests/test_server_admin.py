@@ -38,14 +38,15 @@ async def served(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 async def call(addresses: ServerAddresses, method: str, target: str, *, token: str | None = TOKEN,
-               body: bytes = b"") -> tuple[int, bytes]:
+               body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One admin request; its status and body (and its headers into ``headers``, if given)."""
     assert addresses.admin is not None
     stream = await trio.open_tcp_stream(*addresses.admin)
     conn = h11.Connection(h11.CLIENT)
-    headers = [("Host", "admin"), ("Content-Length", str(len(body)))]
+    sent = [("Host", "admin"), ("Content-Length", str(len(body)))]
     if token is not None:
-        headers.append(("Authorization", f"Bearer {token}"))
-    data = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        sent.append(("Authorization", f"Bearer {token}"))
+    data = conn.send(h11.Request(method=method, target=target, headers=sent)) or b""
     data += (conn.send(h11.Data(data=body)) or b"") if body else b""
     data += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(data)
@@ -57,6 +58,8 @@ async def call(addresses: ServerAddresses, method: str, target: str, *, token: s
                 conn.receive_data(bytes(await stream.receive_some(65536)))
         elif isinstance(event, h11.Response):
             status = event.status_code
+            if headers is not None:
+                headers.update({k.decode(): v.decode() for k, v in event.headers})
         elif isinstance(event, h11.Data):
             payload += event.data
         elif isinstance(event, h11.EndOfMessage):
@@ -82,10 +85,10 @@ async def test_health_and_metrics_need_no_token(served: Any) -> None:
     status, body = await call(addresses, "GET", "/metrics", token=None)
     text = body.decode()
     assert status == 200
-    for line in ("sidekick_sessions_active 0", 'sidekick_sessions_total{binding="tcp"} 1',
-                 'sidekick_frames_received_total{type="COMMIT"} 1', "sidekick_commits_total 1"):
+    for line in ("sidekick_sessions_active 0.0", 'sidekick_sessions_total{binding="tcp"} 1.0',
+                 'sidekick_frames_received_total{type="COMMIT"} 1.0', "sidekick_commits_total 1.0",
+                 "sidekick_durable_latency_seconds_count 1.0"):
         assert line in text.splitlines(), line
-    assert "sidekick_durable_latency_seconds_count 1" in text
 
 
 @pytest.mark.parametrize("target", ["/accounts", "/faults", "/accounts/alice/records"])
@@ -170,3 +173,50 @@ async def test_garbage_on_the_admin_port_is_a_400(served: Any) -> None:
     assert status == 200
     status, _ = await call(addresses, "GET", "/no/such/route")
     assert status == 404
+
+
+
+@pytest.mark.parametrize(("method", "target", "token", "allow"), [
+    ("POST", "/metrics", None, "GET"),
+    ("DELETE", "/healthz", None, "GET"),
+    ("PUT", "/accounts", TOKEN, "GET, POST"),
+    ("GET", "/accounts/alice", TOKEN, "DELETE"),
+    ("POST", "/accounts/alice/records", TOKEN, "GET"),
+    ("GET", "/faults/x/on", TOKEN, "POST"),
+    ("GET", "/backup", TOKEN, "POST"),
+])
+async def test_a_known_path_with_the_wrong_method_is_405_with_allow(served: Any, method: str, target: str,
+                                                                   token: str | None, allow: str) -> None:
+    _, addresses = served
+    headers: dict[str, str] = {}
+    status, _ = await call(addresses, method, target, token=token, headers=headers)
+    assert (status, headers.get("allow")) == (405, allow)
+
+
+async def test_a_protected_path_needs_the_token_before_its_methods_are_told(served: Any) -> None:
+    _, addresses = served
+    assert (await call(addresses, "PUT", "/accounts", token=None))[0] == 401
+    assert (await call(addresses, "GET", "/no/such/route"))[0] == 404
+
+
+async def test_metrics_pass_promtool_and_carry_the_generation_as_a_label(served: Any) -> None:
+    import shutil
+    import subprocess
+
+    server, addresses = served
+    await sync_one(addresses, "counted", 1)
+    status, body = await call(addresses, "GET", "/metrics", token=None)
+    assert status == 200
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is not installed (Debian's prometheus package; .ci/run installs it)"
+    checked = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=60))
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
+    lines = body.decode().splitlines()
+    generation = server.storage.generation
+    assert (f'sidekick_store_info{{generation="{generation:#018x}",server_id="{server.storage.server_id.hex()}"}} 1.0'
+            in lines)
+    assert not any(line.startswith("sidekick_generation") for line in lines)
+    names = {line.split("{")[0].split(" ")[0] for line in lines if not line.startswith("#")}
+    assert {"process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes",
+            "process_start_time_seconds", "python_info", "sidekick_build_info"} <= names

@@ -134,3 +134,10 @@ def test_serve_lists_faults_and_refuses_unknown(capsys: pytest.CaptureFixture[st
     assert code == 2 and "unknown fault mode" in err
     code, _, err = run(capsys, "serve", "--memory", "--tcp", "localhost:notaport")
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [("--max-handshakes", "0"), ("--max-handshakes-per-address", "-1"),
+                                  ("--handshake-timeout", "0"), ("--idle-timeout", "-5")])
+def test_serve_bounds_must_be_positive(capsys: pytest.CaptureFixture[str], argv: tuple[str, str]) -> None:
+    code, _, err = run(capsys, "serve", "--memory", *argv)
+    assert code == 2 and err.count("\n") == 1 and "must be" in err

@@ -103,7 +103,7 @@ def _check_path(kind: str, stream: trio.abc.Stream, *, reads: bool = True) -> No
 async def test_a_frame_within_the_idle_timeout_keeps_the_session(autojump_clock: Any, nursery: Any, kind: str,
                                                                  quiet_for: float, ends: bool) -> None:
     """A frame that arrives before the idle deadline is served; one that arrives at it is late."""
-    server = await _server(Limits(idle_timeout=60))
+    server = await _server(Limits(idle_timeout=60, ping_interval=0))
     device, stream = await _device(server, nursery, kind)
     await device.hello()
     start = trio.current_time()
@@ -122,7 +122,7 @@ async def test_a_frame_within_the_idle_timeout_keeps_the_session(autojump_clock:
 
 async def test_the_idle_timeout_fires_at_the_same_time_on_both_paths(autojump_clock: Any, nursery: Any,
                                                                     kind: str) -> None:
-    server = await _server(Limits(idle_timeout=45))
+    server = await _server(Limits(idle_timeout=45, ping_interval=0))
     device, stream = await _device(server, nursery, kind)
     await device.hello()
     start = trio.current_time()
@@ -134,7 +134,7 @@ async def test_the_idle_timeout_fires_at_the_same_time_on_both_paths(autojump_cl
 
 
 async def test_the_session_time_budget_ends_a_chatty_session(autojump_clock: Any, nursery: Any, kind: str) -> None:
-    server = await _server(Limits(idle_timeout=60, session_time=100))
+    server = await _server(Limits(idle_timeout=60, session_time=100, ping_interval=0))
     device, stream = await _device(server, nursery, kind)
     start = trio.current_time()
     await device.hello()

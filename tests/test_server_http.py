@@ -219,3 +219,22 @@ async def test_body_ending_inside_a_frame_is_truncated(http_server: Any) -> None
     decoder.feed(response.body)
     frame = decoder.next_frame()
     assert frame is not None and frame.message.code == ErrorCode.TRUNCATED  # type: ignore[union-attr]
+
+
+async def test_a_smuggled_request_behind_content_length_and_transfer_encoding_is_never_served(
+        http_server: Any) -> None:
+    """RFC 9112 section 6.1: both framings in one request: refused, and the connection closed, so
+    the request hidden in its body is never read (over a real socket)."""
+    _, addresses = http_server
+    assert addresses.http is not None
+    stream = await trio.open_tcp_stream(*addresses.http)
+    await stream.send_all(b"POST /sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-sidekick-frames\r\n"
+                          b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                          b"POST /sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-sidekick-frames\r\n"
+                          b"Content-Length: 0\r\n\r\n")
+    data = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ") and data.count(b"HTTP/1.1 ") == 1
+    assert b"\r\nconnection: close\r\n" in data.lower()

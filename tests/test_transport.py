@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from emulator.endpoint import ProxyURL
 from emulator.transport import (
     ConnectFailed,
     HttpChannel,
@@ -227,7 +228,10 @@ async def test_http_channel_server_closing_mid_answer_is_transport_error() -> No
             await channel.send_all(b"x")
 
 
-async def test_http_channel_reopens_when_the_server_closed_between_requests() -> None:
+async def _answer_once_then_reopen(close_header: bytes, *, read_second: bool) -> list[tuple[bytes, str | None]]:
+    """A first connection answers one POST (with ``close_header`` among its headers) and closes
+    (after reading the second request if ``read_second``); ``reopen`` gives a second server. The
+    channel's two exchanges must both succeed; returns what the servers saw."""
     seen: list[tuple[bytes, str | None]] = []
     opened: list[int] = []
     async with trio.open_nursery() as nursery:
@@ -240,15 +244,17 @@ async def test_http_channel_reopens_when_the_server_closed_between_requests() ->
 
         first_device, first_server = trio.testing.memory_stream_pair()
 
-        async def close_after_one() -> None:
+        async def answer_once() -> None:
             request = await first_server.receive_some()
             seen.append((request.rsplit(b"\r\n\r\n", 1)[1], None))
             await first_server.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n" + close_header +
                 b"X-Sidekick-Session: tok\r\nContent-Type: application/x-sidekick-frames\r\n\r\nonce")
+            if read_second:
+                await first_server.receive_some()  # the second request arrives: closed unread
             await first_server.aclose()
 
-        nursery.start_soon(close_after_one)
+        nursery.start_soon(answer_once)
         channel = HttpChannel(first_device, "example.invalid", reopen=reopen)
         await channel.send_all(b"a")
         assert await channel.receive_some() == b"once"
@@ -256,7 +262,100 @@ async def test_http_channel_reopens_when_the_server_closed_between_requests() ->
         assert await channel.receive_some() == b"again"
         await channel.aclose()
     assert opened == [1]
-    assert seen == [(b"a", None), (b"b", "tok")]
+    return seen
+
+
+async def test_http_channel_reopens_when_the_server_closed_between_requests() -> None:
+    assert await _answer_once_then_reopen(b"Connection: close\r\n", read_second=False) == [(b"a", None),
+                                                                                           (b"b", "tok")]
+
+
+async def test_a_reused_connection_closed_before_any_answer_is_tried_once_more_on_a_new_one() -> None:
+    """A proxy that closes after each answer without "Connection: close" (tinyproxy does): the
+    request that met the close is sent again, once, on a new connection."""
+    assert await _answer_once_then_reopen(b"", read_second=True) == [(b"a", None), (b"b", "tok")]
+
+
+async def test_a_new_connection_closed_before_any_answer_is_not_tried_again() -> None:
+    device_end, server_end = trio.testing.memory_stream_pair()
+    opened: list[int] = []
+
+    async def reopen() -> trio.abc.Stream:
+        opened.append(1)
+        raise AssertionError("a first request is never sent twice")
+
+    async def close_unanswered() -> None:
+        await server_end.receive_some()
+        await server_end.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_unanswered)
+        channel = HttpChannel(device_end, "example.invalid", reopen=reopen)
+        with pytest.raises(TransportError, match="before any answer"):
+            await channel.send_all(b"x")
+    assert opened == []
+
+
+async def test_through_a_proxy_requests_are_in_absolute_form_with_credentials() -> None:
+    device_end, server_end = trio.testing.memory_stream_pair()
+    proxy = ProxyURL("proxy.invalid", 3128, "carrier", "pw")
+    async with trio.open_nursery() as nursery:
+        channel = HttpChannel(device_end, "sync.invalid:7401", "/carrier/sync", proxy=proxy)
+        nursery.start_soon(channel.send_all, b"frames")
+        head = await server_end.receive_some()
+        assert head.startswith(b"POST http://sync.invalid:7401/carrier/sync HTTP/1.1\r\n")
+        assert b"\r\nhost: sync.invalid:7401\r\n" in head.lower()
+        assert b"\r\nproxy-authorization: basic y2fycmllcjpwdw==\r\n" in head.lower()
+        nursery.cancel_scope.cancel()
+
+
+async def _fake_proxy(stream: trio.abc.Stream, answer: bytes, after: bytes = b"") -> bytes:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some()
+    await stream.send_all(answer + after)
+    return request
+
+
+async def test_connect_opens_a_tunnel_and_keeps_what_came_with_the_answer() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    got: list[bytes] = []
+
+    async def proxy_once() -> None:
+        stream = await listener.accept()
+        got.append(await _fake_proxy(stream, b"HTTP/1.1 200 Connection established\r\n\r\n", b"early"))
+        assert await stream.receive_some() == b"frames"
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proxy_once)
+        channel = await tcp_connector("sync.invalid", 7400, proxy=ProxyURL("127.0.0.1", port))()
+        assert await channel.receive_some() == b"early"
+        await channel.send_all(b"frames")
+        await channel.aclose()
+    assert got[0].startswith(b"CONNECT sync.invalid:7400 HTTP/1.1\r\n")
+    await listener.aclose()
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+                                    b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n", b""])
+async def test_a_refused_or_dropped_connect_is_connect_failed(answer: bytes) -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+
+    async def proxy_once() -> None:
+        stream = await listener.accept()
+        await _fake_proxy(stream, answer)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proxy_once)
+        with pytest.raises(ConnectFailed, match=r"through proxy http://127\.0\.0\.1:\d+: ") as info:
+            await tcp_connector("sync.invalid", 7400, proxy=ProxyURL("127.0.0.1", port))()
+    status = answer.split(b" ")[1].decode() if answer else "without an answer"
+    assert status in str(info.value)
+    await listener.aclose()
 
 
 async def test_cutting_channel_cuts_at_a_frame_boundary() -> None:

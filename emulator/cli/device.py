@@ -24,7 +24,8 @@ from typing import Any
 
 import trio
 
-from emulator.cli.common import CliError, parse_hostport, pcap_recording, require_writable
+from emulator.cli.common import CliError, pcap_recording, require_writable
+from emulator.endpoint import EndpointError, choose_proxy, parse_server
 from emulator.flash import FlashError, Geometry, NandFlash, PowerLoss
 from emulator.flash_image import ImageError
 from emulator.handset import Handset, HandsetError, UnknownRecord, UnsyncedData
@@ -107,8 +108,15 @@ def register(subparsers: Any) -> None:
     status.set_defaults(func=_cmd_status)
 
     sync = sub.add_parser("sync", help="sync with a server")
-    sync.add_argument("--server", required=True, metavar="HOST:PORT")
+    sync.add_argument("--server", required=True, metavar="HOST:PORT|URL",
+                      help="HOST:PORT (the raw TCP binding, or with --http the HTTP binding at /sync), or "
+                           "http://HOST[:PORT][/PATH] (the HTTP binding at that URL)")
     sync.add_argument("--http", action="store_true", help="use the HTTP binding (default: raw TCP)")
+    sync.add_argument("--proxy", metavar="URL", default=None,
+                      help="forward proxy http://[USER:PASS@]HOST[:PORT] (port 1080 if none): the HTTP binding's "
+                           "requests go through it, the raw binding through CONNECT; '' for none. Default, for "
+                           "the HTTP binding: http_proxy, all_proxy or ALL_PROXY, except hosts in no_proxy or "
+                           "NO_PROXY (as curl reads them)")
     sync.add_argument("--timeout", type=float, default=10.0, metavar="S",
                       help="seconds to wait for each answer (default 10)")
     sync.add_argument("--attempts", type=int, default=3, help="tries before giving up (default 3)")
@@ -441,11 +449,23 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    host, port = parse_hostport(args.server)
+    try:
+        server = parse_server(args.server, http=args.http)
+        proxy = choose_proxy(server, args.proxy, os.environ)
+    except EndpointError as exc:
+        raise CliError(str(exc)) from None
     if args.timeout <= 0 or args.attempts < 1:
         raise CliError("--timeout must be positive and --attempts at least 1")
-    connect = http_connector(host, port) if args.http else tcp_connector(host, port)
     logging.basicConfig(level=logging.WARNING, format="sidekick: warning: %(message)s", stream=sys.stderr)
+    if server.http and args.proxy is None and os.environ.get("HTTP_PROXY") and not os.environ.get("http_proxy"):
+        print("sidekick: warning: HTTP_PROXY is not read (as by curl: a web server sets it from a request "
+              "header); set http_proxy or give --proxy", file=sys.stderr)
+    host, port = server.host, server.port
+    if server.http:
+        connect = http_connector(host, port, server.path, proxy=proxy)
+    else:
+        connect = tcp_connector(host, port, proxy=proxy, proxy_timeout=args.timeout)
+    via = f" via proxy {proxy}" if proxy is not None else ""
 
     if args.pcap:
         require_writable(Path(args.pcap), "--pcap", directory=False)
@@ -456,13 +476,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             meta = handset.store.meta
             with pcap_recording(args.pcap, client=f"{meta.account}.{meta.device_id.hex()[:8]}",
                                 comment=f"sidekick device sync: device {meta.device_id.hex()} of account "
-                                f"{meta.account} with {host}:{port} ({'HTTP' if args.http else 'raw'} binding)"):
+                                f"{meta.account} with {server} ({'HTTP' if server.http else 'raw'} binding){via}"):
                 report = trio.run(partial(handset.sync, connect, attempts=args.attempts))
         except SyncError as exc:
             raise CliError(str(exc), 1) from None
         if report.regression:
             print(f"SERVER REGRESSION DETECTED: {report.regression}; recovery sync pushed the whole local copy")
-        print(f"synced with {host}:{port}: pushed {report.pushed}, durable {report.durable}, "
+        print(f"synced with {server}{via}: pushed {report.pushed}, durable {report.durable}, "
               f"pulled {report.pulled}, conflicts {len(report.conflicts)}, attempts {report.attempts}; "
               f"generation {report.generation:#018x}, anchor {report.anchor}")
         return 0

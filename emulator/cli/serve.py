@@ -37,6 +37,7 @@ DEFAULT_TCP = "127.0.0.1:7400"
 DEFAULT_HTTP = "127.0.0.1:7401"
 DEFAULT_ADMIN = "127.0.0.1:7402"
 log = logging.getLogger("sidekick.server")
+DEFAULTS = Limits()
 
 
 def register(subparsers: Any) -> None:
@@ -56,8 +57,19 @@ def register(subparsers: Any) -> None:
                        help="token for the admin API (default: a random one, logged at start)")
     serve.add_argument("--log-json", action="store_true", help="log JSON lines")
     serve.add_argument("--no-group-commit", action="store_true", help="one transaction per write (baseline)")
-    serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="S", help="idle timeout (seconds)")
-    serve.add_argument("--max-sessions", type=int, default=1000, metavar="N", help="concurrent session limit")
+    serve.add_argument("--idle-timeout", type=float, default=DEFAULTS.idle_timeout, metavar="S",
+                       help=f"seconds of link silence that end a session (default {DEFAULTS.idle_timeout:g}; "
+                            "an idle raw session is PINGed after half of it)")
+    serve.add_argument("--max-sessions", type=int, default=DEFAULTS.max_sessions, metavar="N",
+                       help=f"concurrent authenticated sessions (default {DEFAULTS.max_sessions})")
+    serve.add_argument("--handshake-timeout", type=float, default=DEFAULTS.handshake_timeout, metavar="S",
+                       help=f"seconds a connection has to authenticate (default {DEFAULTS.handshake_timeout:g})")
+    serve.add_argument("--max-handshakes", type=int, default=DEFAULTS.max_handshakes, metavar="N",
+                       help=f"connections and HTTP sessions not yet authenticated (default {DEFAULTS.max_handshakes})")
+    serve.add_argument("--max-handshakes-per-address", type=int, default=DEFAULTS.max_handshakes_per_address,
+                       metavar="N", help="of those, from one client address (default "
+                                         f"{DEFAULTS.max_handshakes_per_address}; behind a reverse proxy every "
+                                         "client has the proxy's address: raise it to --max-handshakes)")
     serve.add_argument("--seed", type=int, default=None, help="seed the server's RNG (experiments only)")
     serve.add_argument("--pcap", metavar="DIR", help="write each connection as a pcapng capture for Wireshark "
                        "into DIR, one file per connection (docs/WIRESHARK.md)")
@@ -138,11 +150,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name: parse_hostport(getattr(args, name) or default)
         for name, default in (("tcp", DEFAULT_TCP), ("http", DEFAULT_HTTP), ("admin", DEFAULT_ADMIN))
     }
-    if args.max_sessions < 1 or args.idle_timeout <= 0:
-        raise CliError("--max-sessions and --idle-timeout must be positive")
+    if min(args.max_sessions, args.max_handshakes, args.max_handshakes_per_address) < 1:
+        raise CliError("--max-sessions, --max-handshakes and --max-handshakes-per-address must be at least 1")
+    if args.idle_timeout <= 0 or args.handshake_timeout <= 0:
+        raise CliError("--idle-timeout and --handshake-timeout must be positive")
     limits = Limits(idle_timeout=args.idle_timeout, max_sessions=args.max_sessions,
+                    handshake_timeout=args.handshake_timeout, max_handshakes=args.max_handshakes,
+                    max_handshakes_per_address=args.max_handshakes_per_address,
                     group_commit=not args.no_group_commit)
     configure_logging(json_lines=args.log_json)
+    _raise_open_files(limits)
     if args.http is None and addresses["http"] is not None and not _port_free(*addresses["http"]):
         log.warning("default HTTP port %s is in use: HTTP binding not started (give --http HOST:PORT)",
                     addresses["http"][1])
@@ -160,6 +177,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}") from None
     return 0
+
+
+def _raise_open_files(limits: Limits) -> None:
+    """Raise the soft limit of open files to the hard limit: every session and every connection
+    before authentication holds a descriptor, and a soft limit of 1024 (a common default) is
+    below what the bounds allow. Warn if even the hard limit is below them."""
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-files limit raised from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+    needed = limits.max_sessions + limits.max_handshakes + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open-files limit (%d) is below what --max-sessions and --max-handshakes allow (%d): "
+                    "raise it (ulimit -n) or lower them", soft, needed)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -223,7 +263,7 @@ def _pcap_folder(folder: Path) -> None:
 def _recording_server(folder: Path) -> type[SyncServer]:
     """A ``SyncServer`` that writes each connection it serves into ``folder`` as a pcapng file."""
     from emulator.capture.streams import ServerRecorder
-    from server_stub.server import SyncServer
+    from server_stub.server import SyncServer, peer_address
 
     recorder = ServerRecorder(folder)
 
@@ -235,11 +275,12 @@ def _recording_server(folder: Path) -> type[SyncServer]:
             return stream
 
     class RecordingServer(SyncServer):
-        async def serve_stream(self, stream: trio.abc.Stream) -> None:
-            await super().serve_stream(recorded(stream, "tcp"))
+        # the client's address is read before the stream is wrapped: admission and R-AUTH-9 count by it
+        async def serve_stream(self, stream: trio.abc.Stream, *, address: str | None = None) -> None:
+            await super().serve_stream(recorded(stream, "tcp"), address=address or peer_address(stream))
 
-        async def serve_http_stream(self, stream: trio.abc.Stream) -> None:
-            await super().serve_http_stream(recorded(stream, "http"))
+        async def serve_http_stream(self, stream: trio.abc.Stream, *, address: str | None = None) -> None:
+            await super().serve_http_stream(recorded(stream, "http"), address=address or peer_address(stream))
 
     return RecordingServer
 
