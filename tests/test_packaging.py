@@ -141,7 +141,7 @@ def test_the_readme_tour_runs_from_the_wheel_outside_the_clone(venv: Path, tmp_p
     tcp, http, admin = _free_ports(3)
     with contextlib.ExitStack() as stack:
         for command, status in commands:
-            command = command.replace("127.0.0.1:7400", f"127.0.0.1:{tcp}")
+            command = command.replace("127.0.0.1:7400", f"127.0.0.1:{tcp}").replace("127.0.0.1:7401", f"127.0.0.1:{http}")
             if command.startswith("sidekick serve") and command.endswith("&"):
                 stack.enter_context(serve_process(
                     [*shlex.split(command[:-1]), "--tcp", f"127.0.0.1:{tcp}", "--http", f"127.0.0.1:{http}",
