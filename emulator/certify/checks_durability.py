@@ -1,22 +1,34 @@
-"""Checks of durability across a hard restart (``--restart-cmd``) and a restore (``--restore-cmd``)."""
+"""Checks of durability across a hard restart (``--restart-cmd``), a power cut (``--power-cut-cmd``) and a
+restore (``--restore-cmd``)."""
 
 from __future__ import annotations
 
-import trio
-
-from emulator.certify.checks_sync import assigned_version, copy_id
-from emulator.certify.client import ServerViolation
+from emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
 from emulator.certify.context import CheckContext, Device, Session, note_change
 from emulator.certify.framework import Fail, Level, Need, check, expect
-from protocol.messages import BlobAck, BlobChunk
 
 
-@check("durable-survives-restart", "Every change confirmed DURABLE survives a kill -9 right after its DURABLE",
+@check("durable-survives-restart", "Every change confirmed DURABLE survives a kill -9 at the moment its DURABLE arrives",
        requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1"), level=Level.MUST,
        group="restart", needs=(Need.SESSION, Need.RESTART))
 async def durable_survives_restart(ctx: CheckContext) -> None:
-    """Two devices commit; right after the last DURABLE the server is killed while a blob upload keeps
-    its writer busy (so no idle moment lets a lazy commit slip in before the kill), then verified."""
+    """Two devices commit; the restart command, started ahead and held, is released the moment the
+    last DURABLE arrives (a server that writes behind its DURABLE has no time left), then verified."""
+    assert ctx.target.restart_cmd is not None
+    await _durable_across(ctx, ctx.target.restart_cmd, "restart", "a kill -9 and restart")
+
+
+@check("durable-survives-power-cut", "Every change confirmed DURABLE survives a power cut at its DURABLE",
+       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1"), level=Level.MUST,
+       group="power-cut", needs=(Need.SESSION, Need.POWER_CUT))
+async def durable_survives_power_cut(ctx: CheckContext) -> None:
+    """As the restart check, with the power-cut command: what the server wrote but did not sync is
+    lost (``sidekick powercut`` cuts at the last DURABLE the server sent, docs/CERTIFY.md)."""
+    assert ctx.target.power_cut_cmd is not None
+    await _durable_across(ctx, ctx.target.power_cut_cmd, "power-cut", "a power cut and restart")
+
+
+async def _durable_across(ctx: CheckContext, command: str, what: str, event: str) -> None:
     devices = [ctx.device() for _ in range(2)]
     sessions = [await ctx.session(device, label=f"d{i}") for i, device in enumerate(devices)]
     generation = sessions[0].generation
@@ -24,54 +36,39 @@ async def durable_survives_restart(ctx: CheckContext) -> None:
     watermarks: dict[bytes, int] = {}
     for round_ in range(2):
         for device, session in zip(devices, sessions, strict=True):
-            changes = [note_change(device.lsn(), ctx.new_id(), f"certify: restart {round_}.{i}") for i in range(3)]
+            changes = [note_change(device.lsn(), ctx.new_id(), f"certify: {what} {round_}.{i}") for i in range(3)]
             _, durable = await session.push_commit(changes)
             for change in changes:
                 confirmed[change.record.record_id] = assigned_version(durable, change.lsn)
             watermarks[device.device_id] = durable.durable_lsn
     # last: a conflict, whose copy must be durable with the change that caused it (R-CONFLICT-3)
     record_id = next(iter(confirmed))
-    stale = note_change(devices[0].lsn(), record_id, "certify: restart conflict", base=confirmed[record_id])
-    newer = note_change(devices[1].lsn(), record_id, "certify: restart edit", base=confirmed[record_id])
+    stale = note_change(devices[0].lsn(), record_id, f"certify: {what} conflict", base=confirmed[record_id])
+    newer = note_change(devices[1].lsn(), record_id, f"certify: {what} edit", base=confirmed[record_id])
     _, durable = await sessions[1].push_commit([newer])
     overwritten = assigned_version(durable, newer.lsn)
     watermarks[devices[1].device_id] = durable.durable_lsn
-    conflicts, durable = await sessions[0].push_commit([stale])
+    armed = await ctx.arm_command(command, what)
+    conflicts, durable = await sessions[0].push_commit([stale], on_durable=armed.fire)
+    await armed.finish()
     expect(len(conflicts) == 1, f"a stale edit drew {len(conflicts)} CONFLICT messages (R-CONFLICT-4)")
     confirmed[record_id] = assigned_version(durable, stale.lsn)
     confirmed[copy_id(record_id, overwritten)] = confirmed[record_id] + 1
     watermarks[devices[0].device_id] = durable.durable_lsn
-    ctx.trace.note(f"{len(confirmed)} changes confirmed DURABLE; killing the server while a blob upload goes on")
-    busy = trio.Event()
-
-    async def keep_writer_busy(session: Session) -> None:
-        total, chunk = 1 << 20, 1024
-        blob_id, offset = ctx.new_id(), 0
-        try:
-            while True:
-                if offset >= total:
-                    blob_id, offset = ctx.new_id(), 0
-                await session.client.send(BlobChunk(blob_id, offset, total, bytes(chunk)))
-                await session.expect(BlobAck, "BLOB_CHUNK")
-                offset += chunk
-                busy.set()
-        except (Fail, ServerViolation) as exc:
-            ctx.trace.note(f"the upload stops: {exc}")
-        finally:
-            busy.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(keep_writer_busy, sessions[1])
-        await busy.wait()
-        assert ctx.target.restart_cmd is not None
-        try:
-            await ctx.run_command(ctx.target.restart_cmd, "restart")
-        finally:
-            nursery.cancel_scope.cancel()
+    ctx.trace.note(f"{len(confirmed)} changes confirmed DURABLE before the {what}")
     for session in sessions:
         await session.client.aclose()
     after = await ctx.wait_ready(devices[0])
-    await _verify(ctx, after, devices, generation, confirmed, watermarks, "a kill -9 and restart")
+    await _verify(ctx, after, devices, generation, confirmed, watermarks, event)
+
+
+@check("retransmit-after-restart", "A change retransmitted after a kill -9 and restart is a duplicate, not applied again",
+       requirements=("R-IDEM-1", "R-DUR-12", "R-IDEM-2"), level=Level.MUST, group="restart",
+       needs=(Need.SESSION, Need.RESTART))
+async def retransmit_after_restart(ctx: CheckContext) -> None:
+    """The last applied LSN must be stored with the changes (R-DUR-12): a server that keeps it in
+    memory only applies a retransmission again after a restart."""
+    await retransmit_of_confirmed(ctx, restart=True)
 
 
 async def _verify(ctx: CheckContext, first: Session, devices: list[Device], generation: int,

@@ -322,6 +322,10 @@ async def state_nonfatal_error_refused(ctx: CheckContext) -> None:
 async def state_before_auth_refused(ctx: CheckContext) -> None:
     device = ctx.device()
     record_id = ctx.new_id()
+    marker = await ctx.session()
+    _, committed = await marker.push_commit([note_change(marker.device.lsn(), ctx.new_id(), "certify: marker")])
+    before = max(a.version for a in committed.assigned)
+    await marker.bye()
     cases: list[tuple[str, Message]] = [
         ("PING", Ping(1)),
         ("PUSH", Push((note_change(1, record_id, "certify: before auth"),))),
@@ -341,8 +345,14 @@ async def state_before_auth_refused(ctx: CheckContext) -> None:
     session = await ctx.session(device)
     await session.client.send(Commit(1))
     conflicts, durable = await _commit_answer(session)
-    expect(durable.durable_lsn == 0 and not durable.assigned,
-           f"a PUSH sent before AUTH was applied: DURABLE {brief(durable)} (R-STATE-4)")
+    expect(not conflicts and not durable.assigned,
+           f"COMMIT 1 in a session that pushed nothing got {brief([*conflicts, durable])}, assigned "
+           f"{brief(list(durable.assigned))}; DURABLE lists only changes pushed in its session (R-DUR-6), and the "
+           "PUSH refused before AUTH must have changed nothing (R-STATE-4)")
+    heads, _ = await session.pull_all(before)
+    expect(record_id not in heads,
+           f"the PUSH sent instead of AUTH (and refused) was applied: a pull finds {brief(heads.get(record_id))} "
+           "(R-STATE-4)")
     await session.bye()
 
 

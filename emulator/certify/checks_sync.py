@@ -12,9 +12,10 @@ from protocol.messages import BlobAck, BlobChunk, Change, Durable, Error, Pull, 
 from protocol.records import Note, Photo, Record
 
 
-def copy_id(record_id: bytes, version: int) -> bytes:
-    """The conflict copy id of section 13."""
-    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big")).digest()[:16]
+def copy_id(record_id: bytes, version: int, taken: int = 0) -> bytes:
+    """The conflict copy id of section 13; ``taken`` = n > 0 gives the n-th id of "Taken copy ids"."""
+    suffix = taken.to_bytes(4, "big") if taken else b""
+    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big") + suffix).digest()[:16]
 
 
 def assigned_version(durable: Durable, lsn: int) -> int:
@@ -88,10 +89,17 @@ async def watermark_only_durable(ctx: CheckContext) -> None:
 @check("retransmit-after-durable", "A change retransmitted after its DURABLE is acknowledged, not applied again",
        requirements=("R-IDEM-1", "R-IDEM-2", "R-DUR-6", "R-CONFLICT-6"), level=Level.MUST, group="idempotence")
 async def retransmit_after_durable(ctx: CheckContext) -> None:
+    await retransmit_of_confirmed(ctx, restart=False)
+
+
+async def retransmit_of_confirmed(ctx: CheckContext, *, restart: bool) -> None:
+    """A device commits a change, another device edits the record, the server is restarted (if
+    ``restart``), and the first device retransmits the change: it must be a duplicate."""
     mine, other = ctx.device(), ctx.device()
     record_id = ctx.new_id()
     original = note_change(mine.lsn(), record_id, "certify: first version")
     session = await ctx.session(mine)
+    generation = session.generation
     _, durable = await session.push_commit([original])
     v1 = assigned_version(durable, original.lsn)
     await session.bye()
@@ -99,21 +107,35 @@ async def retransmit_after_durable(ctx: CheckContext) -> None:
     _, edited = await editor.push_commit([note_change(other.lsn(), record_id, "certify: later edit", base=v1)])
     v2 = assigned_version(edited, 1)
     await editor.bye()
-    retry = await ctx.session(mine)
+    after = ""
+    if restart:
+        assert ctx.target.restart_cmd is not None
+        await ctx.run_command(ctx.target.restart_cmd, "restart")
+        retry = await ctx.wait_ready(mine)
+        if retry.generation != generation:
+            raise Inconclusive("the generation changed across the restart: the device would run a recovery sync, "
+                               "so its retransmission is not a duplicate any more")
+        after = " after a kill -9 and restart"
+    else:
+        retry = await ctx.session(mine)
     expect(retry.hello_ok.durable_lsn >= original.lsn,
-           f"HELLO_OK.durable_lsn {retry.hello_ok.durable_lsn} below the confirmed {original.lsn} (R-DUR-5)")
+           f"HELLO_OK.durable_lsn {retry.hello_ok.durable_lsn}{after} below the {original.lsn} DURABLE confirmed "
+           "(R-DUR-5)")
+    reqs = "R-IDEM-1, R-DUR-12" if restart else "R-IDEM-1"
     await retry.push([original])
     conflicts, again = await retry.commit(original.lsn)
-    expect(not conflicts, f"a retransmitted change drew {brief(conflicts)}: it was applied again (R-IDEM-1)")
+    expect(not conflicts, f"LSN {original.lsn}, confirmed DURABLE at version {v1}, retransmitted{after}, drew "
+           f"{brief(conflicts)}: it was applied again ({reqs})")
     got = assigned_version(again, original.lsn)
-    expect(got in (v1, 0), f"the retransmitted LSN {original.lsn} was assigned version {brief(got)}; it must be the version "
-           f"it first received ({v1}), or 0 if that is no longer kept, never the head's (R-IDEM-2, R-DUR-6)")
+    expect(got in (v1, 0), f"LSN {original.lsn} retransmitted{after} was assigned version {brief(got)}; it must be the "
+           f"version it first received ({v1}), or 0 if that is no longer kept, never another (R-IDEM-2, R-DUR-6)")
     heads, _ = await retry.pull_all(v1 - 1)
     head = heads.get(record_id)
     expect(head is not None and head.version == v2 and _title(head) == "certify: later edit",
-           f"after a retransmit the record's head is {brief(head)}; the later edit (version {v2}) must stay head (R-IDEM-1)")
+           f"after a retransmit{after} the record's head is {brief(head)}; the later edit (version {v2}) must stay "
+           f"head ({reqs})")
     copies = [r for r in heads.values() if r.conflict_of == record_id]
-    expect(not copies, f"a retransmit created conflict copies {copies} (R-IDEM-1)")
+    expect(not copies, f"a retransmit{after} created conflict copies {brief(copies)} ({reqs})")
     await retry.bye()
 
 
@@ -142,6 +164,7 @@ async def retransmit_after_drop(ctx: CheckContext) -> None:
 @check("refused-push-no-effect", "A PUSH refused for one bad change applies none of its changes",
        requirements=("R-IDEM-7", "R-BLOB-5"), level=Level.MUST, group="idempotence")
 async def refused_push_no_effect(ctx: CheckContext) -> None:
+    marker = (await _committed_notes(ctx, 1, "refused push marker"))[0]
     device = ctx.device()
     session = await ctx.session(device)
     good = note_change(device.lsn(), ctx.new_id(), "certify: refused with its batch")
@@ -152,10 +175,15 @@ async def refused_push_no_effect(ctx: CheckContext) -> None:
     await session.expect_closed("R-ERR-3")
     again = await ctx.session(device)
     expect(again.hello_ok.durable_lsn == 0,
-           f"after a refused PUSH HELLO_OK.durable_lsn is {again.hello_ok.durable_lsn}, expected 0 (R-IDEM-7)")
+           f"this device's only PUSH was refused with BLOB_INCOMPLETE, yet HELLO_OK reports durable_lsn "
+           f"{again.hello_ok.durable_lsn} for it (R-IDEM-7)")
     _, durable = await again.commit(bad.lsn)
-    expect(durable.durable_lsn == 0 and not durable.assigned,
-           f"COMMIT after a refused PUSH got {show(durable)} {durable.assigned}: the PUSH took effect (R-IDEM-7)")
+    expect(not durable.assigned,
+           f"a COMMIT in a session that pushed nothing got DURABLE.assigned {brief(list(durable.assigned))}; it lists "
+           "only changes pushed in its session (R-DUR-6)")
+    heads, _ = await again.pull_all(marker)
+    applied = [brief(heads[c.record.record_id]) for c in (good, bad) if c.record.record_id in heads]
+    expect(not applied, f"a PUSH refused with BLOB_INCOMPLETE was applied in part: a pull finds {applied} (R-IDEM-7)")
     await again.bye()
 
 
@@ -390,6 +418,52 @@ async def conflict_copy(ctx: CheckContext) -> None:
     await sa.bye()
 
 
+@check("conflict-copy-taken", "A conflict copy never overwrites another record holding its copy id",
+       requirements=("R-CONFLICT-8", "R-CONFLICT-2", "R-CONFLICT-6"), level=Level.MUST, group="conflict")
+async def conflict_copy_taken(ctx: CheckContext) -> None:
+    """Twice: B's edit (version v2) is overwritten by A's stale edit while the copy id of v2 is taken,
+    first by a record of other content (the copy takes the next id), then by that very copy (no new one)."""
+    for case in ("other content", "the same copy"):
+        a, b, squatter = ctx.device(), ctx.device(), ctx.device()
+        record_id = ctx.new_id()
+        sa = await ctx.session(a)
+        _, d1 = await sa.push_commit([note_change(a.lsn(), record_id, f"certify: taken original ({case})")])
+        v1 = assigned_version(d1, 1)
+        sb = await ctx.session(b)
+        _, d2 = await sb.push_commit([note_change(b.lsn(), record_id, f"certify: taken edit on B ({case})", base=v1)])
+        v2 = assigned_version(d2, 1)
+        await sb.bye()
+        plain = copy_id(record_id, v2)
+        if case == "other content":
+            held = Record(plain, 0, False, Note("certify: a record that holds the copy id", "squatter"))
+            wanted = copy_id(record_id, v2, 1)
+        else:
+            held = Record(plain, 0, False, Note(f"certify: taken edit on B ({case})"), conflict_of=record_id)
+            wanted = plain
+        ss = await ctx.session(squatter)
+        _, d3 = await ss.push_commit([Change(squatter.lsn(), 0, held)])
+        held_version = assigned_version(d3, 1)
+        await ss.bye()
+        edit_a = note_change(a.lsn(), record_id, f"certify: taken stale edit on A ({case})", base=v1)
+        conflicts, _ = await sa.push_commit([edit_a])
+        expect(len(conflicts) == 1, f"a stale edit drew {len(conflicts)} CONFLICT messages, expected 1 (R-CONFLICT-4)")
+        got = conflicts[0].copy_id
+        if got != wanted:
+            name = "the next id (n = 1)" if case == "other content" else "that id"
+            raise Fail(f"the copy id {plain.hex()} of version {v2} already held {case} ({brief(held)}); CONFLICT "
+                       f"names {got.hex()}, the copy belongs at {name} {wanted.hex()} (R-CONFLICT-8, R-CONFLICT-2)")
+        heads, _ = await sa.pull_all(v1)
+        at_plain, copy = heads.get(plain), heads.get(wanted)
+        expect(at_plain is not None and at_plain.version == held_version and at_plain.body == held.body
+               and at_plain.conflict_of == held.conflict_of,
+               f"the record {plain.hex()} that held the copy id ({case}, version {held_version}) is now "
+               f"{brief(at_plain)}: it was overwritten (R-CONFLICT-8)")
+        expect(copy is not None and copy.conflict_of == record_id
+               and _title(copy) == f"certify: taken edit on B ({case})",
+               f"the conflict copy {wanted.hex()} is {brief(copy)}; it must keep B's edit (R-CONFLICT-8, R-CONFLICT-6)")
+        await sa.bye()
+
+
 @check("conflict-same-content", "A stale edit equal to the head is a no-op: no CONFLICT, the head's version",
        requirements=("R-CONFLICT-1", "R-DUR-6"), level=Level.MUST, group="conflict")
 async def conflict_same_content(ctx: CheckContext) -> None:
@@ -473,3 +547,36 @@ async def blob_incomplete_photo(ctx: CheckContext) -> None:
         await session.client.send(Push((body_change(device.lsn(), ctx.new_id(), photo),)))
         await session.expect_error(ErrorCode.BLOB_INCOMPLETE, "R-BLOB-5", f"a photo whose blob is {what}")
         await session.client.aclose()
+
+
+@check("push-batch-total", "The PUSH that takes the changes since the last COMMIT past max_batch gets BATCH_TOO_LARGE",
+       requirements=("R-LIMIT-4",), level=Level.MUST, group="idempotence")
+async def push_batch_total(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device, max_frame=1024)
+    limit = session.challenge.max_batch
+    for _ in range(limit):
+        await session.push([note_change(device.lsn(), ctx.new_id(), "")])
+    await session.client.send(Push((note_change(device.lsn(), ctx.new_id(), ""),)))
+    await session.expect_error(ErrorCode.BATCH_TOO_LARGE, "R-LIMIT-4",
+                               f"PUSH number {limit + 1} of one change each, with no COMMIT since the first "
+                               f"(max_batch {limit})")
+    await session.expect_closed("R-ERR-3")
+
+
+@check("durable-lsn-unreceived", "DURABLE never reports durable an LSN the server has not received",
+       requirements=("R-DUR-4",), level=Level.MUST, group="receipts")
+async def durable_lsn_unreceived(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    _, durable = await session.commit(5)
+    expect(durable.durable_lsn == 0,
+           f"COMMIT 5 from a new device that has pushed nothing: DURABLE.durable_lsn {durable.durable_lsn}; no LSN "
+           "of this device was received, so none may be reported durable (R-DUR-4)")
+    changes = [note_change(device.lsn(), ctx.new_id(), f"certify: watermark {i}") for i in range(2)]
+    await session.push_commit(changes)
+    _, durable = await session.commit(9)
+    expect(durable.durable_lsn == changes[-1].lsn,
+           f"COMMIT 9 after LSNs 1..{changes[-1].lsn} were committed and nothing else pushed: DURABLE.durable_lsn "
+           f"{durable.durable_lsn}, expected {changes[-1].lsn}, the highest LSN received (R-DUR-4, R-DUR-5)")
+    await session.bye()
