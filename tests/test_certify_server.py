@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from emulator.certify import all_checks
 from emulator.certify.blackbox import blackbox_fuzz
@@ -15,7 +16,7 @@ from emulator.certify.context import Account
 from emulator.certify.framework import Need, Outcome, select
 from emulator.certify.local_server import LocalServer
 from emulator.certify.runner import run_suite
-from server_stub.faults import FAULT_MODES
+from server_stub.faults import ALL_FAULT_MODES
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def _not_applicable(need: Need, http: bool) -> bool:
 @pytest.mark.parametrize("http", [False, True], ids=["tcp", "http"])
 async def test_reference_server_passes_every_check(correct: LocalServer, http: bool) -> None:
     # the restart and restore checks run once, over TCP (they test the store, not the binding)
-    checks = [c for c in select(all_checks().values()) if not (http and c.group in ("restart", "restore"))]
+    checks = [c for c in select(all_checks().values())
+              if c.group != "power-cut" and not (http and c.group in ("restart", "restore"))]
     run = await run_suite(correct.target(http=http), checks, seed=11)
     problems = [(r.check.name, r.outcome.value, r.message) for r in run.results if r.outcome is not Outcome.PASS
                 and not (r.outcome is Outcome.SKIPPED and any(_not_applicable(n, http) for n in r.check.needs))]
@@ -69,16 +71,35 @@ CAUGHT_BY: dict[str, tuple[str, ...]] = {
     "wrong-watermark": ("watermark-only-durable",),
     "reorder-versions": ("pull-paging",),
     "forget-conflict-copy": ("conflict-copy",),
+    "overwrite-taken-copy": ("conflict-copy-taken",),
+    "no-batch-total": ("push-batch-total",),
+    "volatile-dedup": ("retransmit-after-restart",),
+    "skip-fsync": ("durable-survives-power-cut",),
+    "write-behind-2ms": ("durable-survives-power-cut",),
+    "write-behind-10ms": ("durable-survives-power-cut",),
+    "commit-lsn-watermark": ("durable-lsn-unreceived",),
 }
 """The table of docs/CERTIFY.md: fault mode -> the checks that catch it."""
 
+NAMES: dict[str, str] = {
+    "ack-before-durable": "R-DUR-3", "silent-rollback": "R-GEN-1", "duplicate-on-retransmit": "R-IDEM-1",
+    "ignore-pull-ack": "R-PULL-", "lose-tail-on-crash": "R-DUR-3", "wrong-watermark": "R-DUR-4",
+    "reorder-versions": "R-PULL-3", "forget-conflict-copy": "R-CONFLICT-1", "overwrite-taken-copy": "R-CONFLICT-8",
+    "no-batch-total": "R-LIMIT-4", "volatile-dedup": "R-DUR-12", "skip-fsync": "R-DUR-3",
+    "write-behind-2ms": "R-DUR-3", "write-behind-10ms": "R-DUR-3", "commit-lsn-watermark": "R-DUR-4",
+}
+"""The requirement each fault breaks (``R-PULL-``: R-PULL-8, or R-PULL-9 for a refused PULL_ACK): the
+failure message of every catching check must name it."""
+
+POWER_CUT = frozenset(f for f, ids in CAUGHT_BY.items() if "durable-survives-power-cut" in ids)
+
 
 def test_every_fault_mode_is_mapped_to_existing_checks() -> None:
-    assert set(CAUGHT_BY) == set(FAULT_MODES)
+    assert set(CAUGHT_BY) == set(ALL_FAULT_MODES) == set(NAMES)
     assert {c for ids in CAUGHT_BY.values() for c in ids} <= set(all_checks())
 
 
-@pytest.mark.parametrize("fault", sorted(CAUGHT_BY))
+@pytest.mark.parametrize("fault", sorted(set(CAUGHT_BY) - POWER_CUT))
 async def test_fault_mode_fails_its_checks(fault: str, correct: LocalServer) -> None:
     correct.set_faults((fault,))
     checks = select(all_checks().values(), only=CAUGHT_BY[fault])
@@ -86,7 +107,46 @@ async def test_fault_mode_fails_its_checks(fault: str, correct: LocalServer) -> 
     outcomes = {r.check.id: (r.outcome, r.message) for r in run.results}
     for check_id in CAUGHT_BY[fault]:
         assert outcomes[check_id][0] is Outcome.FAIL, (check_id, outcomes[check_id])
+        assert NAMES[fault] in outcomes[check_id][1], outcomes[check_id]
     assert run.exit_code() == 1
+
+
+async def test_a_watermark_taken_from_commit_fails_only_the_watermark_check(correct: LocalServer) -> None:
+    """DURABLE.durable_lsn = COMMIT.lsn with nothing received breaks R-DUR-4 alone: the checks of
+    refused and early PUSHes judge what was applied by pulling, not by the watermark."""
+    correct.set_faults(("commit-lsn-watermark",))
+    checks = select(all_checks().values(), only=["state-before-auth-refused", "refused-push-no-effect",
+                                                 "durable-lsn-unreceived"])
+    run = await run_suite(correct.target(accounts=1), checks, seed=4)
+    outcomes = {r.check.id: r.outcome for r in run.results}
+    assert outcomes == {"state-before-auth-refused": Outcome.PASS, "refused-push-no-effect": Outcome.PASS,
+                        "durable-lsn-unreceived": Outcome.FAIL}
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """The reference server under ``sidekick powercut``: its power-cut command loses unsynced writes."""
+    with LocalServer(tmp_path_factory.mktemp("certify-traced"), traced=True) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", [None, *sorted(POWER_CUT)])
+async def test_power_cut_check_fails_exactly_the_servers_that_do_not_sync(fault: str | None,
+                                                                          traced: LocalServer) -> None:
+    traced.set_faults(() if fault is None else (fault,))
+    try:
+        if fault == "skip-fsync":  # read when a connection opens its transaction: set it on a fresh start
+            await trio.run_process(["sh", "-c", traced.restart_cmd])
+            traced.wait_ready()
+        checks = select(all_checks().values(), only=["durable-survives-power-cut"])
+        run = await run_suite(traced.target(accounts=1), checks, seed=len(str(fault)))  # ids new per case
+    finally:
+        traced.set_faults(())
+    (result,) = [r for r in run.results if r.check.id == "durable-survives-power-cut"]
+    if fault is None:
+        assert result.outcome is Outcome.PASS, result.message
+    else:
+        assert result.outcome is Outcome.FAIL and NAMES[fault] in result.message, result.message
 
 
 @pytest.mark.parametrize(("fault", "http"), [(None, False), (None, True), ("ignore-pull-ack", False)],

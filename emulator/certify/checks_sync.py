@@ -72,7 +72,12 @@ async def watermark_only_durable(ctx: CheckContext) -> None:
     await session.push([second])
     _, durable = await session.commit(first.lsn)
     base = assigned_version(durable, first.lsn)
-    if durable.durable_lsn >= second.lsn:
+    if durable.durable_lsn >= second.lsn:  # legal only if the server made the second change durable too
+        heads, _ = await session.pull_all(base - 1)
+        expect(second.record.record_id in heads,
+               f"COMMIT {first.lsn} got DURABLE.durable_lsn {durable.durable_lsn}, covering LSN {second.lsn}, pushed "
+               "after it and not committed, which a pull does not find: the watermark covers a change the server "
+               "does not hold (R-DUR-4)")
         assigned_version(durable, second.lsn)
     await session.client.aclose()
     again = await ctx.session(device)
@@ -402,12 +407,15 @@ async def conflict_copy(ctx: CheckContext) -> None:
     conflicts, d3 = await sa.push_commit([edit_a])
     v3 = assigned_version(d3, edit_a.lsn)
     expected_copy = copy_id(record_id, v2)
+    heads, _ = await sa.pull_all(v1)
+    if not conflicts and not any(r.conflict_of == record_id for r in heads.values()):
+        raise Fail(f"a stale edit (base {v1}) overwrote B's version {v2} with no CONFLICT and no conflict copy of it "
+                   f"in a pull: B's version is lost (R-CONFLICT-1 rule 4, R-CONFLICT-6)")
     expect(len(conflicts) == 1, f"a stale edit drew {len(conflicts)} CONFLICT messages, expected 1 (R-CONFLICT-4)")
     got = conflicts[0]
     expect((got.lsn, got.record_id, got.server_version, got.copy_id) == (edit_a.lsn, record_id, v2, expected_copy),
            f"CONFLICT {brief(got)} expected lsn {edit_a.lsn}, server_version {v2}, copy_id {expected_copy.hex()} "
            "(R-CONFLICT-2, R-CONFLICT-4)")
-    heads, _ = await sa.pull_all(v1)
     head, copy = heads.get(record_id), heads.get(expected_copy)
     expect(head is not None and head.version == v3 and _title(head) == "certify: stale edit on A",
            f"the record's head after the conflict is {brief(head)}; the later commit must win (R-CONFLICT-1 rule 4)")

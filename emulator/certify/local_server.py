@@ -110,7 +110,7 @@ class LocalServer:
 
     def _write_scripts(self) -> None:
         pid = shlex.quote(str(self.pidfile))
-        kill = (f"read p < {pid} 2>/dev/null\n"
+        kill = (f"p=; read p 2>/dev/null < {pid}\n"
                 "if [ -n \"$p\" ]; then kill -9 \"$p\" 2>/dev/null\n"
                 "  while kill -0 \"$p\" 2>/dev/null; do sleep 0.01; done; fi\n")
         if self.traced:
@@ -135,6 +135,10 @@ class LocalServer:
         self.db.parent.mkdir(parents=True, exist_ok=True)
         first, *others = self.accounts
         self._add_account(first)  # creates the store
+        if self.traced:  # only the traced server may write its data while it runs (the power cut's premise)
+            for name in others:
+                self._add_account(name)
+            others = []
         self._write_scripts()
         self._write_faults()
         subprocess.run(["sh", str(self.directory / "restart.sh")], check=True)
@@ -164,6 +168,7 @@ class LocalServer:
         """Switch the fault modes of the running server (admin API) and of every later start."""
         old, self.faults = self.faults, tuple(faults)
         self._write_faults()
+        self.wait_ready()  # a check may end while a restart or power-cut command still brings it up
         for name in old:
             self._admin("POST", f"/faults/{name}/off")
         for name in self.faults:
@@ -181,9 +186,9 @@ class LocalServer:
             conn.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until the TCP port accepts connections (RuntimeError after ``timeout``)."""
+        """Block until the TCP and admin ports accept connections (RuntimeError after ``timeout``)."""
         deadline = time.monotonic() + timeout
-        while not _port_open(self.tcp_port):
+        while not (_port_open(self.tcp_port) and _port_open(self.admin_port)):
             if time.monotonic() > deadline:
                 log = (self.directory / "server.log").read_text(encoding="utf-8", errors="replace")[-2000:]
                 raise RuntimeError(f"the reference server did not start: {log}")

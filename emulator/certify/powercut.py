@@ -302,7 +302,7 @@ def rebuild(events: list[TraceEvent], base: Path, data: Path, cwd: Path, *, mode
             dirs = [m.group(2) for m in _FD.finditer(event.args) if m.group(2) is not None]
             if len(paths) == 2:
                 if name != "rename" and len(dirs) == 2:
-                    paths = [p if os.path.isabs(p) else os.path.join(_unhex(d).decode(), p) for p, d in zip(paths, dirs)]
+                    paths = [p if os.path.isabs(p) else os.path.join(_unhex(d).decode(), p) for p, d in zip(paths, dirs, strict=True)]
                 old, new = inside(paths[0]), inside(paths[1])
                 if old is not None and old in files:
                     content = files.pop(old)
