@@ -6,11 +6,12 @@ from __future__ import annotations
 from emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
 from emulator.certify.context import CheckContext, Device, Session, note_change
 from emulator.certify.framework import Fail, Level, Need, check, expect
+from protocol.messages import PullAck
 
 
 @check("durable-survives-restart", "Every change confirmed DURABLE survives a kill -9 at the moment its DURABLE arrives",
-       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1"), level=Level.MUST,
-       group="restart", needs=(Need.SESSION, Need.RESTART))
+       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14"),
+       level=Level.MUST, group="restart", needs=(Need.SESSION, Need.RESTART))
 async def durable_survives_restart(ctx: CheckContext) -> None:
     """Two devices commit; the restart command, started ahead and held, is released the moment the
     last DURABLE arrives (a server that writes behind its DURABLE has no time left), then verified."""
@@ -19,8 +20,8 @@ async def durable_survives_restart(ctx: CheckContext) -> None:
 
 
 @check("durable-survives-power-cut", "Every change confirmed DURABLE survives a power cut at its DURABLE",
-       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1"), level=Level.MUST,
-       group="power-cut", needs=(Need.SESSION, Need.POWER_CUT))
+       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14"),
+       level=Level.MUST, group="power-cut", needs=(Need.SESSION, Need.POWER_CUT))
 async def durable_survives_power_cut(ctx: CheckContext) -> None:
     """As the restart check, with the power-cut command: what the server wrote but did not sync is
     lost (``sidekick powercut`` cuts at the last DURABLE the server sent, docs/CERTIFY.md)."""
@@ -48,6 +49,11 @@ async def _durable_across(ctx: CheckContext, command: str, what: str, event: str
     _, durable = await sessions[1].push_commit([newer])
     overwritten = assigned_version(durable, newer.lsn)
     watermarks[devices[1].device_id] = durable.durable_lsn
+    # device 1 acknowledges a pull; the PONG after it says the anchor is recorded (R-PULL-14)
+    pulled = await sessions[1].pull(min(confirmed.values()) - 1, 1)
+    await sessions[1].client.send(PullAck(pulled.end.anchor))
+    await sessions[1].ping()
+    anchors = {devices[1].device_id: pulled.end.anchor}
     armed = await ctx.arm_command(command, what)
     conflicts, durable = await sessions[0].push_commit([stale], on_durable=armed.fire)
     await armed.finish()
@@ -59,7 +65,7 @@ async def _durable_across(ctx: CheckContext, command: str, what: str, event: str
     for session in sessions:
         await session.client.aclose()
     after = await ctx.wait_ready(devices[0])
-    await _verify(ctx, after, devices, generation, confirmed, watermarks, event)
+    await _verify(ctx, after, devices, generation, confirmed, watermarks, event, anchors)
 
 
 @check("retransmit-after-restart", "A change retransmitted after a kill -9 and restart is a duplicate, not applied again",
@@ -72,7 +78,8 @@ async def retransmit_after_restart(ctx: CheckContext) -> None:
 
 
 async def _verify(ctx: CheckContext, first: Session, devices: list[Device], generation: int,
-                  confirmed: dict[bytes, int], watermarks: dict[bytes, int], event: str) -> None:
+                  confirmed: dict[bytes, int], watermarks: dict[bytes, int], event: str,
+                  anchors: dict[bytes, int]) -> None:
     if first.generation != generation:
         ctx.trace.note(f"the generation changed across {event}: devices will run recovery syncs")
         return
@@ -88,10 +95,14 @@ async def _verify(ctx: CheckContext, first: Session, devices: list[Device], gene
         expect(session.hello_ok.durable_lsn >= told,
                f"after {event} in the same generation, HELLO_OK.durable_lsn is {session.hello_ok.durable_lsn}, "
                f"below the {told} DURABLE confirmed (R-DUR-5, R-DUR-12)")
+        acked = anchors.get(device.device_id, 0)
+        expect(session.hello_ok.anchor >= acked,
+               f"after {event} in the same generation, HELLO_OK.anchor is {session.hello_ok.anchor}, below the "
+               f"{acked} a PULL_ACK recorded before a PONG answered (R-PULL-14)")
 
 
 @check("generation-after-restore", "A restore from backup gives a new generation and keeps the server id",
-       requirements=("R-GEN-1", "R-GEN-3", "R-CONFORM-1"), level=Level.MUST, group="restore",
+       requirements=("R-GEN-1", "R-GEN-3", "R-CONFORM-1", "R-GEN-11"), level=Level.MUST, group="restore",
        needs=(Need.SESSION, Need.RESTORE))
 async def generation_after_restore(ctx: CheckContext) -> None:
     device = ctx.device()
@@ -107,6 +118,10 @@ async def generation_after_restore(ctx: CheckContext) -> None:
     expect(after.challenge.server_id == server_id,
            f"the server id changed across a restore ({server_id.hex()} -> {after.challenge.server_id.hex()}) (R-GEN-3)")
     if after.generation != generation:
+        expect(after.hello_ok.durable_lsn == 0 and after.hello_ok.anchor == 0,
+               f"after a restore from a backup taken before this device's first session, HELLO_OK reports "
+               f"durable_lsn {after.hello_ok.durable_lsn} and anchor {after.hello_ok.anchor} for it; the backup "
+               "holds neither (R-GEN-11)")
         return
     heads, _ = await after.pull_all(version - 1, tolerate_bad_anchor=True)
     if change.record.record_id not in heads:

@@ -525,6 +525,33 @@ async def blob_upload_resume(ctx: CheckContext) -> None:
     await reader.bye()
 
 
+@check("blob-empty", "A 0-byte blob is held once its one empty chunk arrives, and only then",
+       requirements=("R-BLOB-12", "R-BLOB-5", "R-BLOB-8"), level=Level.MUST, group="blob")
+async def blob_empty(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    blob_id, empty = ctx.new_id(), hashlib.sha256(b"").digest()
+    expect(await session.blob_query(blob_id) == 0, "BLOB_QUERY of a new blob is not 0 (R-BLOB-1)")
+    for attempt in ("first", "repeated"):
+        await session.client.send(BlobChunk(blob_id, 0, 0, b""))
+        ack = await session.expect(BlobAck, f"the {attempt} empty chunk of a 0-byte blob")
+        assert isinstance(ack, BlobAck)
+        expect(ack.have == 0, f"the {attempt} empty chunk of a 0-byte blob got BLOB_ACK have {ack.have} (R-BLOB-12)")
+    change = body_change(device.lsn(), ctx.new_id(), Photo("certify: empty photo", blob_id, 0, empty))
+    _, durable = await session.push_commit([change])
+    version = assigned_version(durable, change.lsn)
+    result = await session.pull(version - 1, 1)
+    expect(any(r.record_id == change.record.record_id for r in result.records),
+           f"the committed 0-byte photo (version {version}) is not pulled (R-PULL-2)")
+    expect(result.blobs.get(blob_id) == b"",
+           "a pull of a 0-byte photo did not carry its one empty BLOB_CHUNK (R-BLOB-12, R-BLOB-8)")
+    await session.client.send(PullAck(result.end.anchor))
+    other = body_change(device.lsn(), ctx.new_id(), Photo("certify: empty, never sent", ctx.new_id(), 0, empty))
+    await session.client.send(Push((other,)))
+    await session.expect_error(ErrorCode.BLOB_INCOMPLETE, "R-BLOB-12",
+                               "a 0-byte photo whose empty chunk was never sent")
+
+
 @check("blob-total-mismatch", "A chunk whose total differs from the blob's gets BAD_FIELD",
        requirements=("R-BLOB-3",), level=Level.MUST, group="blob")
 async def blob_total_mismatch(ctx: CheckContext) -> None:
@@ -587,4 +614,33 @@ async def durable_lsn_unreceived(ctx: CheckContext) -> None:
     expect(durable.durable_lsn == changes[-1].lsn,
            f"COMMIT 9 after LSNs 1..{changes[-1].lsn} were committed and nothing else pushed: DURABLE.durable_lsn "
            f"{durable.durable_lsn}, expected {changes[-1].lsn}, the highest LSN received (R-DUR-4, R-DUR-5)")
+    await session.bye()
+
+
+@check("push-lsn-below-applied", "A lower LSN after a higher one was applied is a duplicate; a repeated LSN is accepted",
+       requirements=("R-IDEM-8", "R-DUR-6"), level=Level.MUST, group="idempotence")
+async def push_lsn_below_applied(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    high = note_change(5, ctx.new_id(), "certify: LSN 5")
+    _, durable = await session.push_commit([high])
+    base = assigned_version(durable, 5)
+    low = note_change(3, ctx.new_id(), "certify: LSN 3, after 5 was applied")
+    await session.push([low])
+    _, durable = await session.commit(3)
+    got = assigned_version(durable, 3)
+    expect(got == 0, f"LSN 3, pushed after LSN 5 was applied, was assigned version {got}; at or below the last "
+           "applied LSN a change is a duplicate, given version 0 (R-IDEM-8, R-DUR-6)")
+    repeat = note_change(6, ctx.new_id(), "certify: LSN 6, pushed twice")
+    await session.push([repeat])
+    await session.push([repeat])  # PUSH_ACK expected: LSN order holds within one PUSH only
+    _, durable = await session.commit(6)
+    version = assigned_version(durable, 6)
+    heads, _ = await session.pull_all(base - 1)
+    expect(low.record.record_id not in heads,
+           f"LSN 3, pushed after LSN 5 was applied, was applied: a pull finds {brief(heads.get(low.record.record_id))} "
+           "(R-IDEM-8)")
+    head = heads.get(repeat.record.record_id)
+    expect(head is not None and head.version == version,
+           f"LSN 6 pushed twice in one session: pulled {brief(head)}, DURABLE assigned {version} (R-IDEM-1)")
     await session.bye()

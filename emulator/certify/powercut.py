@@ -344,9 +344,9 @@ def rebuild(events: list[TraceEvent], base: Path, data: Path, cwd: Path, *, mode
         shutil.rmtree(data)
     data.mkdir(parents=True)
     for rel, content in files.items():
-        target = data / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(bytes(content))
+        out = data / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(bytes(content))
     report.files = sorted(files)
     return report
 
@@ -362,6 +362,13 @@ def _config(state: Path) -> dict[str, object]:
     return loaded
 
 
+def _argv(config: dict[str, object]) -> list[str]:
+    command = config["command"]
+    if not isinstance(command, list):
+        raise PowerCutError("config.json: the command is not a list")
+    return [str(a) for a in command]
+
+
 def start(state: Path, *, data: Path | None = None, command: list[str] | None = None, model: str | None = None,
           log: Path | None = None) -> int:
     """Start the server under strace; the first start names ``data`` and ``command`` (kept in
@@ -375,7 +382,7 @@ def start(state: Path, *, data: Path | None = None, command: list[str] | None = 
             raise PowerCutError("the first start needs --data DIR, the server's data directory")
         if model is not None and model not in MODELS:
             raise PowerCutError(f"unknown model {model!r} (one of {', '.join(MODELS)})")
-        config = {"data": str(data.resolve()), "command": command, "cwd": os.getcwd(), "model": model or "power",
+        config: dict[str, object] = {"data": str(data.resolve()), "command": command, "cwd": os.getcwd(), "model": model or "power",
                   "log": str((log or state / "server.log").resolve())}
         (state / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     else:
@@ -391,7 +398,7 @@ def start(state: Path, *, data: Path | None = None, command: list[str] | None = 
         shutil.rmtree(base)
     shutil.copytree(data_dir, base, symlinks=True)
     argv = [strace, "-f", "-qq", "-y", "-xx", "--seccomp-bpf", "-s", str(STRING_LIMIT), "-e",
-            f"trace={STRACE_CALLS}", "-o", str(state / "trace.txt"), "--", *[str(a) for a in config["command"]]]  # type: ignore[union-attr]
+            f"trace={STRACE_CALLS}", "-o", str(state / "trace.txt"), "--", *[str(a) for a in _argv(config)]]
     with open(str(config["log"]), "ab") as out:
         process = subprocess.Popen(argv, cwd=str(config["cwd"]), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                    start_new_session=True)
