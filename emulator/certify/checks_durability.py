@@ -3,14 +3,18 @@ restore (``--restore-cmd``)."""
 
 from __future__ import annotations
 
+import hashlib
+
 from emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
-from emulator.certify.context import CheckContext, Device, Session, note_change
+from emulator.certify.context import CheckContext, Device, Session, body_change, note_change
 from emulator.certify.framework import Fail, Level, Need, check, expect
 from protocol.messages import PullAck
+from protocol.records import Photo
 
 
 @check("durable-survives-restart", "Every change confirmed DURABLE survives a kill -9 at the moment its DURABLE arrives",
-       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14"),
+       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14",
+                     "R-BLOB-6"),
        level=Level.MUST, group="restart", needs=(Need.SESSION, Need.RESTART))
 async def durable_survives_restart(ctx: CheckContext) -> None:
     """Two devices commit; the restart command, started ahead and held, is released the moment the
@@ -20,7 +24,8 @@ async def durable_survives_restart(ctx: CheckContext) -> None:
 
 
 @check("durable-survives-power-cut", "Every change confirmed DURABLE survives a power cut at its DURABLE",
-       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14"),
+       requirements=("R-DUR-3", "R-CONFORM-1", "R-DUR-5", "R-DUR-12", "R-CONFLICT-3", "R-GEN-1", "R-PULL-14",
+                     "R-BLOB-6"),
        level=Level.MUST, group="power-cut", needs=(Need.SESSION, Need.POWER_CUT))
 async def durable_survives_power_cut(ctx: CheckContext) -> None:
     """As the restart check, with the power-cut command: what the server wrote but did not sync is
@@ -35,9 +40,15 @@ async def _durable_across(ctx: CheckContext, command: str, what: str, event: str
     generation = sessions[0].generation
     confirmed: dict[bytes, int] = {}
     watermarks: dict[bytes, int] = {}
+    blob = ctx.rng.randbytes(3000)
+    photo = Photo(f"certify: {what} photo", ctx.new_id(), len(blob), hashlib.sha256(blob).digest())
+    await sessions[0].upload(photo.blob_id, blob, chunk=1000)
+    photo_id = ctx.new_id()
     for round_ in range(2):
         for device, session in zip(devices, sessions, strict=True):
             changes = [note_change(device.lsn(), ctx.new_id(), f"certify: {what} {round_}.{i}") for i in range(3)]
+            if round_ == 0 and device is devices[0]:  # its blob must be durable with it (R-BLOB-6)
+                changes.append(body_change(device.lsn(), photo_id, photo))
             _, durable = await session.push_commit(changes)
             for change in changes:
                 confirmed[change.record.record_id] = assigned_version(durable, change.lsn)
@@ -66,6 +77,11 @@ async def _durable_across(ctx: CheckContext, command: str, what: str, event: str
         await session.client.aclose()
     after = await ctx.wait_ready(devices[0])
     await _verify(ctx, after, devices, generation, confirmed, watermarks, event, anchors)
+    if after.generation == generation:
+        pulled = await after.pull(confirmed[photo_id] - 1, 1)
+        expect(pulled.blobs.get(photo.blob_id) == blob,
+               f"after {event} the photo confirmed DURABLE is pulled with {len(pulled.blobs.get(photo.blob_id, b''))} "
+               f"of its {len(blob)} blob bytes: the blob was not durable with the photo (R-BLOB-6, R-BLOB-8)")
 
 
 @check("retransmit-after-restart", "A change retransmitted after a kill -9 and restart is a duplicate, not applied again",

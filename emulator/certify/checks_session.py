@@ -286,7 +286,7 @@ MATRIX_TYPES = tuple(t for t in MessageType if t not in (MessageType.ERROR, Mess
 
 
 @check("state-matrix", "Every message the transition table forbids a device, in every state, gets UNEXPECTED_MESSAGE",
-       requirements=("R-STATE-1", "R-STATE-3", "R-STATE-4", "R-ERR-3"), level=Level.MUST, group="state")
+       requirements=("R-STATE-1", "R-STATE-3", "R-STATE-4", "R-ERR-3", "R-TCP-1"), level=Level.MUST, group="state")
 async def state_matrix(ctx: CheckContext) -> None:
     for state in MATRIX_STATES:
         for mtype in MATRIX_TYPES:

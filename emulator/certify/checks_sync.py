@@ -62,7 +62,7 @@ async def receipts(ctx: CheckContext) -> None:
 
 
 @check("watermark-only-durable", "The durable watermark never covers a change received but not committed",
-       requirements=("R-DUR-4", "R-DUR-6", "R-DUR-10", "R-DUR-2"), level=Level.MUST, group="receipts")
+       requirements=("R-DUR-4", "R-DUR-6"), level=Level.MUST, group="receipts")
 async def watermark_only_durable(ctx: CheckContext) -> None:
     device = ctx.device()
     session = await ctx.session(device)
@@ -282,7 +282,7 @@ async def _committed_notes(ctx: CheckContext, count: int, label: str) -> list[in
 
 
 @check("pull-anchor-needs-ack", "The server's anchor for a device moves only on PULL_ACK",
-       requirements=("R-PULL-8", "R-PULL-10", "R-GEN-2", "R-TCP-5"), level=Level.MUST, group="pull")
+       requirements=("R-PULL-8", "R-PULL-10", "R-GEN-2", "R-TCP-5", "R-ERR-5"), level=Level.MUST, group="pull")
 async def pull_anchor_needs_ack(ctx: CheckContext) -> None:
     versions = await _committed_notes(ctx, 1, "anchor")
     reader = ctx.device()
@@ -366,7 +366,7 @@ async def pull_paging(ctx: CheckContext) -> None:
 
 
 @check("pull-durable-only", "A change received but not committed is not pulled by another device",
-       requirements=("R-PULL-4", "R-DUR-2"), level=Level.MUST, group="pull")
+       requirements=("R-PULL-4",), level=Level.MUST, group="pull")
 async def pull_durable_only(ctx: CheckContext) -> None:
     marker = await _committed_notes(ctx, 1, "marker")
     writer = ctx.device()
@@ -644,3 +644,31 @@ async def push_lsn_below_applied(ctx: CheckContext) -> None:
     expect(head is not None and head.version == version,
            f"LSN 6 pushed twice in one session: pulled {brief(head)}, DURABLE assigned {version} (R-IDEM-1)")
     await session.bye()
+
+
+@check("converge", "After conflicting edits and full pulls, two devices hold the same heads",
+       requirements=("R-CONFORM-3", "R-CONFLICT-5"), level=Level.MUST, group="conflict")
+async def converge(ctx: CheckContext) -> None:
+    a, b = ctx.device(), ctx.device()
+    sa, sb = await ctx.session(a, label="a"), await ctx.session(b, label="b")
+    shared = ctx.new_id()
+    _, d1 = await sa.push_commit([note_change(a.lsn(), shared, "certify: converge original")])
+    v1 = assigned_version(d1, 1)
+    await sa.push_commit([note_change(a.lsn(), shared, "certify: converge edit on A", base=v1),
+                          note_change(a.lsn(), ctx.new_id(), "certify: converge new on A")])
+    await sb.push_commit([note_change(b.lsn(), shared, "certify: converge edit on B", base=v1),
+                          note_change(b.lsn(), ctx.new_id(), "certify: converge new on B")])
+    heads_a, _ = await sa.pull_all(v1 - 1)
+    heads_b, _ = await sb.pull_all(v1 - 1)
+    mine = {rid for rid, r in heads_a.items() if rid == shared or r.conflict_of == shared
+            or _title(r).startswith("certify: converge new")}
+    view_a = {rid: (heads_a[rid].version, _title(heads_a[rid])) for rid in mine if rid in heads_a}
+    view_b = {rid: (heads_b[rid].version, _title(heads_b[rid])) for rid in mine if rid in heads_b}
+    expect(view_a == view_b, f"after full pulls the devices disagree: A holds {view_a}, B holds {view_b} (R-CONFORM-3)")
+    titles = sorted(title for _, title in view_a.values())
+    expect(titles == sorted(["certify: converge edit on A", "certify: converge edit on B",
+                             "certify: converge new on A", "certify: converge new on B"]),
+           f"after conflicting edits the account holds {titles}; both edits and both new notes must be there "
+           "(R-CONFORM-3, R-CONFLICT-6)")
+    await sa.bye()
+    await sb.bye()

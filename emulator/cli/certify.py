@@ -12,6 +12,8 @@ import trio
 
 from emulator.certify import all_checks
 from emulator.certify.context import Account, Target
+from emulator.certify.coverage import coverage
+from emulator.certify.coverage import render_text as coverage_text
 from emulator.certify.framework import PROFILES, CheckResult, select
 from emulator.certify.report import (
     DISCLAIMER,
@@ -112,6 +114,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.list:
         for c in checks:
             print(f"{c.name:<44} {c.level.value:<6} {c.group:<12} {c.title}")
+        print(f"\nrequirements of docs/PROTOCOL.md and the checks that exercise them (all {len(all_checks())} checks):")
+        print(coverage_text(coverage(all_checks().values())), end="")
         return 0
     if not checks:
         raise CliError(f"no check matches --only {' '.join(args.only)}")
