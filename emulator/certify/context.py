@@ -55,8 +55,8 @@ from protocol.messages import (
 )
 from protocol.records import Note, Record, RecordBody
 
-__all__ = ["Account", "ArmedCommand", "CheckContext", "Device", "PullResult", "Refused", "Session", "Target", "brief",
-           "legal_refusal", "note_change", "show"]
+__all__ = ["Account", "ArmedCommand", "CheckContext", "Device", "Ended", "PullResult", "Refused", "Session", "Target",
+           "brief", "legal_end", "legal_refusal", "note_change", "show"]
 
 DEFAULT_MAX_FRAME = 65536
 MESSAGE_CLASSES = tuple(MESSAGE_TYPES.values())
@@ -178,6 +178,22 @@ class Refused(Inconclusive):
     """The server legally declined a new session (BUSY, SHUTTING_DOWN): nothing to judge."""
 
 
+LEGAL_ENDS = frozenset({ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT, ErrorCode.BUDGET_EXCEEDED, ErrorCode.STORAGE,
+                        ErrorCode.INTERNAL})
+"""Fatal ERRORs a server may end a session with for reasons of its own (R-LIMIT-7, R-LIMIT-8,
+R-LIMIT-10, R-DUR-11): the session is over, nothing was broken. BUSY answers only a HELLO (R-LIMIT-13)."""
+
+
+class Ended(Refused):
+    """The server ended the session with a fatal ERROR it may send at any time (``LEGAL_ENDS``)."""
+
+
+def legal_end(received: Received, doing: str) -> None:
+    """Raise ``Ended`` if ``received`` is a legal fatal ERROR ending the session."""
+    if isinstance(received, Error) and received.code in LEGAL_ENDS and received.fatal:
+        raise Ended(f"{doing}: the server ended the session with {show(received)}, as it may")
+
+
 class AnchorAhead(Fail):
     """The server answered a PULL with BAD_ANCHOR: its versions end below the anchor."""
 
@@ -207,6 +223,7 @@ class Session:
         """Receive one message of type ``kind``; Fail on anything else."""
         got = await self.client.receive()
         if not isinstance(got, kind):
+            legal_end(got, doing)
             raise Fail(f"{doing}: expected {kind.TYPE.name}, got {show(got)}")
         return got
 
@@ -238,6 +255,7 @@ class Session:
                     await on_durable()
                 return conflicts, got
             else:
+                legal_end(got, f"COMMIT {lsn}")
                 raise Fail(f"COMMIT {lsn}: expected CONFLICT* DURABLE, got {show(got)}")
 
     async def push_commit(self, changes: Sequence[Change], *, on_durable: Callable[[], Awaitable[None]] | None = None,
@@ -273,6 +291,7 @@ class Session:
                 raise AnchorAhead(f"PULL from {anchor} got BAD_ANCHOR ({got.text[:80]!r}) though the server confirmed "
                                   "or sent versions above it (R-PULL-5, R-CONFORM-1)")
             else:
+                legal_end(got, f"PULL from {anchor}")
                 raise Fail(f"PULL from {anchor}: expected RECORDS/BLOB_CHUNK/PULL_END, got {show(got)}")
             frames.append(got)
 

@@ -54,7 +54,6 @@ DEVICE_ONLY: frozenset[str] = frozenset({
 EVERY_CHECK: dict[str, str] = {
     "R-ENC-3": "every frame the server sends is decoded by the reference decoder; a value out of its field fails the check",
     "R-REC-2": "every check that pulls finds its records under the ids it pushed",
-    "R-REC-5": "a record split across frames does not decode: every pull would fail",
     "R-STATE-2": "every check expects exactly the answers the table allows; any other message fails it",
     "R-STATE-7": "a server PING over HTTP, or outside READY, fails the check that expected an answer",
     "R-VER-6": "a type, flag, record kind or flag of another version fails the decoder in every check",
@@ -70,10 +69,8 @@ NOT_OBSERVABLE: dict[str, str] = {
     "R-DUR-11": "needs a storage failure, which a client cannot cause in a foreign server",
     "R-LIMIT-10": "needs a graceful stop of the server, which no command of the suite asks for",
     "R-AUTH-9": "a SHOULD whose limits the spec leaves to the server",
-    "R-LIMIT-7": "a MAY: a server without an idle timeout conforms",
     "R-LIMIT-8": "a MAY: a server without budgets conforms",
     "R-PULL-13": "a MAY: discarding superseded versions is invisible until a duplicate is given version 0",
-    "R-LIMIT-11": "a SHOULD; its MUST part is R-TCP-6",
     "R-HTTP-13": "a SHOULD; needs a pull of more than 4 MiB",
     "R-CONFORM-4": "a SHOULD about which bindings a server offers",
     "R-BLOB-11": "a MAY: discarding an incomplete blob only makes the device upload again",
