@@ -4,6 +4,8 @@ mode makes at least one named check fail; the black-box fuzzer's oracle holds an
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +169,17 @@ async def test_blackbox_fuzz_oracle(fault: str | None, http: bool, correct: Loca
         assert report.violations and all("R-PULL-8" in v for v in report.violations), report.summary()
 
 
+@pytest.mark.parametrize("http", [False, True], ids=["tcp", "http"])
+async def test_blackbox_fuzz_finds_duplicate_on_retransmit_by_lost_receipts(http: bool, correct: LocalServer) -> None:
+    """A device that loses a DURABLE's receipt pushes the change again: dense enough that the first
+    few sessions find a server applying it twice."""
+    correct.set_faults(("duplicate-on-retransmit",))
+    report = await blackbox_fuzz("127.0.0.1", correct.http_port if http else correct.tcp_port, seed=2,
+                                 budget_s=60, http=http, account=Account("vendor", correct.keys["vendor"]),
+                                 max_sessions=40, stop_at_first=True)
+    assert report.violations and "R-IDEM-1" in report.violations[0], report.summary()
+
+
 def test_the_documented_fault_table_matches() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "CERTIFY.md").read_text(encoding="utf-8")
     for fault, checks in CAUGHT_BY.items():
@@ -187,10 +200,16 @@ def test_fuzz_server_mode_is_clean_on_the_reference_server_and_catches_a_fault(
         argv = ["fuzz", "--server", f"{target.host}:{target.port}", "--account", "vendor",
                 "--key-file", str(key_file), "--budget", "3s", "--seed", "5", "--out", str(tmp_path)]
         status = main(argv)
-        # Same seed again: the server remembers the first run's devices; still no false alarm.
-        again = main(argv) if fault is None else status
+        trace = tmp_path / "blackbox-seed-5.jsonl"
+        first_ids = set(re.findall(r"device ([0-9a-f]{32})", trace.read_text()))
+        # Same seed again (the server remembers the first run) and a replay of its trace: still no
+        # false alarm on the correct server, the same finding on the faulty one, and new ids.
+        again = main(argv) if fault is None else main([*argv[:7], "--out", str(tmp_path), "--replay", str(trace)])
+        second_ids = set(re.findall(r"device ([0-9a-f]{32})", trace.read_text()))
     finally:
         server.set_faults(())
     out = capsys.readouterr().out
     assert (status, again) == ((0, 0) if fault is None else (1, 1)), out
-    assert list(tmp_path.glob("blackbox-seed-5.txt"))
+    assert len(first_ids) == 3 and first_ids.isdisjoint(second_ids)
+    header = json.loads(trace.read_text().splitlines()[0])
+    assert header["seed"] == 5 and header["options"]["budget_s"] == 3.0
