@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from emulator.certify.powercut import durable_cut_line, parse_trace, rebuild
 from protocol.framing import encode_frame
 from protocol.messages import Durable, PushAck
@@ -77,3 +79,13 @@ def test_files_outside_the_data_directory_are_left_alone(tmp_path: Path) -> None
     events = parse_trace([f'100 write({log}, "{_hex(b"hello")}", 5) = 5'])
     report = rebuild(events, tmp_path / "base", data, tmp_path, model="crash")
     assert report.files == [] and report.writes_kept == 0
+
+
+def test_usage_mistakes_are_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emulator.cli import main
+
+    assert main(["powercut", "start", "--state", str(tmp_path / "s")]) == 2
+    assert main(["powercut", "cut", "--state", str(tmp_path / "s")]) == 2
+    assert main(["powercut", "start", "--state", str(tmp_path / "s"), "--", "true"]) == 2  # no --data
+    err = capsys.readouterr().err
+    assert err.count("sidekick: error:") == 3 and "Traceback" not in err

@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """Start the server under the tracer."""
-    command = [a for a in args.server if a != "--"] if args.server else None
+    command = list(args.server[1:] if args.server[:1] == ["--"] else args.server) or None
     if command is None and not (Path(args.state) / "config.json").exists():
         raise CliError("the first start needs the server command after --")
     try:
