@@ -97,7 +97,7 @@ def coverage(checks: Iterable[Check]) -> list[Coverage]:
             by_requirement.setdefault(requirement, []).append(check.id)
     rows = []
     for requirement, level in REQUIREMENTS.items():
-        named = tuple(by_requirement.get(requirement, ()))
+        named = tuple(sorted(by_requirement.get(requirement, ())))
         binds = "device" if requirement in DEVICE_ONLY else "server"
         if named:
             status = "checked"
