@@ -56,7 +56,7 @@ from protocol.messages import (
 from protocol.records import Note, Record, RecordBody
 
 __all__ = ["Account", "ArmedCommand", "CheckContext", "Device", "Ended", "PullResult", "Refused", "Session", "Target",
-           "brief", "legal_end", "legal_refusal", "note_change", "show"]
+           "brief", "challenge_of", "legal_end", "legal_refusal", "note_change", "show"]
 
 DEFAULT_MAX_FRAME = 65536
 MESSAGE_CLASSES = tuple(MESSAGE_TYPES.values())
@@ -176,6 +176,15 @@ def legal_refusal(received: Received) -> str | None:
 
 class Refused(Inconclusive):
     """The server legally declined a new session (BUSY, SHUTTING_DOWN): nothing to judge."""
+
+
+def challenge_of(received: Received) -> Challenge:
+    """The CHALLENGE answering a HELLO; ``Refused`` for a legal refusal, Fail for anything else."""
+    if isinstance(received, Challenge):
+        return received
+    if (why := legal_refusal(received)) is not None:
+        raise Refused(f"the server declined the session with {why}, as it may (R-LIMIT-9, R-LIMIT-10)")
+    raise Fail(f"HELLO: expected CHALLENGE, got {show(received)} (R-STATE-1)")
 
 
 LEGAL_ENDS = frozenset({ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT, ErrorCode.BUDGET_EXCEEDED, ErrorCode.STORAGE,
