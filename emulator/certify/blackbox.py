@@ -391,6 +391,7 @@ class _Fuzzer:
         self.based_on.add((rid, v1))
         sa = await self.open(a)
         stale = note_change(a.lsn(), rid, f"fuzz {rid.hex()[:6]} squat stale edit", base=v1)
+        await sa.push([stale])
         await self.commit(sa, a, [stale], crash=False, forget=False)
         await sa.bye()
 
