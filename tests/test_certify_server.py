@@ -189,6 +189,30 @@ async def test_blackbox_fuzz_finds_duplicate_on_retransmit_by_lost_receipts(http
     assert report.violations and "R-IDEM-1" in report.violations[0], report.summary()
 
 
+@pytest.mark.parametrize("fault", [None, "overwrite-taken-copy"])
+async def test_blackbox_squat_probe_finds_a_copy_written_over_a_taken_id(fault: str | None,
+                                                                        correct: LocalServer) -> None:
+    import random
+
+    from emulator.certify.blackbox import BlackboxReport, Commands, _Fuzzer
+    from emulator.certify.context import Target
+
+    correct.set_faults(() if fault is None else (fault,))
+    account = Account("vendor", correct.keys["vendor"])
+    report = BlackboxReport(seed=1)
+    fuzzer = _Fuzzer(Target("127.0.0.1", correct.tcp_port, accounts=(account,)), account, random.Random(1),
+                     report, f"squat-probe {fault}".encode(), Commands())  # ids new per case
+    try:
+        await fuzzer.squat()
+        await fuzzer.verify()
+    finally:
+        await fuzzer.ctx.aclose()
+    if fault is None:
+        assert report.violations == [], report.summary()
+    else:
+        assert report.violations and all("R-CONFLICT-8" in v for v in report.violations), report.summary()
+
+
 def test_the_documented_fault_table_matches() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "CERTIFY.md").read_text(encoding="utf-8")
     for fault, checks in CAUGHT_BY.items():
