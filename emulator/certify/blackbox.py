@@ -280,8 +280,13 @@ class _Fuzzer:
         for conflict in conflicts:
             self.report.conflicts += 1
             self.copies.add(conflict.copy_id)
-            if (device.device_id, conflict.lsn) in self.applied or conflict.lsn <= self.told_durable[device.device_id]:
-                self.violation(f"CONFLICT for the retransmitted LSN {conflict.lsn}: applied twice (R-IDEM-1)")
+            if (device.device_id, conflict.lsn) in self.applied:
+                self.violation(f"CONFLICT for the retransmitted LSN {conflict.lsn}, which an earlier DURABLE "
+                               "confirmed: applied twice (R-IDEM-1)")
+            elif conflict.lsn <= self.told_durable[device.device_id]:
+                self.violation(f"CONFLICT for LSN {conflict.lsn}, which HELLO_OK reported durable (durable_lsn "
+                               f"{self.told_durable[device.device_id]}): either the watermark covered a change never "
+                               "applied (R-DUR-4) or the change was applied twice (R-IDEM-1)")
         heads = self.local[device.device_id]
         for change in changes:
             if change.lsn > durable.durable_lsn:
