@@ -367,8 +367,15 @@ class _Driver:
             reason = (f"server's pull anchor for this device went back from {meta.server_anchor} "
                       f"to {hello_ok.anchor} in the same generation")
         elif hello_ok.durable_lsn >= meta.next_lsn:
-            reason = (f"server claims LSN {hello_ok.durable_lsn} durable, above any this device issued "
-                      f"({meta.next_lsn - 1})")
+            # R-IDEM-9: this id's history on the server is not ours; no LSN we issue under it is safe.
+            new_id = self.handset.rng.randbytes(len(meta.device_id))
+            log.warning("%s: the server claims LSN %d of device id %s durable, above any this device issued "
+                        "(%d); recovery sync as the new device id %s", self.handset.name or meta.device_id.hex(),
+                        hello_ok.durable_lsn, meta.device_id.hex(), meta.next_lsn - 1, new_id.hex())
+            self.store.set_meta(device_id=new_id, durable_lsn=0, server_anchor=0)
+            self.recover(f"server claims LSN {hello_ok.durable_lsn} durable, above any this device issued "
+                         f"({meta.next_lsn - 1})", HelloOk(meta.server_id, meta.generation, 0, 0, b""))
+            raise DeviceIdRetired(f"device id {meta.device_id.hex()} retired; reconnecting as {new_id.hex()}")
         if reason is None:
             if hello_ok.durable_lsn > meta.durable_lsn or hello_ok.anchor > meta.server_anchor:
                 self.store.set_meta(durable_lsn=max(meta.durable_lsn, hello_ok.durable_lsn),
@@ -522,6 +529,10 @@ class _Driver:
         return ready
 
     async def upload_blob(self, blob_id: bytes, data: bytes) -> None:
+        if not data:  # R-BLOB-12: BLOB_QUERY cannot tell "unknown" from "whole"; the one empty chunk can
+            await self.send(BlobChunk(blob_id, 0, 0, b""))
+            await self._blob_have(blob_id)
+            return
         await self.send(BlobQuery(blob_id))
         have = await self._blob_have(blob_id)
         chunk = max(256, self.session.max_frame - _CHUNK_OVERHEAD)

@@ -124,6 +124,7 @@ class _Session:
         self._anchor: int | None = None
         self._ping_nonce: int | None = None
         self._pushed_since_commit = 0
+        self._batch_total = True
 
     # ------------------------------------------------------------------ visible state
 
@@ -301,7 +302,8 @@ class _Session:
 
     def _check_push(self, push: Push, error: type[ProtocolError]) -> None:
         self._check_batch(len(push.changes), "PUSH", error)
-        self._check_batch(self._pushed_since_commit + len(push.changes), "changes pushed since COMMIT", error)
+        if self._batch_total:
+            self._check_batch(self._pushed_since_commit + len(push.changes), "changes pushed since COMMIT", error)
         lsns = [change.lsn for change in push.changes]
         for before, after in zip(lsns, lsns[1:], strict=False):
             if after <= before:
@@ -414,11 +416,14 @@ class ServerSession(_Session):
 
     def __init__(
         self, *, max_frame: int = DEFAULT_MAX_FRAME, max_batch: int = DEFAULT_MAX_BATCH,
-        versions: tuple[int, int] = (1, 1),
+        versions: tuple[int, int] = (1, 1), batch_total: bool = True,
     ) -> None:
+        """``batch_total=False`` drops the limit on the changes pushed between two COMMITs (R-LIMIT-4):
+        only a planted server bug (fault ``no-batch-total``) turns it off."""
         if not 1 <= max_batch <= 0xFFFF:
             raise ValueError(f"max_batch must be in [1, 65535], got {max_batch}")
         super().__init__(max_frame=max_frame, max_batch=max_batch, versions=versions)
+        self._batch_total = batch_total
         self._offered: tuple[int, int] | None = None
         self._peer_max_frame: int | None = None
 

@@ -27,7 +27,7 @@ import h11
 import trio
 
 from protocol.records import Record
-from server_stub.faults import FAULT_MODES, UnknownFault
+from server_stub.faults import ALL_FAULT_MODES, UnknownFault
 from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server_stub.storage import AccountExists, StorageError, UnknownAccount
 
@@ -200,7 +200,7 @@ async def _route(server: SyncServer, request: h11.Request, body: bytes) -> tuple
                                "generation": d.generation} for d in await storage.devices(parts[1])])
         if parts == ["faults"] and method == "GET":
             return _json({name: {"on": server.faults.on(name), "description": text}
-                          for name, text in FAULT_MODES.items()})
+                          for name, text in ALL_FAULT_MODES.items()})
         if len(parts) == 3 and parts[0] == "faults" and parts[2] in ("on", "off") and method == "POST":
             (server.faults.enable if parts[2] == "on" else server.faults.disable)(parts[1])
             log.warning("fault %s switched %s", parts[1], parts[2])

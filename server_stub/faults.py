@@ -1,7 +1,7 @@
 """Fault modes: named, documented server bugs, off by default (the one registry).
 
 Each mode imitates a plausible bug of a real sync server so that the testbed can prove it catches
-it. Code asks ``faults.on("name")`` at the one place the bug lives; a name outside ``FAULT_MODES``
+it. Code asks ``faults.on("name")`` at the one place the bug lives; a name outside ``ALL_FAULT_MODES``
 raises ``KeyError``, so a typo can never silently mean "off". The set is mutable (the admin API
 switches modes at run time) and shared by a server and its storage.
 """
@@ -22,6 +22,25 @@ FAULT_MODES: dict[str, str] = {
 }
 """Every fault mode, with the one line that documents it (``sidekick serve --list-faults``)."""
 
+CERTIFICATION_FAULT_MODES: dict[str, str] = {
+    "overwrite-taken-copy": "a conflict copy is written over a record already holding its copy id (R-CONFLICT-8)",
+    "no-batch-total": "no limit on the changes pushed between two COMMITs, only on each PUSH (R-LIMIT-4)",
+    "volatile-dedup": "duplicates are detected from memory only, so a retransmit after a restart is applied again",
+    "skip-fsync": "SQLite runs with synchronous=OFF: commits reach the OS page cache, never the disk",
+    "write-behind-2ms": "DURABLE is sent 2 ms before the transaction commits (a write-behind window)",
+    "write-behind-10ms": "DURABLE is sent 10 ms before the transaction commits (a write-behind window)",
+    "commit-lsn-watermark": "DURABLE reports the COMMIT's LSN as durable, though no change of it was received",
+}
+"""Bugs of a real server's store, or of paths a simulated handset never takes, planted for
+``sidekick certify`` and ``sidekick fuzz --server`` against a running server (docs/CERTIFY.md). The
+simulation fuzzer's mutants are the modes of ``FAULT_MODES`` only."""
+
+ALL_FAULT_MODES: dict[str, str] = {**FAULT_MODES, **CERTIFICATION_FAULT_MODES}
+"""The one registry ``FaultSet`` checks names against (``sidekick serve --list-faults``)."""
+
+WRITE_BEHIND_S: dict[str, float] = {"write-behind-2ms": 0.002, "write-behind-10ms": 0.010}
+"""The window of each write-behind fault mode, in seconds of the Trio clock."""
+
 
 class UnknownFault(ValueError):
     """A fault name that is not in the registry."""
@@ -38,14 +57,14 @@ class FaultSet:
     @staticmethod
     def check(name: str) -> str:
         """Return ``name`` if it is a registered fault mode, else raise ``UnknownFault``."""
-        if name not in FAULT_MODES:
-            known = ", ".join(sorted(FAULT_MODES))
+        if name not in ALL_FAULT_MODES:
+            known = ", ".join(sorted(ALL_FAULT_MODES))
             raise UnknownFault(f"unknown fault mode {name!r} (known: {known})")
         return name
 
     def on(self, name: str) -> bool:
         """True if the named fault is switched on (the name must be registered)."""
-        if name not in FAULT_MODES:
+        if name not in ALL_FAULT_MODES:
             raise KeyError(name)
         return name in self._on
 
@@ -71,5 +90,5 @@ class FaultSet:
 
 def describe() -> str:
     """The registry as text, one ``name  description`` line per mode."""
-    width = max(len(name) for name in FAULT_MODES)
-    return "\n".join(f"{name:<{width}}  {text}" for name, text in FAULT_MODES.items())
+    width = max(len(name) for name in ALL_FAULT_MODES)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in ALL_FAULT_MODES.items())

@@ -9,7 +9,9 @@ so one failing operation does not undo the others of its batch.
 The writer is a Trio system task started on first use in the current run; ``aclose`` stops it
 after the queue is drained. Under the ``ack-before-durable`` fault the writer wakes submitters
 before committing and commits later (after ``lazy_interval`` seconds of the Trio clock, or with a
-later batch): a crash in between loses acknowledged writes.
+later batch): a crash in between loses acknowledged writes. Under ``write-behind-2ms`` and
+``write-behind-10ms`` it wakes them, waits that window, then commits. Under ``skip-fsync`` the
+connection runs with ``synchronous=OFF``: a commit reaches the OS page cache only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from server_stub.faults import FaultSet
+from server_stub.faults import WRITE_BEHIND_S, FaultSet
 from server_stub.storage import StorageError
 
 __all__ = ["GroupCommitter", "WriteOp"]
@@ -54,6 +56,7 @@ class GroupCommitter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopped: trio.Event | None = None
         self._in_tx = False
+        self._sync = "FULL"
         self._batch_number = self._read_batch_number()
         self.transactions = 0
         self.ops = 0
@@ -108,10 +111,14 @@ class GroupCommitter:
                             batch.append(receive.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    lazy = self.faults.on("ack-before-durable")
+                    window = next((s for name, s in WRITE_BEHIND_S.items() if self.faults.on(name)), None)
+                    lazy = self.faults.on("ack-before-durable") or window is not None
                     await trio.to_thread.run_sync(self._run_batch, batch, lazy)
                     for item in batch:
                         item.done.set()
+                    if window is not None and self._in_tx:
+                        await trio.sleep(window)
+                        await trio.to_thread.run_sync(self._commit_open)
         except trio.EndOfChannel:
             pass
         except Exception:  # the writer must never take the run down; pending writes fail instead
@@ -139,6 +146,10 @@ class GroupCommitter:
         conn = self._conn
         try:
             if not self._in_tx:
+                sync = "OFF" if self.faults.on("skip-fsync") else "FULL"
+                if sync != self._sync:
+                    conn.execute(f"PRAGMA synchronous = {sync}")
+                    self._sync = sync
                 conn.execute("BEGIN IMMEDIATE")
                 self._in_tx = True
             self._batch_number += 1

@@ -100,7 +100,8 @@ class SessionHandler:
         self.metrics = server.metrics
         self._write = write
         limits = server.limits
-        self.session = ServerSession(max_frame=limits.max_frame, max_batch=limits.max_batch)
+        self.session = ServerSession(max_frame=limits.max_frame, max_batch=limits.max_batch,
+                                     batch_total=not self.faults.on("no-batch-total"))
         self.summary = SessionSummary(binding, started=trio.current_time())
         self.over_capacity = over_capacity
         self.account: str | None = None
@@ -288,6 +289,8 @@ class SessionHandler:
             durable_lsn = assigned[-1].lsn
         if self.faults.on("wrong-watermark"):
             durable_lsn = max(durable_lsn, self._received_lsn)
+        if self.faults.on("commit-lsn-watermark"):
+            durable_lsn = max(durable_lsn, commit.lsn)
         await self.send(Durable(generation, durable_lsn, tuple(assigned)))
         self.metrics.commits += 1
         self.metrics.changes_applied += len(changes)

@@ -33,13 +33,14 @@ def conflict_copy_id(record_id: bytes, version: int, attempt: int = 0) -> bytes:
     return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big") + suffix).digest()[:16]
 
 
-def _free_copy_id(tx: Tx, record_id: bytes, head: Record) -> tuple[bytes, bool]:
-    """The copy id for ``head`` and whether the copy must still be written (R-CONFLICT-8)."""
+def _free_copy_id(tx: Tx, record_id: bytes, head: Record, *, overwrite: bool = False) -> tuple[bytes, bool]:
+    """The copy id for ``head`` and whether the copy must still be written (R-CONFLICT-8); with
+    ``overwrite`` (fault ``overwrite-taken-copy``) the plain id, whatever holds it."""
     attempt = 0
     while True:
         copy_id = conflict_copy_id(record_id, head.version, attempt)
         existing = tx.head(copy_id)
-        if existing is None:
+        if existing is None or overwrite:
             return copy_id, True
         if (existing.conflict_of == record_id and existing.kind == head.kind
                 and existing.deleted == head.deleted and existing.body == head.body):
@@ -107,7 +108,7 @@ def apply_changes(tx: Tx, device_id: bytes, changes: Sequence[Change], faults: F
                    device_id, change.lsn)
             assigned.append(Assigned(change.lsn, record_id, version))
             if head is not None and change.base_version != head.version and not faults.on("forget-conflict-copy"):
-                copy_id, write = _free_copy_id(tx, record_id, head)
+                copy_id, write = _free_copy_id(tx, record_id, head, overwrite=faults.on("overwrite-taken-copy"))
                 if write:
                     version += 1
                     tx.put(Record(copy_id, version, head.deleted, head.body, conflict_of=record_id), None, None)

@@ -101,10 +101,12 @@ class _SqlTx:
     Heads are read once per batch (``prefetch``) and written back with ``flush``.
     """
 
-    def __init__(self, conn: sqlite3.Connection, account: str, batch: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, account: str, batch: int,
+                 volatile: dict[tuple[str, bytes], int] | None = None) -> None:
         self.conn = conn
         self.account = account
         self.batch = batch
+        self.volatile = volatile
         row = conn.execute("SELECT version FROM accounts WHERE name = ?", (account,)).fetchone()
         if row is None:
             raise UnknownAccount(account)
@@ -161,15 +163,19 @@ class _SqlTx:
         self._stored_version = self.version
 
     def applied_lsn(self, device_id: bytes) -> int:
+        if self.volatile is not None:  # fault volatile-dedup: what this process has seen, nothing else
+            return self.volatile.get((self.account, device_id), 0)
         row = self.conn.execute(
             "SELECT applied_lsn FROM devices WHERE account = ? AND device_id = ?", (self.account, device_id)
         ).fetchone()
         return int(row[0]) if row else 0
 
     def set_applied_lsn(self, device_id: bytes, lsn: int) -> None:
+        if self.volatile is not None:
+            self.volatile[(self.account, device_id)] = lsn
         self.conn.execute(
             "INSERT INTO devices (account, device_id, applied_lsn, anchor) VALUES (?, ?, ?, 0)"
-            " ON CONFLICT (account, device_id) DO UPDATE SET applied_lsn = excluded.applied_lsn",
+            " ON CONFLICT (account, device_id) DO UPDATE SET applied_lsn = MAX(applied_lsn, excluded.applied_lsn)",
             (self.account, device_id, lsn),
         )
 
@@ -190,6 +196,7 @@ class SqliteStorage:
         self.path = os.fspath(path)
         self._rng = rng
         self._faults = faults if faults is not None else FaultSet()
+        self._volatile_dedup: dict[tuple[str, bytes], int] = {}
         try:
             self._conn = _connect(self.path)
             self._migrate(self._conn)
@@ -395,7 +402,8 @@ class SqliteStorage:
         faults = self.faults
 
         def op(conn: sqlite3.Connection, batch: int) -> CommitResult:
-            tx = _SqlTx(conn, account, batch)
+            volatile = self._volatile_dedup if faults.on("volatile-dedup") else None
+            tx = _SqlTx(conn, account, batch, volatile)
             tx.prefetch([change.record.record_id for change in changes])
             applied = apply_changes(tx, device_id, changes, faults)
             tx.flush()

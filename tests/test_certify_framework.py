@@ -109,6 +109,36 @@ def test_reports_carry_results_evidence_and_the_disclaimer() -> None:
     assert "<h2>Failed</h2>" not in render_html(_run(_result(Level.MUST, Outcome.PASS)))
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_inconclusive_must_never_looks_green(strict: bool) -> None:
+    run = _run(_result(Level.MUST, Outcome.PASS), _result(Level.MUST, Outcome.INCONCLUSIVE),
+               _result(Level.SHOULD, Outcome.INCONCLUSIVE), strict=strict)
+    root = ET.fromstring(render_junit(run))
+    must, should = root.findall(".//testcase")[1:]
+    assert must.find("failure" if strict else "error") is not None
+    assert should.find("failure" if strict else "skipped") is not None
+    assert (root.get("failures"), root.get("errors")) == (("2", "0") if strict else ("0", "1"))
+    assert {(p.get("name"), p.get("value")) for p in must.iter("property")} >= {("outcome", "inconclusive")}
+    verdict = next(line for line in render_text(run).splitlines() if line.startswith("VERDICT"))
+    assert ("1 MUST check(s) were not checked" if strict else "1 of 2 MUST checks were NOT CHECKED") in verdict
+    assert json.loads(render_json(run))["must_not_checked"] == 1
+    assert "NOT CHECKED" in render_html(run)
+    clean = _run(_result(Level.MUST, Outcome.PASS))
+    assert "all 1 MUST checks decided" in render_text(clean) and "NOT CHECKED" not in render_html(clean)
+
+
+def test_the_html_report_wraps_long_tokens() -> None:
+    """A failure message of one 400-character token stays inside the page: the CSS wraps anywhere."""
+    base = _result(Level.MUST, Outcome.FAIL)
+    token = "ab" * 200
+    run = _run(CheckResult(base.check, Outcome.FAIL, token, (TraceEntry(0.0, "c1", "<", token),), 0.1))
+    page = render_html(run)
+    style = page[page.index("<style>"):page.index("</style>")]
+    assert re.search(r"td,li,pre,code,small\{overflow-wrap:anywhere", style)
+    assert "white-space:pre-wrap" in style and "table-layout:fixed" in style and "overflow-x" not in style
+    assert page.count(token) == 3  # the failed list, the row's message, the evidence
+
+
 @given(seq=st.integers(0, 2**32 - 1), new_seq=st.integers(0, 2**32 - 1), nonce=st.integers(0, 2**64 - 1),
        broken=st.booleans())
 def test_resequence_renumbers_and_keeps_the_crc_verdict(seq: int, new_seq: int, nonce: int, broken: bool) -> None:

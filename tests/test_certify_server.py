@@ -4,10 +4,13 @@ mode makes at least one named check fail; the black-box fuzzer's oracle holds an
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from emulator.certify import all_checks
 from emulator.certify.blackbox import blackbox_fuzz
@@ -15,7 +18,7 @@ from emulator.certify.context import Account
 from emulator.certify.framework import Need, Outcome, select
 from emulator.certify.local_server import LocalServer
 from emulator.certify.runner import run_suite
-from server_stub.faults import FAULT_MODES
+from server_stub.faults import ALL_FAULT_MODES
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,8 @@ def _not_applicable(need: Need, http: bool) -> bool:
 @pytest.mark.parametrize("http", [False, True], ids=["tcp", "http"])
 async def test_reference_server_passes_every_check(correct: LocalServer, http: bool) -> None:
     # the restart and restore checks run once, over TCP (they test the store, not the binding)
-    checks = [c for c in select(all_checks().values()) if not (http and c.group in ("restart", "restore"))]
+    checks = [c for c in select(all_checks().values())
+              if c.group != "power-cut" and not (http and c.group in ("restart", "restore"))]
     run = await run_suite(correct.target(http=http), checks, seed=11)
     problems = [(r.check.name, r.outcome.value, r.message) for r in run.results if r.outcome is not Outcome.PASS
                 and not (r.outcome is Outcome.SKIPPED and any(_not_applicable(n, http) for n in r.check.needs))]
@@ -69,16 +73,44 @@ CAUGHT_BY: dict[str, tuple[str, ...]] = {
     "wrong-watermark": ("watermark-only-durable",),
     "reorder-versions": ("pull-paging",),
     "forget-conflict-copy": ("conflict-copy",),
+    "overwrite-taken-copy": ("conflict-copy-taken",),
+    "no-batch-total": ("push-batch-total",),
+    "volatile-dedup": ("retransmit-after-restart",),
+    "skip-fsync": ("durable-survives-power-cut",),
+    "write-behind-2ms": ("durable-survives-power-cut",),
+    "write-behind-10ms": ("durable-survives-power-cut",),
+    "commit-lsn-watermark": ("durable-lsn-unreceived",),
 }
 """The table of docs/CERTIFY.md: fault mode -> the checks that catch it."""
 
+NAMES: dict[str, str | tuple[str, ...]] = {
+    "ack-before-durable": ("R-DUR-3", "R-BLOB-5"), "silent-rollback": "R-GEN-1", "duplicate-on-retransmit": "R-IDEM-1",
+    "ignore-pull-ack": "R-PULL-", "lose-tail-on-crash": "R-DUR-3", "wrong-watermark": "R-DUR-4",
+    "reorder-versions": "R-PULL-3", "forget-conflict-copy": "R-CONFLICT-1", "overwrite-taken-copy": "R-CONFLICT-8",
+    "no-batch-total": "R-LIMIT-4", "volatile-dedup": "R-DUR-12", "skip-fsync": "R-DUR-3",
+    "write-behind-2ms": "R-DUR-3", "write-behind-10ms": "R-DUR-3",
+    "commit-lsn-watermark": "R-DUR-4",
+}
+"""The requirement each fault breaks (``R-PULL-``: R-PULL-8, or R-PULL-9 for a refused PULL_ACK): the
+failure message of every catching check must name it, or one of them where the bug shows in two ways
+(a server committing behind its acknowledgements may also fail to read a blob it acknowledged whole:
+R-BLOB-5, before any crash)."""
+
+
+def names(fault: str, message: str) -> bool:
+    """Whether ``message`` names the requirement ``fault`` breaks."""
+    wanted = NAMES[fault]
+    return any(name in message for name in ((wanted,) if isinstance(wanted, str) else wanted))
+
+POWER_CUT = frozenset(f for f, ids in CAUGHT_BY.items() if "durable-survives-power-cut" in ids)
+
 
 def test_every_fault_mode_is_mapped_to_existing_checks() -> None:
-    assert set(CAUGHT_BY) == set(FAULT_MODES)
+    assert set(CAUGHT_BY) == set(ALL_FAULT_MODES) == set(NAMES)
     assert {c for ids in CAUGHT_BY.values() for c in ids} <= set(all_checks())
 
 
-@pytest.mark.parametrize("fault", sorted(CAUGHT_BY))
+@pytest.mark.parametrize("fault", sorted(set(CAUGHT_BY) - POWER_CUT))
 async def test_fault_mode_fails_its_checks(fault: str, correct: LocalServer) -> None:
     correct.set_faults((fault,))
     checks = select(all_checks().values(), only=CAUGHT_BY[fault])
@@ -86,7 +118,46 @@ async def test_fault_mode_fails_its_checks(fault: str, correct: LocalServer) -> 
     outcomes = {r.check.id: (r.outcome, r.message) for r in run.results}
     for check_id in CAUGHT_BY[fault]:
         assert outcomes[check_id][0] is Outcome.FAIL, (check_id, outcomes[check_id])
+        assert names(fault, outcomes[check_id][1]), outcomes[check_id]
     assert run.exit_code() == 1
+
+
+async def test_a_watermark_taken_from_commit_fails_only_the_watermark_check(correct: LocalServer) -> None:
+    """DURABLE.durable_lsn = COMMIT.lsn with nothing received breaks R-DUR-4 alone: the checks of
+    refused and early PUSHes judge what was applied by pulling, not by the watermark."""
+    correct.set_faults(("commit-lsn-watermark",))
+    checks = select(all_checks().values(), only=["state-before-auth-refused", "refused-push-no-effect",
+                                                 "durable-lsn-unreceived"])
+    run = await run_suite(correct.target(accounts=1), checks, seed=4)
+    outcomes = {r.check.id: r.outcome for r in run.results}
+    assert outcomes == {"state-before-auth-refused": Outcome.PASS, "refused-push-no-effect": Outcome.PASS,
+                        "durable-lsn-unreceived": Outcome.FAIL}
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """The reference server under ``sidekick powercut``: its power-cut command loses unsynced writes."""
+    with LocalServer(tmp_path_factory.mktemp("certify-traced"), traced=True) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", [None, *sorted(POWER_CUT)])
+async def test_power_cut_check_fails_exactly_the_servers_that_do_not_sync(fault: str | None,
+                                                                          traced: LocalServer) -> None:
+    traced.set_faults(() if fault is None else (fault,))
+    try:
+        if fault == "skip-fsync":  # read when a connection opens its transaction: set it on a fresh start
+            await trio.run_process(["sh", "-c", traced.restart_cmd])
+            traced.wait_ready()
+        checks = select(all_checks().values(), only=["durable-survives-power-cut"])
+        run = await run_suite(traced.target(accounts=1), checks, seed=len(str(fault)))  # ids new per case
+    finally:
+        traced.set_faults(())
+    (result,) = [r for r in run.results if r.check.id == "durable-survives-power-cut"]
+    if fault is None:
+        assert result.outcome is Outcome.PASS, result.message
+    else:
+        assert result.outcome is Outcome.FAIL and names(fault, result.message), result.message
 
 
 @pytest.mark.parametrize(("fault", "http"), [(None, False), (None, True), ("ignore-pull-ack", False)],
@@ -105,6 +176,41 @@ async def test_blackbox_fuzz_oracle(fault: str | None, http: bool, correct: Loca
         assert report.violations == [], report.summary()
     else:
         assert report.violations and all("R-PULL-8" in v for v in report.violations), report.summary()
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["tcp", "http"])
+async def test_blackbox_fuzz_finds_duplicate_on_retransmit_by_lost_receipts(http: bool, correct: LocalServer) -> None:
+    """A device that loses a DURABLE's receipt pushes the change again: dense enough that the first
+    few sessions find a server applying it twice."""
+    correct.set_faults(("duplicate-on-retransmit",))
+    report = await blackbox_fuzz("127.0.0.1", correct.http_port if http else correct.tcp_port, seed=2,
+                                 budget_s=60, http=http, account=Account("vendor", correct.keys["vendor"]),
+                                 max_sessions=40, stop_at_first=True)
+    assert report.violations and "R-IDEM-1" in report.violations[0], report.summary()
+
+
+@pytest.mark.parametrize("fault", [None, "overwrite-taken-copy"])
+async def test_blackbox_squat_probe_finds_a_copy_written_over_a_taken_id(fault: str | None,
+                                                                        correct: LocalServer) -> None:
+    import random
+
+    from emulator.certify.blackbox import BlackboxReport, Commands, _Fuzzer
+    from emulator.certify.context import Target
+
+    correct.set_faults(() if fault is None else (fault,))
+    account = Account("vendor", correct.keys["vendor"])
+    report = BlackboxReport(seed=1)
+    fuzzer = _Fuzzer(Target("127.0.0.1", correct.tcp_port, accounts=(account,)), account, random.Random(1),
+                     report, f"squat-probe {fault}".encode(), Commands())  # ids new per case
+    try:
+        await fuzzer.squat()
+        await fuzzer.verify()
+    finally:
+        await fuzzer.ctx.aclose()
+    if fault is None:
+        assert report.violations == [], report.summary()
+    else:
+        assert report.violations and all("R-CONFLICT-8" in v for v in report.violations), report.summary()
 
 
 def test_the_documented_fault_table_matches() -> None:
@@ -127,10 +233,16 @@ def test_fuzz_server_mode_is_clean_on_the_reference_server_and_catches_a_fault(
         argv = ["fuzz", "--server", f"{target.host}:{target.port}", "--account", "vendor",
                 "--key-file", str(key_file), "--budget", "3s", "--seed", "5", "--out", str(tmp_path)]
         status = main(argv)
-        # Same seed again: the server remembers the first run's devices; still no false alarm.
-        again = main(argv) if fault is None else status
+        trace = tmp_path / "blackbox-seed-5.jsonl"
+        first_ids = set(re.findall(r"device ([0-9a-f]{32})", trace.read_text()))
+        # Same seed again (the server remembers the first run) and a replay of its trace: still no
+        # false alarm on the correct server, the same finding on the faulty one, and new ids.
+        again = main(argv) if fault is None else main([*argv[:7], "--out", str(tmp_path), "--replay", str(trace)])
+        second_ids = set(re.findall(r"device ([0-9a-f]{32})", trace.read_text()))
     finally:
         server.set_faults(())
     out = capsys.readouterr().out
     assert (status, again) == ((0, 0) if fault is None else (1, 1)), out
-    assert list(tmp_path.glob("blackbox-seed-5.txt"))
+    assert len(first_ids) == 3 and first_ids.isdisjoint(second_ids)
+    header = json.loads(trace.read_text().splitlines()[0])
+    assert header["seed"] == 5 and header["options"]["budget_s"] == 3.0

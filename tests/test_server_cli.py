@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from emulator.cli import main
-from server_stub.faults import FAULT_MODES
+from server_stub.faults import ALL_FAULT_MODES
 from server_stub.sqlite_storage import SqliteStorage
 
 
@@ -129,7 +129,7 @@ def test_restore_refuses_a_non_store(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_serve_lists_faults_and_refuses_unknown(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "serve", "--list-faults")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()] == list(FAULT_MODES)
+    assert [line.split()[0] for line in out.splitlines()] == list(ALL_FAULT_MODES)
     code, _, err = run(capsys, "serve", "--memory", "--fault", "no-such-fault")
     assert code == 2 and "unknown fault mode" in err
     code, _, err = run(capsys, "serve", "--memory", "--tcp", "localhost:notaport")

@@ -548,6 +548,14 @@ def test_changes_pushed_between_commits_are_bounded_by_max_batch() -> None:
     assert remote.value.code is ErrorCode.BATCH_TOO_LARGE
 
 
+def test_the_batch_total_is_only_off_when_asked_for() -> None:
+    """``batch_total=False`` is the planted bug no-batch-total: each PUSH alone is still bounded."""
+    pair = ready_pair(server=ServerSession(max_batch=2, batch_total=False))
+    pair.run([(Role.DEVICE, [Push((Change(1, 0, rec(1)), Change(2, 0, rec(2))))]), (Role.SERVER, [PushAck(2)])])
+    pair.server.receive_data(pair.forged(Role.DEVICE, Push((Change(3, 0, rec(3)),))))
+    assert isinstance(pair.server.next_event(), Push)
+
+
 def test_sending_something_that_is_not_a_message_is_a_typed_error() -> None:
     with pytest.raises(LocalProtocolError) as info:
         DeviceSession().send("HELLO")  # type: ignore[arg-type]

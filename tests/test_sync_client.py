@@ -305,6 +305,36 @@ async def test_first_contact_with_a_known_device_id_retires_it() -> None:
     assert states(phone) == {"DURABLE": 1}
 
 
+async def test_a_trusted_server_claiming_lsns_never_issued_retires_the_device_id() -> None:
+    """R-IDEM-9: nothing is pushed under the old id; the next attempt is a recovery as a new device."""
+    phone = new_handset()
+    ids = [phone.add(Note(f"n{i}")) for i in range(2)]
+    script = Script()
+    await sync_with(phone, script)
+    script.durable_lsn = 99  # e.g. a cloned handset image pushed LSNs above ours under this id
+    script.records.clear()
+    pushed_before = len(script.pushed_lsns)
+    report = await sync_with(phone, script, attempts=2)
+    assert report.attempts == 2
+    meta = phone.store.meta
+    assert meta.device_id != DEVICE_ID and meta.durable_lsn <= max(script.pushed_lsns)
+    pushes = [m for m in script.received if isinstance(m, Push)]
+    assert sum(len(p.changes) for p in pushes) == pushed_before + 2  # all pushed again, once, as the new id
+    assert sorted(r.record_id for r in script.records) == sorted(ids)
+    assert states(phone) == {"DURABLE": 2}
+
+
+async def test_an_empty_photo_uploads_its_one_empty_chunk() -> None:
+    """R-BLOB-12: BLOB_QUERY cannot tell an unknown blob from a whole empty one; the chunk can."""
+    phone = new_handset()
+    phone.take_photo("nothing", b"")
+    script = Script()
+    await sync_with(phone, script)
+    chunks = [m for m in script.received if isinstance(m, BlobChunk)]
+    assert [(c.offset, c.total, c.data) for c in chunks] == [(0, 0, b"")]
+    assert states(phone) == {"DURABLE": 1}
+
+
 async def test_bad_anchor_refusal_is_a_regression_and_recovers_in_session() -> None:
     phone = new_handset()
     phone.add(Note("x"))

@@ -218,7 +218,7 @@ async def split_and_joined(ctx: CheckContext) -> None:
         if isinstance(got, PullEnd):
             end = got
         elif isinstance(got, Error) or got is CLOSED:
-            raise Fail(f"PULL: got {show(got)}")
+            raise Fail(f"PULL: expected RECORDS/BLOB_CHUNK/PULL_END, got {show(got)} (R-PULL-1)")
     joined = encode_frame(PullAck(end.anchor), client.next_seq) + encode_frame(Ping(78), client.next_seq + 1)
     client.next_seq += 2
     await client.send_raw(joined, "PULL_ACK and PING in one write")

@@ -9,6 +9,7 @@ from emulator.certify.context import (
     CheckContext,
     Session,
     brief,
+    challenge_of,
     expect_closed,
     expect_error,
     note_change,
@@ -125,8 +126,7 @@ async def _auth_failure(ctx: CheckContext, account_name: str, key: bytes) -> Err
     device_id = ctx.new_id()
     await client.send(Hello(1, 1, account_name, device_id, 65536))
     ch = await client.receive()
-    if not isinstance(ch, Challenge):
-        raise Fail(f"HELLO: expected CHALLENGE, got {show(ch)}")
+    ch = challenge_of(ch)
     nonce = ctx.new_id()
     mac = device_mac(key, server_nonce=ch.server_nonce, device_nonce=nonce, account=account_name,
                      device_id=device_id, server_id=ch.server_id)
@@ -162,8 +162,7 @@ async def auth_replay(ctx: CheckContext) -> None:
     client = await ctx.connect()
     await client.send(Hello(1, 1, device.account.name, device.device_id, 65536))
     ch = await client.receive()
-    if not isinstance(ch, Challenge):
-        raise Fail(f"HELLO: expected CHALLENGE, got {show(ch)}")
+    ch = challenge_of(ch)
     nonces.add(ch.server_nonce)
     nonce = ctx.new_id()
     recorded = Auth(nonce, device_mac(device.account.key, server_nonce=ch.server_nonce, device_nonce=nonce,
@@ -171,13 +170,12 @@ async def auth_replay(ctx: CheckContext) -> None:
                                       server_id=ch.server_id))
     await client.send(recorded)
     ok = await client.receive()
-    expect(isinstance(ok, HelloOk), f"AUTH with the right key: expected HELLO_OK, got {show(ok)}")
+    expect(isinstance(ok, HelloOk), f"AUTH with the right key: expected HELLO_OK, got {show(ok)} (R-AUTH-4)")
     await client.aclose()
     replay = await ctx.connect()
     await replay.send(Hello(1, 1, device.account.name, device.device_id, 65536))
     ch2 = await replay.receive()
-    if not isinstance(ch2, Challenge):
-        raise Fail(f"HELLO: expected CHALLENGE, got {show(ch2)}")
+    ch2 = challenge_of(ch2)
     expect(ch2.server_nonce not in nonces, "the server reused a server nonce across sessions (R-AUTH-1)")
     nonces.add(ch2.server_nonce)
     await replay.send(recorded)
@@ -271,8 +269,7 @@ async def _reach(ctx: CheckContext, state: SessionState) -> Client:
         client = await ctx.connect()
         await client.send(Hello(1, 1, ctx.account().name, ctx.new_id(), 65536))
         ch = await client.receive()
-        if not isinstance(ch, Challenge):
-            raise Fail(f"HELLO: expected CHALLENGE, got {show(ch)}")
+        ch = challenge_of(ch)
         client.max_frame = ch.max_frame
         return client
     session = await ctx.session()
@@ -286,7 +283,7 @@ MATRIX_TYPES = tuple(t for t in MessageType if t not in (MessageType.ERROR, Mess
 
 
 @check("state-matrix", "Every message the transition table forbids a device, in every state, gets UNEXPECTED_MESSAGE",
-       requirements=("R-STATE-1", "R-STATE-3", "R-STATE-4", "R-ERR-3"), level=Level.MUST, group="state")
+       requirements=("R-STATE-1", "R-STATE-3", "R-STATE-4", "R-ERR-3", "R-TCP-1"), level=Level.MUST, group="state")
 async def state_matrix(ctx: CheckContext) -> None:
     for state in MATRIX_STATES:
         for mtype in MATRIX_TYPES:
@@ -322,6 +319,10 @@ async def state_nonfatal_error_refused(ctx: CheckContext) -> None:
 async def state_before_auth_refused(ctx: CheckContext) -> None:
     device = ctx.device()
     record_id = ctx.new_id()
+    marker = await ctx.session()
+    _, committed = await marker.push_commit([note_change(marker.device.lsn(), ctx.new_id(), "certify: marker")])
+    before = max(a.version for a in committed.assigned)
+    await marker.bye()
     cases: list[tuple[str, Message]] = [
         ("PING", Ping(1)),
         ("PUSH", Push((note_change(1, record_id, "certify: before auth"),))),
@@ -331,8 +332,7 @@ async def state_before_auth_refused(ctx: CheckContext) -> None:
         client = await ctx.connect()
         await client.send(Hello(1, 1, device.account.name, device.device_id, 65536))
         ch = await client.receive()
-        if not isinstance(ch, Challenge):
-            raise Fail(f"HELLO: expected CHALLENGE, got {show(ch)}")
+        ch = challenge_of(ch)
         client.max_frame = ch.max_frame
         await client.send(message)
         await expect_error(client, ErrorCode.UNEXPECTED_MESSAGE, "R-STATE-1", f"{what} instead of AUTH")
@@ -341,8 +341,14 @@ async def state_before_auth_refused(ctx: CheckContext) -> None:
     session = await ctx.session(device)
     await session.client.send(Commit(1))
     conflicts, durable = await _commit_answer(session)
-    expect(durable.durable_lsn == 0 and not durable.assigned,
-           f"a PUSH sent before AUTH was applied: DURABLE {brief(durable)} (R-STATE-4)")
+    expect(not conflicts and not durable.assigned,
+           f"COMMIT 1 in a session that pushed nothing got {brief([*conflicts, durable])}, assigned "
+           f"{brief(list(durable.assigned))}; DURABLE lists only changes pushed in its session (R-DUR-6), and the "
+           "PUSH refused before AUTH must have changed nothing (R-STATE-4)")
+    heads, _ = await session.pull_all(before)
+    expect(record_id not in heads,
+           f"the PUSH sent instead of AUTH (and refused) was applied: a pull finds {brief(heads.get(record_id))} "
+           "(R-STATE-4)")
     await session.bye()
 
 

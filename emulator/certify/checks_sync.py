@@ -12,9 +12,10 @@ from protocol.messages import BlobAck, BlobChunk, Change, Durable, Error, Pull, 
 from protocol.records import Note, Photo, Record
 
 
-def copy_id(record_id: bytes, version: int) -> bytes:
-    """The conflict copy id of section 13."""
-    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big")).digest()[:16]
+def copy_id(record_id: bytes, version: int, taken: int = 0) -> bytes:
+    """The conflict copy id of section 13; ``taken`` = n > 0 gives the n-th id of "Taken copy ids"."""
+    suffix = taken.to_bytes(4, "big") if taken else b""
+    return hashlib.sha256(b"conflict" + record_id + version.to_bytes(8, "big") + suffix).digest()[:16]
 
 
 def assigned_version(durable: Durable, lsn: int) -> int:
@@ -61,7 +62,7 @@ async def receipts(ctx: CheckContext) -> None:
 
 
 @check("watermark-only-durable", "The durable watermark never covers a change received but not committed",
-       requirements=("R-DUR-4", "R-DUR-6", "R-DUR-10", "R-DUR-2"), level=Level.MUST, group="receipts")
+       requirements=("R-DUR-4", "R-DUR-6"), level=Level.MUST, group="receipts")
 async def watermark_only_durable(ctx: CheckContext) -> None:
     device = ctx.device()
     session = await ctx.session(device)
@@ -71,7 +72,12 @@ async def watermark_only_durable(ctx: CheckContext) -> None:
     await session.push([second])
     _, durable = await session.commit(first.lsn)
     base = assigned_version(durable, first.lsn)
-    if durable.durable_lsn >= second.lsn:
+    if durable.durable_lsn >= second.lsn:  # legal only if the server made the second change durable too
+        heads, _ = await session.pull_all(base - 1)
+        expect(second.record.record_id in heads,
+               f"COMMIT {first.lsn} got DURABLE.durable_lsn {durable.durable_lsn}, covering LSN {second.lsn}, pushed "
+               "after it and not committed, which a pull does not find: the watermark covers a change the server "
+               "does not hold (R-DUR-4)")
         assigned_version(durable, second.lsn)
     await session.client.aclose()
     again = await ctx.session(device)
@@ -88,10 +94,17 @@ async def watermark_only_durable(ctx: CheckContext) -> None:
 @check("retransmit-after-durable", "A change retransmitted after its DURABLE is acknowledged, not applied again",
        requirements=("R-IDEM-1", "R-IDEM-2", "R-DUR-6", "R-CONFLICT-6"), level=Level.MUST, group="idempotence")
 async def retransmit_after_durable(ctx: CheckContext) -> None:
+    await retransmit_of_confirmed(ctx, restart=False)
+
+
+async def retransmit_of_confirmed(ctx: CheckContext, *, restart: bool) -> None:
+    """A device commits a change, another device edits the record, the server is restarted (if
+    ``restart``), and the first device retransmits the change: it must be a duplicate."""
     mine, other = ctx.device(), ctx.device()
     record_id = ctx.new_id()
     original = note_change(mine.lsn(), record_id, "certify: first version")
     session = await ctx.session(mine)
+    generation = session.generation
     _, durable = await session.push_commit([original])
     v1 = assigned_version(durable, original.lsn)
     await session.bye()
@@ -99,21 +112,35 @@ async def retransmit_after_durable(ctx: CheckContext) -> None:
     _, edited = await editor.push_commit([note_change(other.lsn(), record_id, "certify: later edit", base=v1)])
     v2 = assigned_version(edited, 1)
     await editor.bye()
-    retry = await ctx.session(mine)
+    after = ""
+    if restart:
+        assert ctx.target.restart_cmd is not None
+        await ctx.run_command(ctx.target.restart_cmd, "restart")
+        retry = await ctx.wait_ready(mine)
+        if retry.generation != generation:
+            raise Inconclusive("the generation changed across the restart: the device would run a recovery sync, "
+                               "so its retransmission is not a duplicate any more")
+        after = " after a kill -9 and restart"
+    else:
+        retry = await ctx.session(mine)
     expect(retry.hello_ok.durable_lsn >= original.lsn,
-           f"HELLO_OK.durable_lsn {retry.hello_ok.durable_lsn} below the confirmed {original.lsn} (R-DUR-5)")
+           f"HELLO_OK.durable_lsn {retry.hello_ok.durable_lsn}{after} below the {original.lsn} DURABLE confirmed "
+           "(R-DUR-5)")
+    reqs = "R-IDEM-1, R-DUR-12" if restart else "R-IDEM-1"
     await retry.push([original])
     conflicts, again = await retry.commit(original.lsn)
-    expect(not conflicts, f"a retransmitted change drew {brief(conflicts)}: it was applied again (R-IDEM-1)")
+    expect(not conflicts, f"LSN {original.lsn}, confirmed DURABLE at version {v1}, retransmitted{after}, drew "
+           f"{brief(conflicts)}: it was applied again ({reqs})")
     got = assigned_version(again, original.lsn)
-    expect(got in (v1, 0), f"the retransmitted LSN {original.lsn} was assigned version {brief(got)}; it must be the version "
-           f"it first received ({v1}), or 0 if that is no longer kept, never the head's (R-IDEM-2, R-DUR-6)")
+    expect(got in (v1, 0), f"LSN {original.lsn} retransmitted{after} was assigned version {brief(got)}; it must be the "
+           f"version it first received ({v1}), or 0 if that is no longer kept, never another (R-IDEM-2, R-DUR-6)")
     heads, _ = await retry.pull_all(v1 - 1)
     head = heads.get(record_id)
     expect(head is not None and head.version == v2 and _title(head) == "certify: later edit",
-           f"after a retransmit the record's head is {brief(head)}; the later edit (version {v2}) must stay head (R-IDEM-1)")
+           f"after a retransmit{after} the record's head is {brief(head)}; the later edit (version {v2}) must stay "
+           f"head ({reqs})")
     copies = [r for r in heads.values() if r.conflict_of == record_id]
-    expect(not copies, f"a retransmit created conflict copies {copies} (R-IDEM-1)")
+    expect(not copies, f"a retransmit{after} created conflict copies {brief(copies)} ({reqs})")
     await retry.bye()
 
 
@@ -142,6 +169,7 @@ async def retransmit_after_drop(ctx: CheckContext) -> None:
 @check("refused-push-no-effect", "A PUSH refused for one bad change applies none of its changes",
        requirements=("R-IDEM-7", "R-BLOB-5"), level=Level.MUST, group="idempotence")
 async def refused_push_no_effect(ctx: CheckContext) -> None:
+    marker = (await _committed_notes(ctx, 1, "refused push marker"))[0]
     device = ctx.device()
     session = await ctx.session(device)
     good = note_change(device.lsn(), ctx.new_id(), "certify: refused with its batch")
@@ -152,10 +180,15 @@ async def refused_push_no_effect(ctx: CheckContext) -> None:
     await session.expect_closed("R-ERR-3")
     again = await ctx.session(device)
     expect(again.hello_ok.durable_lsn == 0,
-           f"after a refused PUSH HELLO_OK.durable_lsn is {again.hello_ok.durable_lsn}, expected 0 (R-IDEM-7)")
+           f"this device's only PUSH was refused with BLOB_INCOMPLETE, yet HELLO_OK reports durable_lsn "
+           f"{again.hello_ok.durable_lsn} for it (R-IDEM-7)")
     _, durable = await again.commit(bad.lsn)
-    expect(durable.durable_lsn == 0 and not durable.assigned,
-           f"COMMIT after a refused PUSH got {show(durable)} {durable.assigned}: the PUSH took effect (R-IDEM-7)")
+    expect(not durable.assigned,
+           f"a COMMIT in a session that pushed nothing got DURABLE.assigned {brief(list(durable.assigned))}; it lists "
+           "only changes pushed in its session (R-DUR-6)")
+    heads, _ = await again.pull_all(marker)
+    applied = [brief(heads[c.record.record_id]) for c in (good, bad) if c.record.record_id in heads]
+    expect(not applied, f"a PUSH refused with BLOB_INCOMPLETE was applied in part: a pull finds {applied} (R-IDEM-7)")
     await again.bye()
 
 
@@ -249,7 +282,7 @@ async def _committed_notes(ctx: CheckContext, count: int, label: str) -> list[in
 
 
 @check("pull-anchor-needs-ack", "The server's anchor for a device moves only on PULL_ACK",
-       requirements=("R-PULL-8", "R-PULL-10", "R-GEN-2", "R-TCP-5"), level=Level.MUST, group="pull")
+       requirements=("R-PULL-8", "R-PULL-10", "R-GEN-2", "R-TCP-5", "R-ERR-5"), level=Level.MUST, group="pull")
 async def pull_anchor_needs_ack(ctx: CheckContext) -> None:
     versions = await _committed_notes(ctx, 1, "anchor")
     reader = ctx.device()
@@ -333,7 +366,7 @@ async def pull_paging(ctx: CheckContext) -> None:
 
 
 @check("pull-durable-only", "A change received but not committed is not pulled by another device",
-       requirements=("R-PULL-4", "R-DUR-2"), level=Level.MUST, group="pull")
+       requirements=("R-PULL-4",), level=Level.MUST, group="pull")
 async def pull_durable_only(ctx: CheckContext) -> None:
     marker = await _committed_notes(ctx, 1, "marker")
     writer = ctx.device()
@@ -374,12 +407,15 @@ async def conflict_copy(ctx: CheckContext) -> None:
     conflicts, d3 = await sa.push_commit([edit_a])
     v3 = assigned_version(d3, edit_a.lsn)
     expected_copy = copy_id(record_id, v2)
+    heads, _ = await sa.pull_all(v1)
+    if not conflicts and not any(r.conflict_of == record_id for r in heads.values()):
+        raise Fail(f"a stale edit (base {v1}) overwrote B's version {v2} with no CONFLICT and no conflict copy of it "
+                   f"in a pull: B's version is lost (R-CONFLICT-1 rule 4, R-CONFLICT-6)")
     expect(len(conflicts) == 1, f"a stale edit drew {len(conflicts)} CONFLICT messages, expected 1 (R-CONFLICT-4)")
     got = conflicts[0]
     expect((got.lsn, got.record_id, got.server_version, got.copy_id) == (edit_a.lsn, record_id, v2, expected_copy),
            f"CONFLICT {brief(got)} expected lsn {edit_a.lsn}, server_version {v2}, copy_id {expected_copy.hex()} "
            "(R-CONFLICT-2, R-CONFLICT-4)")
-    heads, _ = await sa.pull_all(v1)
     head, copy = heads.get(record_id), heads.get(expected_copy)
     expect(head is not None and head.version == v3 and _title(head) == "certify: stale edit on A",
            f"the record's head after the conflict is {brief(head)}; the later commit must win (R-CONFLICT-1 rule 4)")
@@ -388,6 +424,52 @@ async def conflict_copy(ctx: CheckContext) -> None:
     assert copy is not None
     expect(copy.version == v3 + 1, f"the conflict copy has version {copy.version}, expected {v3 + 1} (R-CONFLICT-1)")
     await sa.bye()
+
+
+@check("conflict-copy-taken", "A conflict copy never overwrites another record holding its copy id",
+       requirements=("R-CONFLICT-8", "R-CONFLICT-2", "R-CONFLICT-6"), level=Level.MUST, group="conflict")
+async def conflict_copy_taken(ctx: CheckContext) -> None:
+    """Twice: B's edit (version v2) is overwritten by A's stale edit while the copy id of v2 is taken,
+    first by a record of other content (the copy takes the next id), then by that very copy (no new one)."""
+    for case in ("other content", "the same copy"):
+        a, b, squatter = ctx.device(), ctx.device(), ctx.device()
+        record_id = ctx.new_id()
+        sa = await ctx.session(a)
+        _, d1 = await sa.push_commit([note_change(a.lsn(), record_id, f"certify: taken original ({case})")])
+        v1 = assigned_version(d1, 1)
+        sb = await ctx.session(b)
+        _, d2 = await sb.push_commit([note_change(b.lsn(), record_id, f"certify: taken edit on B ({case})", base=v1)])
+        v2 = assigned_version(d2, 1)
+        await sb.bye()
+        plain = copy_id(record_id, v2)
+        if case == "other content":
+            held = Record(plain, 0, False, Note("certify: a record that holds the copy id", "squatter"))
+            wanted = copy_id(record_id, v2, 1)
+        else:
+            held = Record(plain, 0, False, Note(f"certify: taken edit on B ({case})"), conflict_of=record_id)
+            wanted = plain
+        ss = await ctx.session(squatter)
+        _, d3 = await ss.push_commit([Change(squatter.lsn(), 0, held)])
+        held_version = assigned_version(d3, 1)
+        await ss.bye()
+        edit_a = note_change(a.lsn(), record_id, f"certify: taken stale edit on A ({case})", base=v1)
+        conflicts, _ = await sa.push_commit([edit_a])
+        expect(len(conflicts) == 1, f"a stale edit drew {len(conflicts)} CONFLICT messages, expected 1 (R-CONFLICT-4)")
+        got = conflicts[0].copy_id
+        if got != wanted:
+            name = "the next id (n = 1)" if case == "other content" else "that id"
+            raise Fail(f"the copy id {plain.hex()} of version {v2} already held {case} ({brief(held)}); CONFLICT "
+                       f"names {got.hex()}, the copy belongs at {name} {wanted.hex()} (R-CONFLICT-8, R-CONFLICT-2)")
+        heads, _ = await sa.pull_all(v1)
+        at_plain, copy = heads.get(plain), heads.get(wanted)
+        expect(at_plain is not None and at_plain.version == held_version and at_plain.body == held.body
+               and at_plain.conflict_of == held.conflict_of,
+               f"the record {plain.hex()} that held the copy id ({case}, version {held_version}) is now "
+               f"{brief(at_plain)}: it was overwritten (R-CONFLICT-8)")
+        expect(copy is not None and copy.conflict_of == record_id
+               and _title(copy) == f"certify: taken edit on B ({case})",
+               f"the conflict copy {wanted.hex()} is {brief(copy)}; it must keep B's edit (R-CONFLICT-8, R-CONFLICT-6)")
+        await sa.bye()
 
 
 @check("conflict-same-content", "A stale edit equal to the head is a no-op: no CONFLICT, the head's version",
@@ -443,6 +525,33 @@ async def blob_upload_resume(ctx: CheckContext) -> None:
     await reader.bye()
 
 
+@check("blob-empty", "A 0-byte blob is held once its one empty chunk arrives, and only then",
+       requirements=("R-BLOB-12", "R-BLOB-5", "R-BLOB-8"), level=Level.MUST, group="blob")
+async def blob_empty(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    blob_id, empty = ctx.new_id(), hashlib.sha256(b"").digest()
+    expect(await session.blob_query(blob_id) == 0, "BLOB_QUERY of a new blob is not 0 (R-BLOB-1)")
+    for attempt in ("first", "repeated"):
+        await session.client.send(BlobChunk(blob_id, 0, 0, b""))
+        ack = await session.expect(BlobAck, f"the {attempt} empty chunk of a 0-byte blob")
+        assert isinstance(ack, BlobAck)
+        expect(ack.have == 0, f"the {attempt} empty chunk of a 0-byte blob got BLOB_ACK have {ack.have} (R-BLOB-12)")
+    change = body_change(device.lsn(), ctx.new_id(), Photo("certify: empty photo", blob_id, 0, empty))
+    _, durable = await session.push_commit([change])
+    version = assigned_version(durable, change.lsn)
+    result = await session.pull(version - 1, 1)
+    expect(any(r.record_id == change.record.record_id for r in result.records),
+           f"the committed 0-byte photo (version {version}) is not pulled (R-PULL-2)")
+    expect(result.blobs.get(blob_id) == b"",
+           "a pull of a 0-byte photo did not carry its one empty BLOB_CHUNK (R-BLOB-12, R-BLOB-8)")
+    await session.client.send(PullAck(result.end.anchor))
+    other = body_change(device.lsn(), ctx.new_id(), Photo("certify: empty, never sent", ctx.new_id(), 0, empty))
+    await session.client.send(Push((other,)))
+    await session.expect_error(ErrorCode.BLOB_INCOMPLETE, "R-BLOB-12",
+                               "a 0-byte photo whose empty chunk was never sent")
+
+
 @check("blob-total-mismatch", "A chunk whose total differs from the blob's gets BAD_FIELD",
        requirements=("R-BLOB-3",), level=Level.MUST, group="blob")
 async def blob_total_mismatch(ctx: CheckContext) -> None:
@@ -473,3 +582,93 @@ async def blob_incomplete_photo(ctx: CheckContext) -> None:
         await session.client.send(Push((body_change(device.lsn(), ctx.new_id(), photo),)))
         await session.expect_error(ErrorCode.BLOB_INCOMPLETE, "R-BLOB-5", f"a photo whose blob is {what}")
         await session.client.aclose()
+
+
+@check("push-batch-total", "The PUSH that takes the changes since the last COMMIT past max_batch gets BATCH_TOO_LARGE",
+       requirements=("R-LIMIT-4",), level=Level.MUST, group="idempotence")
+async def push_batch_total(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device, max_frame=1024)
+    limit = session.challenge.max_batch
+    for _ in range(limit):
+        await session.push([note_change(device.lsn(), ctx.new_id(), "")])
+    await session.client.send(Push((note_change(device.lsn(), ctx.new_id(), ""),)))
+    await session.expect_error(ErrorCode.BATCH_TOO_LARGE, "R-LIMIT-4",
+                               f"PUSH number {limit + 1} of one change each, with no COMMIT since the first "
+                               f"(max_batch {limit})")
+    await session.expect_closed("R-ERR-3")
+
+
+@check("durable-lsn-unreceived", "DURABLE never reports durable an LSN the server has not received",
+       requirements=("R-DUR-4",), level=Level.MUST, group="receipts")
+async def durable_lsn_unreceived(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    _, durable = await session.commit(5)
+    expect(durable.durable_lsn == 0,
+           f"COMMIT 5 from a new device that has pushed nothing: DURABLE.durable_lsn {durable.durable_lsn}; no LSN "
+           "of this device was received, so none may be reported durable (R-DUR-4)")
+    changes = [note_change(device.lsn(), ctx.new_id(), f"certify: watermark {i}") for i in range(2)]
+    await session.push_commit(changes)
+    _, durable = await session.commit(9)
+    expect(durable.durable_lsn == changes[-1].lsn,
+           f"COMMIT 9 after LSNs 1..{changes[-1].lsn} were committed and nothing else pushed: DURABLE.durable_lsn "
+           f"{durable.durable_lsn}, expected {changes[-1].lsn}, the highest LSN received (R-DUR-4, R-DUR-5)")
+    await session.bye()
+
+
+@check("push-lsn-below-applied", "A lower LSN after a higher one was applied is a duplicate; a repeated LSN is accepted",
+       requirements=("R-IDEM-8", "R-DUR-6"), level=Level.MUST, group="idempotence")
+async def push_lsn_below_applied(ctx: CheckContext) -> None:
+    device = ctx.device()
+    session = await ctx.session(device)
+    high = note_change(5, ctx.new_id(), "certify: LSN 5")
+    _, durable = await session.push_commit([high])
+    base = assigned_version(durable, 5)
+    low = note_change(3, ctx.new_id(), "certify: LSN 3, after 5 was applied")
+    await session.push([low])
+    _, durable = await session.commit(3)
+    got = assigned_version(durable, 3)
+    expect(got == 0, f"LSN 3, pushed after LSN 5 was applied, was assigned version {got}; at or below the last "
+           "applied LSN a change is a duplicate, given version 0 (R-IDEM-8, R-DUR-6)")
+    repeat = note_change(6, ctx.new_id(), "certify: LSN 6, pushed twice")
+    await session.push([repeat])
+    await session.push([repeat])  # PUSH_ACK expected: LSN order holds within one PUSH only
+    _, durable = await session.commit(6)
+    version = assigned_version(durable, 6)
+    heads, _ = await session.pull_all(base - 1)
+    expect(low.record.record_id not in heads,
+           f"LSN 3, pushed after LSN 5 was applied, was applied: a pull finds {brief(heads.get(low.record.record_id))} "
+           "(R-IDEM-8)")
+    head = heads.get(repeat.record.record_id)
+    expect(head is not None and head.version == version,
+           f"LSN 6 pushed twice in one session: pulled {brief(head)}, DURABLE assigned {version} (R-IDEM-1)")
+    await session.bye()
+
+
+@check("converge", "After conflicting edits and full pulls, two devices hold the same heads",
+       requirements=("R-CONFORM-3", "R-CONFLICT-5"), level=Level.MUST, group="conflict")
+async def converge(ctx: CheckContext) -> None:
+    a, b = ctx.device(), ctx.device()
+    sa, sb = await ctx.session(a, label="a"), await ctx.session(b, label="b")
+    shared = ctx.new_id()
+    _, d1 = await sa.push_commit([note_change(a.lsn(), shared, "certify: converge original")])
+    v1 = assigned_version(d1, 1)
+    await sa.push_commit([note_change(a.lsn(), shared, "certify: converge edit on A", base=v1),
+                          note_change(a.lsn(), ctx.new_id(), "certify: converge new on A")])
+    await sb.push_commit([note_change(b.lsn(), shared, "certify: converge edit on B", base=v1),
+                          note_change(b.lsn(), ctx.new_id(), "certify: converge new on B")])
+    heads_a, _ = await sa.pull_all(v1 - 1)
+    heads_b, _ = await sb.pull_all(v1 - 1)
+    mine = {rid for rid, r in heads_a.items() if rid == shared or r.conflict_of == shared
+            or _title(r).startswith("certify: converge new")}
+    view_a = {rid: (heads_a[rid].version, _title(heads_a[rid])) for rid in mine if rid in heads_a}
+    view_b = {rid: (heads_b[rid].version, _title(heads_b[rid])) for rid in mine if rid in heads_b}
+    expect(view_a == view_b, f"after full pulls the devices disagree: A holds {view_a}, B holds {view_b} (R-CONFORM-3)")
+    titles = sorted(title for _, title in view_a.values())
+    expect(titles == sorted(["certify: converge edit on A", "certify: converge edit on B",
+                             "certify: converge new on A", "certify: converge new on B"]),
+           f"after conflicting edits the account holds {titles}; both edits and both new notes must be there "
+           "(R-CONFORM-3, R-CONFLICT-6)")
+    await sa.bye()
+    await sb.bye()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -55,7 +55,8 @@ from protocol.messages import (
 )
 from protocol.records import Note, Record, RecordBody
 
-__all__ = ["Account", "CheckContext", "Device", "PullResult", "Session", "Target", "brief", "note_change", "show"]
+__all__ = ["Account", "ArmedCommand", "CheckContext", "Device", "Ended", "PullResult", "Refused", "Session", "Target",
+           "brief", "challenge_of", "legal_end", "legal_refusal", "note_change", "show"]
 
 DEFAULT_MAX_FRAME = 65536
 MESSAGE_CLASSES = tuple(MESSAGE_TYPES.values())
@@ -79,6 +80,7 @@ class Target:
     accounts: tuple[Account, ...] = ()
     restart_cmd: str | None = None
     restore_cmd: str | None = None
+    power_cut_cmd: str | None = None
     timeout: float = 5.0
     ready_timeout: float = 30.0
     http_path: str = "/sync"
@@ -159,6 +161,48 @@ def body_change(lsn: int, record_id: bytes, body: RecordBody, *, base: int = 0, 
     return Change(lsn, base, Record(record_id, 0, deleted, body))
 
 
+LEGAL_REFUSALS = frozenset({ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN})
+"""Fatal ERRORs a server may answer a HELLO or AUTH with at any time (R-LIMIT-9, R-LIMIT-10)."""
+
+
+def legal_refusal(received: Received) -> str | None:
+    """What a legal refusal of a new session was (BUSY, SHUTTING_DOWN, HTTP 503), or None."""
+    if isinstance(received, HttpRefusal) and received.status == 503:
+        return "HTTP 503"
+    if isinstance(received, Error) and received.code in LEGAL_REFUSALS and received.fatal:
+        return ErrorCode(received.code).name
+    return None
+
+
+class Refused(Inconclusive):
+    """The server legally declined a new session (BUSY, SHUTTING_DOWN): nothing to judge."""
+
+
+def challenge_of(received: Received) -> Challenge:
+    """The CHALLENGE answering a HELLO; ``Refused`` for a legal refusal, Fail for anything else."""
+    if isinstance(received, Challenge):
+        return received
+    if (why := legal_refusal(received)) is not None:
+        raise Refused(f"the server declined the session with {why}, as it may (R-LIMIT-9, R-LIMIT-10)")
+    raise Fail(f"HELLO: expected CHALLENGE, got {show(received)} (R-STATE-1)")
+
+
+LEGAL_ENDS = frozenset({ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT, ErrorCode.BUDGET_EXCEEDED, ErrorCode.STORAGE,
+                        ErrorCode.INTERNAL})
+"""Fatal ERRORs a server may end a session with for reasons of its own (R-LIMIT-7, R-LIMIT-8,
+R-LIMIT-10, R-DUR-11): the session is over, nothing was broken. BUSY answers only a HELLO (R-LIMIT-13)."""
+
+
+class Ended(Refused):
+    """The server ended the session with a fatal ERROR it may send at any time (``LEGAL_ENDS``)."""
+
+
+def legal_end(received: Received, doing: str) -> None:
+    """Raise ``Ended`` if ``received`` is a legal fatal ERROR ending the session."""
+    if isinstance(received, Error) and received.code in LEGAL_ENDS and received.fatal:
+        raise Ended(f"{doing}: the server ended the session with {show(received)}, as it may")
+
+
 class AnchorAhead(Fail):
     """The server answered a PULL with BAD_ANCHOR: its versions end below the anchor."""
 
@@ -188,6 +232,7 @@ class Session:
         """Receive one message of type ``kind``; Fail on anything else."""
         got = await self.client.receive()
         if not isinstance(got, kind):
+            legal_end(got, doing)
             raise Fail(f"{doing}: expected {kind.TYPE.name}, got {show(got)}")
         return got
 
@@ -204,8 +249,9 @@ class Session:
             raise Fail(f"PUSH_ACK.received_lsn {ack.received_lsn}, expected the last LSN {changes[-1].lsn} (R-DUR-1)")
         return ack
 
-    async def commit(self, lsn: int) -> tuple[list[Conflict], Durable]:
-        """COMMIT and collect CONFLICTs until DURABLE."""
+    async def commit(self, lsn: int, *, on_durable: Callable[[], Awaitable[None]] | None = None,
+                     ) -> tuple[list[Conflict], Durable]:
+        """COMMIT and collect CONFLICTs until DURABLE; ``on_durable`` runs the moment it arrives."""
         await self.client.send(Commit(lsn))
         self.since_commit = 0
         conflicts: list[Conflict] = []
@@ -214,14 +260,18 @@ class Session:
             if isinstance(got, Conflict):
                 conflicts.append(got)
             elif isinstance(got, Durable):
+                if on_durable is not None:
+                    await on_durable()
                 return conflicts, got
             else:
+                legal_end(got, f"COMMIT {lsn}")
                 raise Fail(f"COMMIT {lsn}: expected CONFLICT* DURABLE, got {show(got)}")
 
-    async def push_commit(self, changes: Sequence[Change]) -> tuple[list[Conflict], Durable]:
+    async def push_commit(self, changes: Sequence[Change], *, on_durable: Callable[[], Awaitable[None]] | None = None,
+                          ) -> tuple[list[Conflict], Durable]:
         """PUSH then COMMIT through the last LSN; checks DURABLE's generation and watermark."""
         await self.push(changes)
-        conflicts, durable = await self.commit(changes[-1].lsn)
+        conflicts, durable = await self.commit(changes[-1].lsn, on_durable=on_durable)
         if durable.generation != self.generation:
             raise Fail(f"DURABLE generation {durable.generation:#x} differs from HELLO_OK's {self.generation:#x} (R-DUR-4)")
         if durable.durable_lsn < changes[-1].lsn:
@@ -250,6 +300,7 @@ class Session:
                 raise AnchorAhead(f"PULL from {anchor} got BAD_ANCHOR ({got.text[:80]!r}) though the server confirmed "
                                   "or sent versions above it (R-PULL-5, R-CONFORM-1)")
             else:
+                legal_end(got, f"PULL from {anchor}")
                 raise Fail(f"PULL from {anchor}: expected RECORDS/BLOB_CHUNK/PULL_END, got {show(got)}")
             frames.append(got)
 
@@ -363,6 +414,7 @@ class CheckContext:
         self.rng = rng
         self.trace = trace
         self._clients: list[Client] = []
+        self._processes: list[trio.Process] = []
         self._count = 0
 
     # ------------------------------------------------------------------ identities
@@ -403,6 +455,8 @@ class CheckContext:
         account = device.account
         await client.send(Hello(1, 1, account.name, device.device_id, max_frame))
         challenge = await client.receive()
+        if (why := legal_refusal(challenge)) is not None:
+            raise Refused(f"the server declined the session with {why}, as it may (R-LIMIT-9, R-LIMIT-10)")
         if not isinstance(challenge, Challenge):
             raise Fail(f"HELLO: expected CHALLENGE, got {show(challenge)} (R-STATE-1)")
         if challenge.version != 1:
@@ -433,15 +487,23 @@ class CheckContext:
         device = device or self.device()
         client = await self.connect(label)
         challenge, answer = await self.handshake(client, device, max_frame=max_frame)
+        if (why := legal_refusal(answer)) is not None:
+            raise Refused(f"the server declined the session with {why}, as it may (R-LIMIT-9, R-LIMIT-10)")
         if not isinstance(answer, HelloOk):
             raise Fail(f"AUTH with the right key: expected HELLO_OK, got {show(answer)} (R-AUTH-4)")
         return Session(self, client, device, challenge, answer)
 
     async def aclose(self) -> None:
-        """Close every connection the check opened."""
+        """Close every connection the check opened; kill a command armed and never fired."""
         for client in self._clients:
             await client.aclose()
         self._clients.clear()
+        for process in self._processes:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        self._processes.clear()
 
     # ------------------------------------------------------------------ restarts and restores
 
@@ -461,6 +523,15 @@ class CheckContext:
             raise Inconclusive(f"the {what} command exited with status {result.returncode}")
         self.trace.note(f"{what} command done")
 
+    async def arm_command(self, command: str, what: str) -> ArmedCommand:
+        """Start a shell command that waits for ``fire()`` before it runs (``read`` on its stdin), so
+        that it runs the moment something arrives, without a process start in between."""
+        process = await trio.lowlevel.open_process(["sh", "-c", "read -r _sidekick_go\n" + command],
+                                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL)
+        self._processes.append(process)
+        return ArmedCommand(self, process, command, what)
+
     async def wait_ready(self, device: Device) -> Session:
         """Poll until the server accepts a session again (up to ``ready_timeout``)."""
         deadline = trio.current_time() + self.target.ready_timeout
@@ -470,7 +541,7 @@ class CheckContext:
                 with trio.move_on_after(self.target.timeout):
                     return await self._quiet_session(device)
                 last = "timeout"
-            except (Fail, ServerViolation) as exc:
+            except (Fail, ServerViolation, Refused) as exc:
                 last = str(exc)
             await trio.sleep(0.05)
         raise Fail(f"the server did not accept a session within {self.target.ready_timeout:g}s after the command: {last}")
@@ -491,3 +562,40 @@ class CheckContext:
             raise Fail(f"AUTH answered by {show(answer)}")
         self.trace.note("the server accepts sessions again")
         return await self.session(device)
+
+
+class ArmedCommand:
+    """A restart, power-cut or restore command started ahead and held until ``fire()``."""
+
+    def __init__(self, ctx: CheckContext, process: trio.Process, command: str, what: str) -> None:
+        self.ctx = ctx
+        self.process = process
+        self.command = command
+        self.what = what
+        self.fired = False
+
+    async def fire(self) -> None:
+        """Let the command run now (once)."""
+        if self.fired:
+            return
+        self.fired = True
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send_all(b"go\n")
+            await self.process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the command ended early: finish() reports how
+        self.ctx.trace.note(f"{self.what} command released: {self.command}")
+
+    async def finish(self) -> None:
+        """Wait for the command (fired or not) to end; Inconclusive if it fails or hangs."""
+        await self.fire()
+        limit = self.ctx.target.ready_timeout
+        with trio.move_on_after(limit) as scope:
+            await self.process.wait()
+        if scope.cancelled_caught:
+            self.process.kill()
+            raise Inconclusive(f"the {self.what} command did not finish within {limit:g}s")
+        if self.process.returncode != 0:
+            raise Inconclusive(f"the {self.what} command exited with status {self.process.returncode}")
+        self.ctx.trace.note(f"{self.what} command done")

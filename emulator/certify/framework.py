@@ -60,6 +60,7 @@ class Need(enum.Enum):
     SECOND_ACCOUNT = "a second account (--account and --key-file given twice)"
     RESTART = "a restart command (--restart-cmd)"
     RESTORE = "a restore command (--restore-cmd)"
+    POWER_CUT = "a power-cut command (--power-cut-cmd)"
     TCP = "the TCP binding"
     HTTP = "the HTTP binding (--http)"
 
@@ -137,7 +138,7 @@ class CheckResult:
 
 GROUP_ORDER: tuple[str, ...] = (
     "connect", "framing", "version", "auth", "isolation", "state", "idempotence", "receipts",
-    "pull", "conflict", "blob", "limits", "malformed", "http", "restart", "restore",
+    "pull", "conflict", "blob", "limits", "malformed", "http", "restart", "power-cut", "restore",
 )
 """Groups run in this order: the restart and restore checks last, as they disturb the server."""
 

@@ -33,6 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="hex key file of each --sidekick-account, in order")
     group.addoption("--sidekick-restart-cmd", default=None, metavar="CMD", help="kill -9 and restart the server")
     group.addoption("--sidekick-restore-cmd", default=None, metavar="CMD", help="restore a backup and restart")
+    group.addoption("--sidekick-power-cut-cmd", default=None, metavar="CMD",
+                    help="cut the server's power (unsynced writes lost) and restart")
     group.addoption("--sidekick-profile", default="all", choices=("must", "should", "all"), help="levels to run")
     group.addoption("--sidekick-only", action="append", default=[], metavar="PATTERN", help="glob on check ids")
     group.addoption("--sidekick-expected-failures", default=None, metavar="FILE", help="baseline of expected failures")
@@ -156,6 +158,7 @@ def _build_target(config: pytest.Config) -> Target:
         address=config.getoption("--sidekick-server"), http=config.getoption("--sidekick-http"),
         account=config.getoption("--sidekick-account"), key_file=config.getoption("--sidekick-key-file"),
         restart_cmd=config.getoption("--sidekick-restart-cmd"), restore_cmd=config.getoption("--sidekick-restore-cmd"),
+        power_cut_cmd=config.getoption("--sidekick-power-cut-cmd"),
         timeout=config.getoption("--sidekick-timeout"), ready_timeout=30.0,
     )
     try:

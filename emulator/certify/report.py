@@ -10,7 +10,8 @@ from xml.etree import ElementTree as ET
 from emulator.certify.framework import CheckResult, Level, Outcome
 from emulator.certify.runner import RunResult
 
-__all__ = ["DISCLAIMER", "render_html", "render_json", "render_junit", "render_text", "summary_lines", "to_dict"]
+__all__ = ["DISCLAIMER", "render_html", "render_json", "render_junit", "render_text", "summary_lines", "to_dict",
+           "unchecked_musts"]
 
 DISCLAIMER = (
     "Passing this suite is evidence that the server behaves as docs/PROTOCOL.md requires where these "
@@ -55,21 +56,32 @@ def render_text(run: RunResult, *, evidence: bool = True, table: bool = True) ->
     return "\n".join(lines) + "\n"
 
 
+def unchecked_musts(run: RunResult) -> tuple[int, int]:
+    """(MUST checks that apply to the binding, those of them left inconclusive: not checked)."""
+    musts = [r for r in run.results if r.check.level is Level.MUST and r.outcome is not Outcome.SKIPPED]
+    return len(musts), sum(1 for r in musts if r.outcome is Outcome.INCONCLUSIVE)
+
+
 def summary_lines(run: RunResult) -> list[str]:
-    """Counts, time per group, verdict, the Inconclusive count and the disclaimer."""
+    """Counts, time per group, verdict, how many MUSTs were not checked, and the disclaimer."""
     lines = [(f"{run.count(Outcome.PASS)} passed, {run.count(Outcome.FAIL)} failed, "
               f"{run.count(Outcome.INCONCLUSIVE)} inconclusive, {run.count(Outcome.SKIPPED)} skipped "
               f"in {run.duration:.1f}s")]
     groups = ", ".join(f"{g} {t:.1f}s" for g, t in run.group_durations().items())
     lines.append(f"time per group: {groups}")
+    musts, unchecked = unchecked_musts(run)
     must_failed = run.failed_must
     if must_failed:
         lines.append(f"VERDICT: {len(must_failed)} MUST check(s) failed; each failure above names the requirement "
                      "broken and shows the frames exchanged.")
     elif run.exit_code():
-        lines.append("VERDICT: no MUST check failed, but checks were inconclusive and --strict is set.")
+        lines.append(f"VERDICT: no MUST check failed, but {unchecked} MUST check(s) were not checked and --strict "
+                     "is set.")
+    elif unchecked:
+        lines.append(f"VERDICT: no MUST check failed, but {unchecked} of {musts} MUST checks were NOT CHECKED "
+                     "(inconclusive, listed above): this run is not a pass of the suite (--strict fails it).")
     else:
-        lines.append("VERDICT: no MUST check failed.")
+        lines.append(f"VERDICT: no MUST check failed; all {musts} MUST checks decided.")
     if run.inconclusive:
         lines.append(f"{len(run.inconclusive)} check(s) INCONCLUSIVE: they neither passed nor failed (listed above).")
     lines.append(DISCLAIMER)
@@ -102,6 +114,8 @@ def to_dict(run: RunResult) -> dict[str, Any]:
         "exit_code": run.exit_code(),
         "duration_s": round(run.duration, 3),
         "counts": {o.value: run.count(o) for o in Outcome},
+        "must_checks": unchecked_musts(run)[0],
+        "must_not_checked": unchecked_musts(run)[1],
         "group_durations_s": {g: round(t, 3) for g, t in run.group_durations().items()},
         "disclaimer": DISCLAIMER,
         "results": [_result_dict(r) for r in run.results],
@@ -113,10 +127,13 @@ def render_json(run: RunResult) -> str:
     return json.dumps(to_dict(run), indent=2) + "\n"
 
 
+_JUNIT_COUNTS = {"failures": "failure", "errors": "error", "skipped": "skipped"}
+
+
 def render_junit(run: RunResult) -> str:
     """The run as JUnit XML: one testsuite per group, one testcase per check named by requirement id."""
     root = ET.Element("testsuites", name="sidekick certify", tests=str(len(run.results)),
-                      failures=str(run.count(Outcome.FAIL)), time=f"{run.duration:.3f}")
+                      time=f"{run.duration:.3f}")
     suites: dict[str, ET.Element] = {}
     for r in run.results:
         suite = suites.get(r.check.group)
@@ -136,8 +153,15 @@ def render_junit(run: RunResult) -> str:
                                  f"{' (expected)' if r.expected_failure else ''}: {r.message}")
             node.text = detail
         elif r.outcome is Outcome.INCONCLUSIVE:
+            # A MUST left unchecked must not look green on a dashboard: an error (not a failure of the
+            # server) unless --strict makes it a failure; SHOULD and MAY ones are skipped.
+            ET.SubElement(case.find("properties"), "property", name="outcome",  # type: ignore[arg-type]
+                          value="inconclusive")
             if run.strict:
                 node = ET.SubElement(case, "failure", message=f"inconclusive: {r.message}", type="inconclusive")
+            elif r.check.level is Level.MUST:
+                node = ET.SubElement(case, "error", message=f"MUST not checked (inconclusive): {r.message}",
+                                     type="inconclusive")
             else:
                 node = ET.SubElement(case, "skipped", message=f"inconclusive: {r.message}")
             node.text = detail
@@ -146,8 +170,10 @@ def render_junit(run: RunResult) -> str:
     for suite in suites.values():
         cases = suite.findall("testcase")
         suite.set("tests", str(len(cases)))
-        suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
-        suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
+        for kind, tag in _JUNIT_COUNTS.items():
+            suite.set(kind, str(sum(1 for c in cases if c.find(tag) is not None)))
+    for kind in _JUNIT_COUNTS:
+        root.set(kind, str(sum(int(suite.get(kind, "0")) for suite in suites.values())))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -156,7 +182,9 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 .pass{background:#e6f4e6}.fail{background:#fbe3e3}.inconclusive{background:#fff3cd}.skipped{color:#888}
-pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:12px}.note{border:2px solid #999;padding:8px;margin:1em 0}
+pre{background:#f6f6f6;padding:6px;font-size:12px;white-space:pre-wrap}.note{border:2px solid #999;padding:8px;margin:1em 0}
+td,li,pre,code,small{overflow-wrap:anywhere;word-break:break-word}table{table-layout:fixed}
+th:nth-child(1),th:nth-child(2),th:nth-child(6){width:7em}th:nth-child(3),th:nth-child(4){width:16em}
 """
 
 
@@ -165,6 +193,7 @@ def render_html(run: RunResult) -> str:
     row), inconclusive checks, results with evidence."""
     esc = html.escape
     must_failed = run.failed_must
+    musts, unchecked = unchecked_musts(run)
     verdict = (f"{len(must_failed)} MUST check(s) failed" if must_failed else "No MUST check failed")
     rows = []
     failed: list[str] = []
@@ -190,6 +219,8 @@ def render_html(run: RunResult) -> str:
 <h1>sidekick certify: {esc(run.target.address)}</h1>
 <p class="note">{esc(DISCLAIMER)}</p>
 <h2>{esc(verdict)}</h2>
+{f"<p class='note'>{unchecked} of {musts} MUST checks were NOT CHECKED (inconclusive): this run is not a pass "
+ f"of the suite.</p>" if unchecked else ""}
 <p>{run.count(Outcome.PASS)} passed, {run.count(Outcome.FAIL)} failed, {run.count(Outcome.INCONCLUSIVE)} inconclusive,
 {run.count(Outcome.SKIPPED)} skipped in {run.duration:.1f}s (seed {run.seed}, profile {esc(run.profile)}).</p>
 {f"<h2>Failed</h2><ul>{''.join(failed)}</ul>" if failed else ""}

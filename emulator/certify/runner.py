@@ -109,6 +109,7 @@ def unmet_needs(check: Check, target: Target) -> tuple[Outcome, str] | None:
             (Need.SECOND_ACCOUNT, len(target.accounts) >= 2),
             (Need.RESTART, bool(target.restart_cmd)),
             (Need.RESTORE, bool(target.restore_cmd)),
+            (Need.POWER_CUT, bool(target.power_cut_cmd)),
         ) if need in needs and not present
     ]
     if missing:
@@ -118,7 +119,7 @@ def unmet_needs(check: Check, target: Target) -> tuple[Outcome, str] | None:
 
 def _budget(check: Check, target: Target) -> float:
     base = max(30.0, 12 * target.timeout)
-    if check.needs & {Need.RESTART, Need.RESTORE}:
+    if check.needs & {Need.RESTART, Need.RESTORE, Need.POWER_CUT}:
         return base + 2 * target.ready_timeout
     return base
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "emulator.cli.device",
     "emulator.cli.fuzz",
     "emulator.cli.certify",
+    "emulator.cli.powercut",
     "emulator.cli.simulate",
     "emulator.cli.wireshark",
 )

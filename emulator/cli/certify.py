@@ -12,6 +12,8 @@ import trio
 
 from emulator.certify import all_checks
 from emulator.certify.context import Account, Target
+from emulator.certify.coverage import coverage
+from emulator.certify.coverage import render_text as coverage_text
 from emulator.certify.framework import PROFILES, CheckResult, select
 from emulator.certify.report import (
     DISCLAIMER,
@@ -40,6 +42,9 @@ def register(subparsers: Any) -> None:
                         help="file holding the account's key as hex (one per --account, in order)")
     parser.add_argument("--restart-cmd", metavar="CMD",
                         help="shell command that kills the server hard (kill -9) and starts it again")
+    parser.add_argument("--power-cut-cmd", metavar="CMD",
+                        help="shell command that cuts the server's power: it loses what it wrote but did not sync "
+                             "(e.g. `sidekick powercut cut`), and starts it again")
     parser.add_argument("--restore-cmd", metavar="CMD",
                         help="shell command that restores the server's store from an earlier backup and restarts it")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
@@ -93,7 +98,8 @@ def target_from_args(args: argparse.Namespace) -> Target:
         raise CliError("--timeout and --ready-timeout must be positive")
     accounts = tuple(Account(name, read_key(path)) for name, path in zip(args.account, args.key_file, strict=True))
     return Target(host, port, http=args.http, accounts=accounts, restart_cmd=args.restart_cmd,
-                  restore_cmd=args.restore_cmd, timeout=args.timeout, ready_timeout=args.ready_timeout)
+                  restore_cmd=args.restore_cmd, power_cut_cmd=args.power_cut_cmd, timeout=args.timeout,
+                  ready_timeout=args.ready_timeout)
 
 
 def _write(path: str | None, text: str) -> None:
@@ -110,6 +116,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.list:
         for c in checks:
             print(f"{c.name:<44} {c.level.value:<6} {c.group:<12} {c.title}")
+        print(f"\nrequirements of docs/PROTOCOL.md and the checks that exercise them (all {len(all_checks())} checks):")
+        print(coverage_text(coverage(all_checks().values())), end="")
         return 0
     if not checks:
         raise CliError(f"no check matches --only {' '.join(args.only)}")

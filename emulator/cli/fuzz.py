@@ -96,6 +96,14 @@ def register(subparsers: Any) -> None:
                            "(with --account and --key-file; --binding http for its HTTP address)")
     fuzz.add_argument("--account", metavar="ID", help="account for --server")
     fuzz.add_argument("--key-file", metavar="F", help="the account's key as hex, for --server")
+    fuzz.add_argument("--restart-cmd", metavar="CMD",
+                      help="--server: kill the server hard and start it again (run the moment a DURABLE arrives)")
+    fuzz.add_argument("--power-cut-cmd", metavar="CMD",
+                      help="--server: cut the server's power (unsynced writes lost), e.g. `sidekick powercut cut`")
+    fuzz.add_argument("--restore-cmd", metavar="CMD",
+                      help="--server: restore the server from a backup taken before the run (once per campaign)")
+    fuzz.add_argument("--replay", metavar="TRACE",
+                      help="--server: run the seed, options and budget of a black-box trace again (new ids)")
     fuzz.set_defaults(func=run_fuzz)
 
     rep = subparsers.add_parser("replay", help="replay a fuzz trace exactly and tell its story",
@@ -154,33 +162,48 @@ def _run_blackbox(args: argparse.Namespace) -> int:
     """``--server``: seeded scripted handsets against a running server over real sockets."""
     import trio
 
-    from emulator.certify.blackbox import blackbox_fuzz
+    from emulator.certify.blackbox import blackbox_fuzz, load_trace, write_trace
     from emulator.certify.context import Account
     from emulator.cli.certify import read_key
 
     host, port = parse_hostport(args.server)
     if not args.account or not args.key_file:
         raise CliError("--server needs --account ID and --key-file F (the account's key as hex)")
-    if args.budget.seconds is None:
+    options = {"binding": "http" if args.binding == "http" else "tcp", "budget_s": args.budget.seconds,
+               "restart_cmd": args.restart_cmd, "power_cut_cmd": args.power_cut_cmd,
+               "restore_cmd": args.restore_cmd}
+    seed = args.seed
+    if args.replay:
+        try:
+            header = load_trace(Path(args.replay))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        seed, options = int(header["seed"]), {**options, **header["options"]}
+        print(f"sidekick fuzz: replaying {args.replay}: seed {seed}, {len(header['violations'])} violation(s) "
+              "recorded", file=sys.stderr)
+    elif args.budget.seconds is None:
         raise CliError("--server takes a wall-time budget (e.g. --budget 60s), not a number of runs")
     account = Account(args.account, read_key(args.key_file))
-    require_reachable(host, port)
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    print(f"sidekick fuzz: black-box against {host}:{port} ({'http' if args.binding == 'http' else 'tcp'}), "
-          f"seed {seed}, budget {args.budget}", file=sys.stderr)
-    report = trio.run(lambda: blackbox_fuzz(host, port, seed=seed, budget_s=args.budget.seconds,
-                                            http=args.binding == "http", account=account))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trace_path = out / f"blackbox-seed-{seed}.txt"
-    trace_path.write_text("\n".join(e.render() for e in report.trace) + "\n",
-                          encoding="utf-8")
+    require_writable(out, "--out", directory=True)
+    require_reachable(host, port)
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
+    http = options["binding"] == "http"
+    print(f"sidekick fuzz: black-box against {host}:{port} ({options['binding']}), seed {seed}, budget "
+          f"{options['budget_s']:g}s", file=sys.stderr)
+    report = trio.run(lambda: blackbox_fuzz(host, port, seed=seed, budget_s=float(options["budget_s"]), http=http,
+                                            account=account, restart_cmd=options["restart_cmd"],
+                                            power_cut_cmd=options["power_cut_cmd"],
+                                            restore_cmd=options["restore_cmd"]))
+    trace_path = out / f"blackbox-seed-{seed}.jsonl"
+    write_trace(trace_path, report, options)
     print(report.summary())
-    print(f"trace of every frame sent and received: {trace_path}", file=sys.stderr)
+    print(f"trace of every frame sent and received: {trace_path} (replay: sidekick fuzz --server {args.server} "
+          f"--account {args.account} --key-file {args.key_file} --replay {trace_path})", file=sys.stderr)
     if args.json:
         print(json.dumps({"result": "ok" if report.ok else "violation", "seed": seed,
                           "sessions": report.sessions, "violations": report.violations,
-                          "trace": str(trace_path)}, indent=2))
+                          "first_violation_s": report.first_violation_s, "trace": str(trace_path)}, indent=2))
     return 0 if report.ok else 1
 
 
