@@ -68,7 +68,7 @@ NOT_OBSERVABLE: dict[str, str] = {
     "R-MSG-5": "no finite test shows that a behaviour does not depend on a free text",
     "R-DUR-11": "needs a storage failure, which a client cannot cause in a foreign server",
     "R-LIMIT-10": "needs a graceful stop of the server, which no command of the suite asks for",
-    "R-AUTH-9": "a SHOULD whose limits the spec leaves to the server",
+    "R-AUTH-9": "a SHOULD; observing it locks the suite's own account out (an attempt regained per 12 s)",
     "R-LIMIT-8": "a MAY: a server without budgets conforms",
     "R-PULL-13": "a MAY: discarding superseded versions is invisible until a duplicate is given version 0",
     "R-HTTP-13": "a SHOULD; needs a pull of more than 4 MiB",
