@@ -27,12 +27,12 @@ import contextlib
 import logging
 import multiprocessing
 import queue
+import re
 import signal
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -283,8 +283,8 @@ def _run_on_dask(fn: Callable[..., Any], args: tuple[Any, ...], index: int, topi
 
 
 class DaskExecutor(_Pooled):
-    """A Dask cluster: ``where`` is the scheduler's address (``tcp://host:port``) or a scheduler
-    file (``dask scheduler --scheduler-file``). The scheduler and the workers need this project
+    """A Dask cluster: ``where`` is the scheduler's address (``tcp://host:port``, ``host:port``) or
+    a scheduler file (``dask scheduler --scheduler-file``). The scheduler and the workers need this project
     installed, at the same version as the client."""
 
     def __init__(self, where: str, *, connect_timeout: float | None = None) -> None:
@@ -295,12 +295,12 @@ class DaskExecutor(_Pooled):
         _quiet_logs()
         timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
         self.where = f"the Dask cluster at {where}"
-        is_file = "://" not in where and Path(where).exists()
+        address = where if "://" in where or re.fullmatch(r"[^/\\]+:\d+", where) else None
         try:
-            if is_file:
+            if address is not None:
+                self._client = Client(address, timeout=timeout, set_as_default=False)
+            else:  # a scheduler file: waited for until the timeout, as the scheduler may be starting
                 self._client = Client(scheduler_file=where, timeout=timeout, set_as_default=False)
-            else:
-                self._client = Client(where, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterUnavailable(f"no Dask scheduler at {where} ({_cause(exc)})") from None
         try:
