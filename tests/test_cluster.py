@@ -38,11 +38,12 @@ class Cluster:
         self.file = str(folder / "scheduler.json")
         log = (folder / "cluster.log").open("w")
         dask = [sys.executable, "-m", "dask"]
-        self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                           "--no-dashboard", "--scheduler-file", self.file],
+        self.scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                           "--dashboard-address", "127.0.0.1:0", "--scheduler-file", self.file],
                                           stdout=log, stderr=log)
         self.workers = [subprocess.Popen([*dask, "worker", "--scheduler-file", self.file, "--nthreads", "1",
-                                          "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                          "--no-nanny", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                                          "--host", "127.0.0.1"],
                                          stdout=log, stderr=log) for _ in range(workers)]
         self.probe: Any = None
         if workers:
