@@ -112,6 +112,10 @@ def _goal(applies: bool, measured: dict[str, Any] | None, largest: dict[str, Any
     return goal
 
 
+def _machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
 GOAL_INSTRUCTIONS_PER_SYNC = 4_000_000
 GOAL_EFFICIENCY = 0.9
 
@@ -180,7 +184,7 @@ def _scaling(args: argparse.Namespace) -> dict[str, Any]:
     speedup = one["wall_s"] / two["wall_s"]
     return {
         "benchmark": "fleet simulation on a Dask cluster",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": _machine(),
         "config": {"devices": args.devices, "duration": args.duration, "workload": args.workload,
                    "network": args.network, "seed": args.seed},
         "baseline_one_process": local,
@@ -244,7 +248,7 @@ def main() -> None:
     measured_goal = next((r for r in runs if r["devices"] == GOAL_DEVICES), None) if goal_duration else None
     report = {
         "benchmark": "fleet simulation",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": _machine(),
         "config": {"duration": args.duration, "workload": args.workload, "network": args.network,
                    "seed": args.seed, "jobs": args.jobs},
         "baseline_one_handset": baseline,

@@ -33,6 +33,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -124,6 +125,13 @@ class InlineExecutor(Executor):
             yield fn(*args, report)
 
 
+@dataclass(frozen=True)
+class _Raised:
+    """A task's failure, raised when the caller reaches it (after the tasks before it)."""
+
+    error: ExecutorError
+
+
 class _Pooled(Executor):
     """Submits a window of tasks ahead and yields their results in order."""
 
@@ -148,6 +156,8 @@ class _Pooled(Executor):
                 if taken in results:
                     result = results.pop(taken)
                     taken += 1
+                    if isinstance(result, _Raised):  # in order: the tasks before it come first
+                        raise result.error
                     yield result
                     continue
                 if not running:
@@ -170,7 +180,8 @@ class _Pooled(Executor):
     @abstractmethod
     def _wait(self, running: dict[int, Any], label: Callable[[int], str]) -> list[tuple[int, str, Any]]:
         """Block until something happens; ``(index, "report", payload)`` and ``(index, "done",
-        result)``, reports first. ExecutorError if a task failed or a worker died."""
+        result)``, reports first (a task's failure is a ``_Raised`` result). ExecutorError if a
+        worker died or the cluster went away."""
 
     @abstractmethod
     def _abandon(self, running: dict[int, Any]) -> None:
@@ -233,9 +244,8 @@ class ProcessExecutor(_Pooled):
             if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
                 raise WorkerLost("a worker process died without a result (killed, or out of memory?) "
                                  f"while {label(index)} was running")
-            if exc is not None:
-                raise TaskFailed(f"{label(index)} failed: {_cause(exc)}") from exc
-            events.append((index, "done", future.result()))
+            outcome = future.result() if exc is None else _Raised(TaskFailed(f"{label(index)} failed: {_cause(exc)}"))
+            events.append((index, "done", outcome))
         return events
 
     def _abandon(self, running: dict[int, Any]) -> None:
@@ -356,8 +366,7 @@ class DaskExecutor(_Pooled):
         if future.status == "cancelled":
             raise WorkerLost(f"lost the connection to {self.where} while {label(index)} was running")
         if future.status == "error":
-            exc = future.exception()
-            raise TaskFailed(f"{label(index)} failed: {_cause(exc)}")
+            return _Raised(TaskFailed(f"{label(index)} failed: {_cause(future.exception())}"))
         try:
             return future.result()
         except Exception as exc:
