@@ -109,7 +109,8 @@ class Executor(ABC):
 
 
 class InlineExecutor(Executor):
-    """The tasks run in this process, in order; ``report`` calls ``on_report`` at once."""
+    """The tasks run in this process, in order; ``report`` calls ``on_report`` at once; a task's
+    exception is a ``TaskFailed`` here too."""
 
     slots = 1
     where = "this process"
@@ -122,7 +123,11 @@ class InlineExecutor(Executor):
                 if on_report is not None:
                     on_report(index, payload)
 
-            yield fn(*args, report)
+            try:
+                result = fn(*args, report)
+            except Exception as exc:  # as the pools report it; Ctrl-C (not an Exception) goes through
+                raise TaskFailed(f"{label(index)} failed: {_cause(exc)}") from exc
+            yield result
 
 
 @dataclass(frozen=True)
