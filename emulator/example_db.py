@@ -10,16 +10,17 @@ This module is also a pytest plugin (an entry point of the package, so any pytes
 package is installed has it): ``pytest --example-db redis://ci-redis:6379/0`` puts that database
 under the Hypothesis profile already loaded (the project's ``ci`` or ``thorough``, or your own).
 Redis is reached when pytest starts: an address without a Redis is a usage error, not a run that
-silently shares nothing. docs/FUZZING.md shows the CI recipe.
+silently shares nothing. Hypothesis is imported only then: the plugin costs nothing to a pytest
+run that does not use it. docs/FUZZING.md shows the CI recipe.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hypothesis import settings
-from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
+if TYPE_CHECKING:
+    from hypothesis.database import ExampleDatabase
 
 try:
     import pytest
@@ -38,6 +39,8 @@ _PROFILE = "sidekick-example-db"
 def example_database(where: str, *, check: bool = True) -> ExampleDatabase:
     """The database at ``where`` (a Redis URL or a directory). ``check``: ping Redis now;
     ValueError with the reason if it cannot be reached or the package is missing."""
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
     if not where.startswith(REDIS_SCHEMES):
         return DirectoryBasedExampleDatabase(Path(where))
     try:
@@ -73,5 +76,7 @@ def pytest_configure(config: Any) -> None:
         database = example_database(where)
     except ValueError as exc:
         raise pytest.UsageError(f"--example-db {exc}") from None
+    from hypothesis import settings
+
     settings.register_profile(_PROFILE, settings.default, database=database)
     settings.load_profile(_PROFILE)
