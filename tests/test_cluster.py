@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import distributed  # .[test] installs it: missing, these tests fail rather than skip
 import pytest
 
 from emulator import executor as executor_module
@@ -27,7 +28,7 @@ from emulator.fleet import engine
 from emulator.fleet.engine import FleetConfig, run_fleet
 from emulator.fleet.profiles import NetworkMix, load_workload
 
-distributed = pytest.importorskip("distributed", reason="never skipped: .[test] installs dask[distributed]")
+pytestmark = pytest.mark.xdist_group("dask")  # with --dist loadgroup: one worker, one shared cluster
 
 
 class Cluster:
