@@ -216,7 +216,8 @@ def _run_in_worker(fn: Callable[..., Any], args: tuple[Any, ...], index: int) ->
 
 class ProcessExecutor(_Pooled):
     """``workers`` processes on this machine (forked where the platform can, so that they start
-    with this process's modules as they are)."""
+    with this process's modules as they are). Leaving a run early ends the workers: the executor
+    then takes no more runs."""
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
