@@ -34,6 +34,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -316,6 +317,7 @@ class DaskExecutor(_Pooled):
             if address is not None:
                 self._client = Client(address, timeout=timeout, set_as_default=False)
             else:  # a scheduler file: waited for until the timeout, as the scheduler may be starting
+                _wait_for_file(Path(where), timeout)
                 self._client = Client(scheduler_file=where, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterUnavailable(f"no Dask scheduler at {where} ({_cause(exc)})") from None
@@ -391,6 +393,16 @@ class DaskExecutor(_Pooled):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close(timeout=5 if self._client.status == "running" else 0.5)
+
+
+def _wait_for_file(path: Path, timeout: float) -> None:
+    """ClusterUnavailable unless ``path`` exists within ``timeout`` seconds (``distributed.Client``
+    would wait for a scheduler file for ever)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise ClusterUnavailable(f"no Dask scheduler file at {path} (waited {timeout:g} s for it)")
+        time.sleep(0.05)
 
 
 def _quiet_logs() -> None:

@@ -197,3 +197,8 @@ def test_a_scheduler_without_workers_is_refused_in_time(tmp_path: Path) -> None:
     with cluster(tmp_path, workers=0) as running:
         with pytest.raises(ClusterUnavailable, match=r"^no worker joined the Dask scheduler at .* within 2 s"):
             DaskExecutor(running.file, connect_timeout=2.0)
+
+
+def test_a_scheduler_file_that_never_appears_is_refused_in_time(tmp_path: Path) -> None:
+    with pytest.raises(ClusterUnavailable, match=r"^no Dask scheduler file at .*scheduler\.json \(waited 1 s for it\)$"):
+        DaskExecutor(str(tmp_path / "scheduler.json"), connect_timeout=1.0)
