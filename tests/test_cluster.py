@@ -47,6 +47,7 @@ class Cluster:
                                           "--host", "127.0.0.1"],
                                          stdout=log, stderr=log) for _ in range(workers)]
         self.probe: Any = None
+        executor_module._wait_for_file(Path(self.file), 60)  # the scheduler is up (bounded, unlike Client's wait)
         if workers:
             self.probe = distributed.Client(scheduler_file=self.file, timeout=60, set_as_default=False)
             self.probe.wait_for_workers(workers, timeout=60)
