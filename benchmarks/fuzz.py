@@ -6,6 +6,12 @@ max); plus a cProfile summary of where a clean run spends its time. Same-run bas
 worlds with every fault kind off (sessions/s without the fault machinery's extra work).
 
     python benchmarks/fuzz.py [--runs 30] [--starts 3] [--max-runs 150] [--mutants a,b]
+    python benchmarks/fuzz.py --scaling [--runs 60]
+
+``--scaling``: the campaign of ``--runs`` seeds from seed 1 in this process (the baseline), on two
+local worker processes (``--jobs 2``), and on a Dask cluster started here on 127.0.0.1 with one and
+two workers: wall time, CPU time, speed-up and efficiency of two workers against one (goal: at
+least 1.8 times), whether every summary is the same, and how busy the machine was meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import pstats
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from emulator.sim.signatures import MUTANT_SIGNATURES
@@ -90,6 +97,55 @@ def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
     return rows[:top]
 
 
+def scaling(runs: int) -> dict[str, Any]:
+    """One campaign of ``runs`` seeds on each executor (see the module docstring)."""
+    import resource
+    from pathlib import Path
+
+    from cluster import Busy, cpu_seconds, local_cluster
+
+    from emulator.executor import DaskExecutor, Executor, InlineExecutor, ProcessExecutor
+    from emulator.sim.runner import Budget, Campaign, run_campaign
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    campaign = Campaign(SimOptions(), Budget(runs=runs), start=1, out=Path("/nonexistent/no-violation-expected"))
+    rows: list[dict[str, Any]] = []
+    summaries = set()
+
+    def measure(name: str, open_executor: Callable[[], Executor], workers: int, pids: list[int] | None) -> None:
+        """CPU: the cluster's workers (``pids``), or this process and its children once they exited."""
+        cpu0 = cpu_seconds(pids) if pids is not None else time.process_time() + children_cpu()
+        with Busy() as busy:
+            with open_executor() as executor:
+                result = run_campaign(campaign, executor=executor)
+                if pids is not None:
+                    cpu = cpu_seconds(pids) - cpu0
+        if pids is None:
+            cpu = time.process_time() + children_cpu() - cpu0
+        summaries.add((result.runs, result.sessions, round(result.sim_time, 6), result.faults, len(result.failures)))
+        rows.append({"executor": name, "workers": workers, "wall_s": round(result.wall, 2), "cpu_s": round(cpu, 2),
+                     "runs": result.runs, "sessions": result.sessions, "machine": busy.figures(cpu)})
+
+    measure("this process", InlineExecutor, 1, None)
+    measure("local processes", lambda: ProcessExecutor(2), 2, None)
+    for workers in (1, 2):
+        with local_cluster(workers) as cluster:
+            measure("dask", lambda: DaskExecutor(cluster.scheduler_file), workers, cluster.worker_pids)
+    one, two = rows[2]["wall_s"], rows[3]["wall_s"]
+    return {
+        "campaign": {"runs": runs, "seed_start": 1, "options": "default"},
+        "rows": rows,
+        "dask_speedup_2_workers": round(one / two, 2),
+        "dask_efficiency_2_workers": round(one / two / 2, 2),
+        "local_speedup_2_processes": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2),
+        "same_summary": len(summaries) == 1,
+        "goal": {"speedup_at_least": 1.8, "met": one / two >= 1.8},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30, help="seeds for the throughput figures")
@@ -97,7 +153,11 @@ def main() -> None:
     parser.add_argument("--max-runs", type=int, default=150, help="runs per start before giving up")
     parser.add_argument("--mutants", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--profile-runs", type=int, default=5)
+    parser.add_argument("--scaling", action="store_true", help="wall time and efficiency with 1 and 2 workers")
     args = parser.parse_args()
+    if args.scaling:
+        print(json.dumps(scaling(args.runs if args.runs != 30 else 60), indent=2))
+        return
     mutants = [m for m in args.mutants.split(",") if m] or list(ALL_MUTANTS)
     starts = [1 + 1000 * i for i in range(args.starts)]
     report = {

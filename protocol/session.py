@@ -98,6 +98,13 @@ def _check_max_frame(max_frame: int) -> int:
     return max_frame
 
 
+_CHECKED: Final = frozenset({Push, Records, Pong})
+"""Messages ``_check_common`` looks into (a message is always of its exact class: ``send`` and the
+decoder make sure); every other one passes without a look."""
+_APPLIED: Final = frozenset({Push, Commit, Ping, Pong, Hello, Auth, HelloOk})
+"""Messages ``_apply_common`` keeps something of."""
+
+
 class _Session:
     """What both peers share: framing, sequence numbers, the state table, negotiated values."""
 
@@ -315,6 +322,8 @@ class _Session:
 
     def _check_common(self, message: Message, error: type[ProtocolError]) -> None:
         """Checks that do not depend on who sends: batch sizes, LSN order, PONG echo."""
+        if type(message) not in _CHECKED:
+            return
         if isinstance(message, Push):
             self._check_push(message, error)
         elif isinstance(message, Records):
@@ -323,6 +332,8 @@ class _Session:
             self._check_pong(message, error)
 
     def _apply_common(self, message: Message) -> None:
+        if type(message) not in _APPLIED:
+            return
         if isinstance(message, Push):
             self._pushed_since_commit += len(message.changes)
         elif isinstance(message, Commit):

@@ -172,3 +172,23 @@ def test_compare_refuses_a_file_that_is_not_a_report(tmp_path: Path, capsys: pyt
     assert main(["simulate", "--compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
                  "--report", str(tmp_path / "r")]) == 2
     assert "not a JSON report" in capsys.readouterr().err
+
+
+def test_a_run_that_loses_records_exits_1_unless_the_loss_is_expected(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["simulate", "--devices", "6", "--duration", "20h", "--seed", "1", "--no-progress",
+              "--server-events", "2009-outage"]
+    assert main([*common, "--handset", "2009"]) == 1
+    assert "DATA LOSS" in capsys.readouterr().out
+    assert main([*common, "--handset", "2009", "--expect-loss"]) == 0
+    assert main([*common, "--handset", "correct"]) == 0
+    assert "no data lost" in capsys.readouterr().out
+    assert main([*common, "--handset", "correct", "--expect-loss"]) == 1
+    assert "--expect-loss: the run lost no records" in capsys.readouterr().err
+
+
+def test_progress_in_a_log_is_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--devices", "3", "--duration", "2h", "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("simulated ")]
+    assert lines[-1].startswith("simulated 2.0/2.0 h: at risk ") and 5 <= len(lines) <= 10

@@ -1,5 +1,5 @@
-"""A fleet run split into shards of accounts (``--jobs``): the same report as one process, and a
-failing or dying worker is a clear error. Also the scheduler rule that made the shards agree: an
+"""A fleet run split into shards of accounts (``--jobs``) on local worker processes: the same report
+as one process, and a failing or dying worker is a clear error. Also the scheduler rule that made the shards agree: an
 event a sync task schedules while the scheduler sleeps is taken at its own time."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from emulator.fleet import shards
+from emulator.executor import TaskFailed, WorkerLost
+from emulator.fleet import engine
 from emulator.fleet.engine import FleetConfig, run_fleet, run_shard
 from emulator.fleet.profiles import NetworkMix, load_workload
 from emulator.fleet.scenario import find_scenario, load_scenario
@@ -57,8 +58,8 @@ def test_a_failing_shard_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
             raise ValueError("flash geometry refused")
         return run_shard(config, shard)
 
-    monkeypatch.setattr(shards, "run_shard", broken)  # the forked workers inherit it
-    with pytest.raises(shards.ShardFailed, match=r"shard 2 of 3 failed: ValueError: flash geometry refused"):
+    monkeypatch.setattr(engine, "run_shard", broken)  # the forked workers inherit it
+    with pytest.raises(TaskFailed, match=r"^shard 2 of 3 failed: ValueError: flash geometry refused$"):
         run_fleet(_config(duration=600.0), jobs=3)
 
 
@@ -66,8 +67,8 @@ def test_a_worker_that_dies_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     def dies(config: FleetConfig, shard: tuple[int, int], **_: Any) -> Any:
         os._exit(9)
 
-    monkeypatch.setattr(shards, "run_shard", dies)
-    with pytest.raises(shards.ShardFailed, match=r"ended without a result \(exit code 9\)"):
+    monkeypatch.setattr(engine, "run_shard", dies)
+    with pytest.raises(WorkerLost, match=r"^a worker process died without a result \(killed, or out of memory\?\)"):
         run_fleet(_config(duration=600.0), jobs=2)
 
 

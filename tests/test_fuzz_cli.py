@@ -114,18 +114,56 @@ def test_ctrl_c_ends_the_campaign_with_the_runs_that_finished(monkeypatch: pytes
 
 def test_a_worker_that_dies_ends_the_campaign_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    real_worker = runner._worker
+    real_run_world = runner.run_world
 
-    def dying_worker(campaign: runner.Campaign, job: int, out: Any, stop: Any) -> None:
-        if job == 1:
+    def dying_run_world(seed: int, options: SimOptions) -> RunResult:
+        if seed == 3:
             os._exit(9)  # gone without a word, as when the kernel kills it for memory
-        real_worker(campaign, job, out, stop)
+        return real_run_world(seed, options)
 
-    monkeypatch.setattr(runner, "_worker", dying_worker)
+    monkeypatch.setattr(runner, "run_world", dying_run_world)  # the forked workers inherit it
     code = main(["fuzz", "--budget", "4-runs", "--jobs", "2", "--seed", "1", "--steps", "10",
                  "--out", str(tmp_path)])
     assert code == 2
-    assert "worker 2 of 2 ended without a word (exit code 9)" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sidekick: error: a worker process died without a result (killed, or out of memory?)")
+    assert not any("Traceback" in line for line in err)
+
+
+def test_a_run_that_raises_names_its_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(seed: int, options: SimOptions) -> RunResult:
+        raise ValueError(f"world {seed} refused")
+
+    monkeypatch.setattr(runner, "run_world", broken)
+    assert main(["fuzz", "--budget", "4-runs", "--jobs", "2", "--seed", "7", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sidekick: error: the run of seed 7 failed: ValueError: world 7 refused")
+
+
+def _without_wall_time(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k not in ("wall_seconds", "sessions_per_second", "runs_per_second",
+                                                          "jobs")}
+
+
+@pytest.mark.parametrize("mutant", [None, "mark-clean-on-push-ack"])
+def test_jobs_give_the_summary_and_traces_of_one_process(mutant: str | None, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Seeds are counted in order up to the budget or the first violation, whatever runs them."""
+    summaries = []
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        argv = ["fuzz", "--budget", "5-runs", "--seed", "1", "--steps", "12", "--jobs", jobs, "--json",
+                "--out", str(out), *(["--mutant", mutant] if mutant else [])]
+        assert main(argv) == (1 if mutant else 0)
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["jobs"] == int(jobs)
+        for failure in summary["failures"]:
+            failure["trace"] = Path(failure["trace"]).read_bytes()
+            failure["shrunk"] = Path(failure["shrunk"]).read_bytes()
+        summaries.append(_without_wall_time(summary))
+    assert summaries[0] == summaries[1]
+    assert len(summaries[0]["failures"]) == (1 if mutant else 0)
 
 
 @pytest.mark.parametrize("error, interrupt", [

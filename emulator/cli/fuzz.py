@@ -18,6 +18,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from emulator.cli.common import CliError, parse_hostport, parse_jobs, require_reachable, require_writable
+from emulator.executor import ExecutorError, open_executor
 from emulator.mutants import DEVICE_MUTANTS
 from emulator.sim.nemesis import FAULT_KINDS, parse_faults
 from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
@@ -89,6 +90,9 @@ def register(subparsers: Any) -> None:
     fuzz.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     fuzz.add_argument("--jobs", type=_jobs, default=1, metavar="N|auto",
                       help="worker processes, or auto (one per usable core) (default 1)")
+    fuzz.add_argument("--cluster", metavar="ADDRESS|FILE",
+                      help="run the seeds on a Dask cluster: its scheduler's address (tcp://host:port) or "
+                           "scheduler file; traces are written here (docs/FUZZING.md)")
     fuzz.add_argument("--no-shrink", action="store_true", help="write the failing trace only")
     fuzz.add_argument("--list-mutants", action="store_true", help="list the planted bugs and exit")
     fuzz.add_argument("--server", metavar="HOST:PORT",
@@ -212,6 +216,8 @@ def run_fuzz(args: argparse.Namespace) -> int:
     if args.list_mutants:
         return _list_mutants()
     if args.server is not None:
+        if args.cluster is not None:
+            raise CliError("--cluster runs the simulated campaign; it does not go with --server")
         return _run_blackbox(args)
     options = _options(args)
     start = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
@@ -219,18 +225,23 @@ def run_fuzz(args: argparse.Namespace) -> int:
     require_writable(out, "--out", directory=True)  # a violation's trace must not be lost at the end
     if args.junit:
         require_writable(Path(args.junit), "--junit", directory=False)
-    campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=args.jobs, out=out,
-                        shrink_runs=0 if args.no_shrink else 40)
-    print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "
-          f"mutant {args.mutant or 'none'}, {args.jobs} job(s)", file=sys.stderr)
-    progress = _Progress(args.budget)
     try:
-        result = run_campaign(campaign, progress)
-    except RuntimeError as exc:
+        executor = open_executor(args.jobs, args.cluster)
+    except ExecutorError as exc:
         raise CliError(str(exc)) from None
-    finally:
-        progress.close()
-    summary = _summary(args, start, result)
+    with executor:
+        campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=executor.slots, out=out,
+                            shrink_runs=0 if args.no_shrink else 40)
+        print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "
+              f"mutant {args.mutant or 'none'}, {executor.slots} job(s) on {executor.where}", file=sys.stderr)
+        progress = _Progress(args.budget)
+        try:
+            result = run_campaign(campaign, progress, executor)
+        except ExecutorError as exc:  # a run failed, a worker died, the cluster went away
+            raise CliError(str(exc)) from None
+        finally:
+            progress.close()
+    summary = _summary(args, start, result, executor.slots)
     if args.junit:
         _write_junit(Path(args.junit), summary, result)
     if args.json:
@@ -251,13 +262,13 @@ def run_fuzz(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _summary(args: argparse.Namespace, start: int, result: CampaignResult) -> dict[str, Any]:
+def _summary(args: argparse.Namespace, start: int, result: CampaignResult, jobs: int) -> dict[str, Any]:
     wall = max(result.wall, 1e-9)
     return {
         "result": "violation" if result.failures else "interrupted" if result.interrupted else "clean",
         "seed_start": start,
         "shard": f"{args.shard[0]}/{args.shard[1]}",
-        "jobs": args.jobs,
+        "jobs": jobs,
         "budget": str(args.budget),
         "mutant": args.mutant,
         "runs": result.runs,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.cli.common import CliError, parse_jobs, require_extra, require_writable
+from emulator.executor import ExecutorError, open_executor
 from emulator.fleet.durations import DurationError, format_duration, parse_duration
 from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
 from emulator.fleet.scenario import EMPTY, builtin_scenarios, find_scenario, load_scenario
@@ -49,10 +50,16 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--handset", default="correct", metavar="correct|2009",
                      help="handset behaviour: correct, or 2009 (restores from the server on reboot)")
     sim.add_argument("--seed", default="1", metavar="S", help="root seed (default 1)")
-    sim.add_argument("--jobs", default="1", metavar="N|auto",
-                     help="worker processes, each simulating every N-th account, or auto (one per "
-                          "usable core, at most one per account); the report is the same for any N "
-                          "(default 1)")
+    sim.add_argument("--jobs", default=None, metavar="N|auto",
+                     help="shards of accounts, each in a worker process, or auto (one per usable core, "
+                          "at most one per account); the report is the same for any N (default 1; "
+                          "with --cluster, one per worker thread of the cluster)")
+    sim.add_argument("--cluster", default=None, metavar="ADDRESS|FILE",
+                     help="run the shards on a Dask cluster: its scheduler's address (tcp://host:port) "
+                          "or scheduler file (docs/SIMULATE.md)")
+    sim.add_argument("--expect-loss", action="store_true",
+                     help="the run is expected to lose records (the 2009 handset): exit 0 if it does, "
+                          "1 if it loses none")
     sim.add_argument("--report", default=None, metavar="DIR", help="write report.html (and report.json) here")
     sim.add_argument("--json", default=None, metavar="FILE", help="write the JSON figures to FILE ('-' = stdout)")
     sim.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
@@ -110,16 +117,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from emulator.fleet.engine import FleetConfig, run_fleet
 
     devices = _int(args.devices, "devices", 1)
-    _check_memory(devices)
+    if args.cluster is None:  # a cluster's workers hold the handsets, not this machine
+        _check_memory(devices)
     accounts = _int(args.accounts, "accounts", 1) if args.accounts is not None else None
     if accounts is not None and accounts > devices:
         raise CliError(f"--accounts ({accounts}) cannot exceed --devices ({devices})")
     seed = _int(args.seed, "seed", 0)
     shards_possible = accounts if accounts is not None else devices
-    jobs = parse_jobs(args.jobs)
+    jobs = parse_jobs(args.jobs or "1")
     if args.jobs == "auto":
         jobs = min(jobs, shards_possible)
-    if jobs > shards_possible:
+    if args.jobs is not None and jobs > shards_possible:
         raise CliError(f"--jobs ({jobs}) cannot exceed the number of accounts "
                        f"({shards_possible}): a shard is a set of accounts")
     if args.handset not in ("correct", "2009"):
@@ -154,14 +162,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     started = time.perf_counter()
-    bar = None if args.no_progress else _progress_bar(duration)
     try:
-        run = run_fleet(config, progress=bar.update if bar else None, jobs=jobs)
-    except RuntimeError as exc:  # a worker process failed (ShardFailed) or died
+        executor = open_executor(jobs, args.cluster)
+    except ExecutorError as exc:
         raise CliError(str(exc)) from None
-    finally:
-        if bar is not None:
-            bar.close()
+    with executor:
+        if args.cluster is not None and args.jobs is None:
+            jobs = min(executor.slots, shards_possible)
+        bar = None if args.no_progress else _progress_bar(duration)
+        try:
+            run = run_fleet(config, progress=bar.update if bar else None, jobs=jobs, executor=executor)
+        except ExecutorError as exc:  # a shard failed, its worker died, the cluster went away
+            raise CliError(str(exc)) from None
+        finally:
+            if bar is not None:
+                bar.close()
     wall = time.perf_counter() - started
     report = run.report
     text = json.dumps(report, indent=1, sort_keys=True) + "\n"
@@ -181,29 +196,45 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.json != "-":
         _print_summary(report, page, json_path)
     print(f"sidekick: simulated {format_duration(duration)} of {devices} handsets in {wall:.1f} s of wall time "
-          f"({duration * devices / max(wall, 1e-9):,.0f} device-seconds per second)", file=sys.stderr)
-    return 0
+          f"({duration * devices / max(wall, 1e-9):,.0f} device-seconds per second) [{executor.where}]",
+          file=sys.stderr)
+    lost = report["totals"]["data_loss_records"] > 0
+    if args.expect_loss and not lost:
+        print("sidekick: --expect-loss: the run lost no records", file=sys.stderr)
+    return 0 if lost == args.expect_loss else 1
 
 
 class _progress_bar:  # noqa: N801 - used like a function
-    """A tqdm bar on stderr: simulated hours covered, with the current figures."""
+    """Progress on stderr: on a terminal, a tqdm bar of the simulated hours covered with the
+    current figures; elsewhere (a log file, CI), a plain line at every tenth of the run."""
 
     def __init__(self, duration: float) -> None:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-
-        self.bar = tqdm(total=round(duration / 3600, 3), unit="h", desc="simulated", file=sys.stderr,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} h "
-                                   "[{elapsed}<{remaining}{postfix}]")
+        self.duration = duration
         self.done = 0.0
+        self.bar: Any = None
+        self.next_line = 0.1
+        if sys.stderr.isatty():
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=round(duration / 3600, 3), unit="h", desc="simulated", file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} h "
+                                       "[{elapsed}<{remaining}{postfix}]")
 
     def update(self, now: float, figures: dict[str, Any]) -> None:
         hours = round(now / 3600, 3)
-        self.bar.set_postfix(figures, refresh=False)
-        self.bar.update(hours - self.done)
+        if self.bar is not None:
+            self.bar.set_postfix(figures, refresh=False)
+            self.bar.update(hours - self.done)
+        elif now >= self.next_line * self.duration - 1e-9:
+            shown = ", ".join(f"{name} {value:,}" for name, value in figures.items())
+            print(f"simulated {hours:.1f}/{self.duration / 3600:.1f} h: {shown}", file=sys.stderr, flush=True)
+            while self.next_line * self.duration <= now + 1e-9:
+                self.next_line += 0.1
         self.done = hours
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _label(report: dict[str, Any]) -> str:

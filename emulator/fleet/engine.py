@@ -13,13 +13,14 @@ task in a nursery (one per handset at a time) over a ``RadioLink`` to the in-pro
 partitions, every handset on and synced) and the ledger counts the versions lost.
 
 ``run_shard`` runs the accounts of one shard (all of them by default) and returns a ``FleetPart``;
-``fleet_report`` adds the parts up into the JSON report; ``run_fleet(jobs=N)`` runs N shards in
-worker processes (``emulator.fleet.shards``). Accounts share nothing but the server, which treats
-each apart, so the report is the same for any N.
+``fleet_report`` adds the parts up into the JSON report; ``run_fleet(jobs=N)`` runs N shards on
+an executor (``emulator.executor``: local worker processes or a Dask cluster). Accounts share
+nothing but the server, which treats each apart, so the report is the same for any N.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import heapq
@@ -31,6 +32,7 @@ from typing import Any
 
 import trio
 
+from emulator.executor import Executor, Report, open_executor
 from emulator.flash import MAX_BLOCKS, Geometry, NandFlash, PowerLoss
 from emulator.fleet.durations import format_duration
 from emulator.fleet.ledger import ContentKey, Ledger, content_key
@@ -792,16 +794,36 @@ def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
         gc.set_threshold(*thresholds)
 
 
-def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None,
-              jobs: int = 1) -> FleetRun:
-    """Run one fleet simulation to the end and return its report (deterministic for the seed and
-    ``jobs``). ``jobs`` > 1 splits the accounts into that many shards, each in a worker process
-    (``emulator.fleet.shards``)."""
-    if jobs == 1:
-        parts = [run_shard(config, progress=progress)]
-    else:
-        from emulator.fleet.shards import run_shards
+def _shard_task(config: FleetConfig, shard: tuple[int, int], report: Report) -> FleetPart:
+    """One shard as an executor's task: its progress goes to ``report`` as ``(now, figures)``."""
+    return run_shard(config, shard, progress=lambda now, figures: report((now, figures)))
 
-        parts = run_shards(config, jobs, progress)
+
+def run_fleet(config: FleetConfig, *, progress: Callable[[float, dict[str, Any]], None] | None = None,
+              jobs: int = 1, executor: Executor | None = None) -> FleetRun:
+    """Run one fleet simulation to the end and return its report (deterministic for the seed,
+    whatever ``jobs`` and ``executor``). ``jobs`` > 1 splits the accounts into that many shards,
+    run by ``executor`` (default: that many local processes; ``emulator.executor``);
+    ``ExecutorError`` if a shard fails or its worker dies. ``progress`` gets the slowest shard's
+    simulated time and the figures summed over the shards."""
+    if not 1 <= jobs <= config.account_count:
+        raise ValueError("jobs must be between 1 and the number of accounts")
+    latest = [0.0] * jobs
+    figures: list[dict[str, Any]] = [{} for _ in range(jobs)]
+
+    def on_report(index: int, payload: Any) -> None:
+        latest[index], figures[index] = payload
+        if progress is not None:
+            progress(min(latest), {name: sum(f.get(name, 0) for f in figures) for name in figures[index]})
+
+    own = executor is None
+    runner = open_executor(jobs) if executor is None else executor
+    try:
+        with contextlib.closing(runner.map(_shard_task, ((config, (k, jobs)) for k in range(jobs)),
+                                           on_report=on_report, label=lambda k: f"shard {k + 1} of {jobs}")) as parts_run:
+            parts: list[FleetPart] = list(parts_run)
+    finally:
+        if own:
+            runner.close()
     return FleetRun(fleet_report(config, parts), sum(p.events_processed for p in parts),
                     sum(len(p.syncs) for p in parts))

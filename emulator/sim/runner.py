@@ -1,15 +1,16 @@
 """The seed-driven campaign: run seeds until the budget is spent or an invariant breaks.
 
 Seeds are numbered from ``start``: the i-th seed of shard K of N is ``start + i * N + (K - 1)``,
-so shards never repeat each other's seeds; ``jobs`` worker processes split a shard's sequence the
-same way (worker j takes every jobs-th index). The first failing seed is written as a trace, then
-shrunk, and the shrunk run written next to it; every worker then stops.
+so shards never repeat each other's seeds. An executor (``emulator.executor``: this process,
+``jobs`` local processes or a Dask cluster) runs a shard's seeds in order, a few ahead of the
+results taken, and the totals count the seeds in order: the same seeds give the same summary
+wherever they run. The first failing seed's trace is shrunk where it ran; the caller writes both
+traces, and the runs under way then stop.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import queue as queue_module
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.executor import Executor, Report, open_executor
 from emulator.sim.shrink import shrink
 from emulator.sim.trace import to_trace, write_trace
 from emulator.sim.world import RunResult, SimOptions, run_world
@@ -130,20 +132,43 @@ def _summary(result: RunResult) -> RunSummary:
                       int(result.stats["faults"]), result.violation is not None)
 
 
-def _record_failure(result: RunResult, campaign: Campaign) -> Failure:
-    assert result.violation is not None
-    trace_path = write_trace(campaign.out / f"seed-{result.seed}.trace.json", to_trace(result))
-    shrunk_path: Path | None = None
+@dataclass(frozen=True)
+class _Outcome:
+    """One run as a task returns it: its summary, and for a violation the traces to write."""
+
+    summary: RunSummary
+    violation: tuple[str, str, str] | None = None  # invariant, what, text
+    trace: dict[str, Any] | None = None
+    shrunk: dict[str, Any] | None = None
+    shrunk_steps: int | None = None
+
+
+def _fuzz_one(seed: int, options: SimOptions, shrink_runs: int, report: Report) -> _Outcome:
+    """One seed, wherever the executor runs it: the run, and for a violation its trace and the
+    shrunk run's (the caller writes them)."""
+    result = run_world(seed, options)
+    if result.violation is None:
+        return _Outcome(_summary(result))
+    shrunk: dict[str, Any] | None = None
     steps: int | None = None
-    if campaign.shrink_runs > 0:
-        small = shrink(result, max_runs=campaign.shrink_runs)
-        shrunk_path = write_trace(campaign.out / f"seed-{result.seed}.shrunk.json",
-                                  to_trace(small, note=f"shrunk from seed {result.seed} "
-                                                       f"({result.options.steps} steps)"))
+    if shrink_runs > 0:
+        small = shrink(result, max_runs=shrink_runs)
+        shrunk = to_trace(small, note=f"shrunk from seed {result.seed} ({result.options.steps} steps)")
         steps = small.options.steps
     v = result.violation
-    return Failure(result.seed, v.invariant, v.what, v.text, str(trace_path),
-                   str(shrunk_path) if shrunk_path else None, steps)
+    return _Outcome(_summary(result), (v.invariant, v.what, v.text), to_trace(result), shrunk, steps)
+
+
+def _record_failure(outcome: _Outcome, campaign: Campaign) -> Failure:
+    """Write a violation's traces into ``campaign.out``."""
+    assert outcome.violation is not None and outcome.trace is not None
+    seed = outcome.summary.seed
+    trace_path = write_trace(campaign.out / f"seed-{seed}.trace.json", outcome.trace)
+    shrunk_path = (write_trace(campaign.out / f"seed-{seed}.shrunk.json", outcome.shrunk)
+                   if outcome.shrunk is not None else None)
+    invariant, what, text = outcome.violation
+    return Failure(seed, invariant, what, text, str(trace_path), str(shrunk_path) if shrunk_path else None,
+                   outcome.shrunk_steps)
 
 
 def _job_quota(budget: Budget, job: int, jobs: int) -> int | None:
@@ -159,108 +184,43 @@ def is_interrupt(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
 
 
-def _worker(campaign: Campaign, job: int, out: Any, stop: Any) -> None:
-    """One worker process: run its seeds, report each run, record a failure, stop on request."""
-    quota = _job_quota(campaign.budget, job, campaign.jobs)
-    done = 0
-    try:
-        for seed in seeds(campaign.start, campaign.shard, job, campaign.jobs):
-            if stop.is_set() or (quota is not None and done >= quota):
-                break
-            result = run_world(seed, campaign.options)
-            done += 1
-            out.put(("run", _summary(result)))
-            if result.violation is not None:
-                stop.set()
-                out.put(("fail", _record_failure(result, campaign)))
-                break
-    except BaseException as exc:
-        if not is_interrupt(exc):  # reported to the parent, which exits 2
-            out.put(("error", f"{type(exc).__name__}: {exc}"))
-        # Ctrl-C reaches every process of the group: the parent decides what it means
-    finally:
-        out.put(("done", job))
-
-
-def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignResult], None] | None = None
-                 ) -> CampaignResult:
-    """Run the campaign; ``progress`` is called after every run. RuntimeError if a worker failed.
-    Ctrl-C ends it early with the runs that finished (``interrupted``); a second one at once."""
+def run_campaign(campaign: Campaign, progress: Callable[[RunSummary, CampaignResult], None] | None = None,
+                 executor: Executor | None = None) -> CampaignResult:
+    """Run the campaign on ``executor`` (default: ``campaign.jobs`` local processes, this one
+    alone for one); ``progress`` is called after every run, in seed order. The totals are those of
+    the seeds in order up to the budget or the first violation, whatever runs them.
+    ExecutorError if a run failed or a worker died. Ctrl-C ends it early with the runs that
+    finished (``interrupted``)."""
     started = time.monotonic()
     deadline = started + campaign.budget.seconds if campaign.budget.seconds is not None else None
+    quota = _job_quota(campaign.budget, 0, 1)
     result = CampaignResult()
-    if campaign.jobs == 1:
-        quota = _job_quota(campaign.budget, 0, 1)
-        try:
-            for seed in seeds(campaign.start, campaign.shard):
-                if (quota is not None and result.runs >= quota) or (
-                        deadline is not None and time.monotonic() >= deadline):
-                    break
-                run = run_world(seed, campaign.options)
-                summary = _summary(run)
-                result.add(summary)
-                if progress is not None:
-                    progress(summary, result)
-                if run.violation is not None:
-                    result.failures.append(_record_failure(run, campaign))
-                    break
-        except BaseException as exc:
-            if not is_interrupt(exc):
-                raise
-            result.interrupted = True  # the run under way is not counted
-        result.wall = time.monotonic() - started
-        return result
-    context: Any = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    out = context.Queue()
-    stop = context.Event()
-    workers = [context.Process(target=_worker, args=(campaign, job, out, stop), daemon=True)
-               for job in range(campaign.jobs)]
-    for worker in workers:
-        worker.start()
-    running = len(workers)
-    errors: list[str] = []
-    finished: set[int] = set()
-    silent: set[int] = set()  # workers found dead without their "done", at the last look
+
+    def wanted() -> Iterator[tuple[int, SimOptions, int]]:
+        for index, seed in enumerate(seeds(campaign.start, campaign.shard)):
+            if (quota is not None and index >= quota) or (deadline is not None and time.monotonic() >= deadline):
+                return
+            yield seed, campaign.options, campaign.shrink_runs
+
+    own = executor is None
+    runner = open_executor(campaign.jobs) if executor is None else executor
     try:
-        while running:
-            try:
-                if deadline is not None and time.monotonic() >= deadline:
-                    stop.set()
-                try:
-                    kind, payload = out.get(timeout=0.2)
-                except queue_module.Empty:
-                    gone = {job for job, worker in enumerate(workers) if job not in finished and not worker.is_alive()}
-                    dead, silent = gone & silent, gone  # dead twice with nothing in between: no word will come
-                    for job in sorted(dead):  # killed, or out of memory
-                        errors.append(f"worker {job + 1} of {len(workers)} ended without a word "
-                                      f"(exit code {workers[job].exitcode})")
-                        finished.add(job)
-                        running -= 1
-                        stop.set()
-                    continue
-                if kind == "run":
-                    result.add(payload)
-                    if progress is not None:
-                        progress(payload, result)
-                elif kind == "fail":
-                    result.failures.append(payload)
-                elif kind == "error":
-                    errors.append(payload)
-                    stop.set()
-                elif kind == "done":
-                    finished.add(payload)
-                    running -= 1
-            except BaseException as exc:
-                if not is_interrupt(exc) or result.interrupted:
-                    raise  # a second Ctrl-C: leave without waiting for the workers' runs
-                result.interrupted = True
-                stop.set()  # the workers finish the run under way, then report and stop
+        with contextlib.closing(runner.map(_fuzz_one, wanted(), label=lambda i: f"the run of seed "
+                                           f"{campaign.start + i * campaign.shard[1] + campaign.shard[0] - 1}")
+                                ) as outcomes:
+            for outcome in outcomes:
+                result.add(outcome.summary)
+                if progress is not None:
+                    progress(outcome.summary, result)
+                if outcome.violation is not None:
+                    result.failures.append(_record_failure(outcome, campaign))
+                    break
+    except BaseException as exc:
+        if not is_interrupt(exc):
+            raise
+        result.interrupted = True  # the runs under way are not counted
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
+        if own:
+            runner.close()
     result.wall = time.monotonic() - started
-    if errors:
-        raise RuntimeError(f"a fuzz worker failed: {errors[0]}")
     return result
