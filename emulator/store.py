@@ -728,6 +728,8 @@ class RecordStore:
         version = StoredVersion(Record(record_id, 0, deleted, body), meta.next_lsn, base, SyncState.DIRTY, 0)
         new_meta = replace(meta, next_lsn=meta.next_lsn + 1)
         entries = [(E_HEAD, record_id, self._encode_head(version)), (E_META, b"", self._encode_meta(new_meta))]
+        if self.mutants.on("next-lsn-in-ram"):
+            entries.pop()
         self._run(entries, reserve=RESERVE_BLOCKS)
         self.meta = new_meta
         return version
@@ -826,6 +828,8 @@ class RecordStore:
             latest[record.record_id] = record
         if not latest and anchor == meta.anchor:
             return  # nothing new (an idle poll): no commit, no flash wear
+        if records and self.mutants.on("refuse-pulls-as-full"):
+            raise StoreFull("store full: the pulled records do not fit")
         entries: list[_Entry] = [
             (E_HEAD, rid, self._encode_head(StoredVersion(rec, 0, rec.version, SyncState.DURABLE,
                                                            meta.generation)))

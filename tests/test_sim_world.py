@@ -14,6 +14,7 @@ import pytest
 from emulator.flash import PowerLoss
 from emulator.sim.ledger import Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
+from emulator.sim.flash_reader import ChipView, read_chip
 from emulator.sim.oracle import check_device, check_heal, check_server_history
 from emulator.sim.shrink import shrink
 from emulator.sim.simflash import SimFlash
@@ -108,14 +109,19 @@ def _store() -> RecordStore:
     return RecordStore.format(flash, device_id=b"d" * 16, account="a")
 
 
+def _chip(store: RecordStore) -> ChipView:
+    """The oracle's view: the store's chip, read by the oracle's own reader."""
+    return read_chip(store.flash)
+
+
 def test_oracle_flags_a_version_discarded_before_durable() -> None:
     store, ledger = _store(), Ledger()
     ledger.add_device("d", "a")
     version = store.write_local(b"r" * 16, Note("first"))
     ledger.created("d", b"r" * 16, key_of(version.record), None, 0.0)
-    assert check_device(ledger, "d", store, generation=7) is None
+    assert check_device(ledger, "d", _chip(store), generation=7) is None
     store.write_local(b"r" * 16, Note("not made by any user"))  # the device replaced it on its own
-    violation = check_device(ledger, "d", store, generation=7)
+    violation = check_device(ledger, "d", _chip(store), generation=7)
     assert violation is not None and violation.what == "discarded" and "v1" in violation.text
 
 
@@ -128,15 +134,15 @@ def test_oracle_allows_release_after_durable_and_flags_clean_without_durable() -
     ledger.created("d", b"r" * 16, key, None, 0.0)
     store.mark_pushed(version.lsn)
     store.mark_durable(7, version.lsn, ())  # marked clean, but no DURABLE was ever received
-    violation = check_device(ledger, "d", store, generation=7)
+    violation = check_device(ledger, "d", _chip(store), generation=7)
     assert violation is not None and violation.what == "marked-clean"
     ledger.message("d", "received", HelloOk(b"s" * 16, 7, 0, 0, b""))
     ledger.message("d", "sent", Push((Change(version.lsn, 0, version.record),)))
     ledger.message("d", "sent", Commit(version.lsn))
     ledger.message("d", "received", Durable(7, version.lsn))
-    assert check_device(ledger, "d", store, generation=7) is None
+    assert check_device(ledger, "d", _chip(store), generation=7) is None
     store.apply_pulled([Record(b"r" * 16, 9, False, Note("someone else's"))], 9)
-    assert check_device(ledger, "d", store, generation=7) is None  # released after DURABLE
+    assert check_device(ledger, "d", _chip(store), generation=7) is None  # released after DURABLE
     assert ledger.released == {key: {7}}
 
 

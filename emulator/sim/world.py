@@ -24,6 +24,7 @@ from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
 from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
 from emulator.sim.clock import sim_clock
+from emulator.sim.flash_reader import ChipView, FlashReader
 from emulator.sim.ledger import Key, Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import SimNetwork
@@ -229,6 +230,8 @@ class World:
         self.clock: trio.testing.MockClock | None = None
         self._catcher = _LogCatcher()
         self.sim_time = 0.0
+        self.reader = FlashReader()
+        """The oracle's reader of the handsets' chips (never through their stores)."""
 
     def _rng(self, name: str) -> random.Random:
         return random.Random(derive(self.seed, name))
@@ -386,8 +389,8 @@ class World:
         name = handset.name
         self.timeline.record("msg", dev=name, dir=direction, **summarize(message, self.ledger.label))
         device = self._by_name[name]
-        store = handset.store if (direction == "sent" and isinstance(message, PullAck) and handset.powered) else None
-        violation = check_wire(self.ledger, name, direction, message, store)
+        chip = self._chip(device) if direction == "sent" and isinstance(message, PullAck) else None
+        violation = check_wire(self.ledger, name, direction, message, chip)
         if violation is not None:
             self._fail(violation)
             return
@@ -401,18 +404,14 @@ class World:
 
     # ------------------------------------------------------------------ checks
 
-    def _quietly(self, device: _Device, read: Callable[[RecordStore], _T]) -> _T:
-        """Read the device's store for the oracle (reads never set off a write-aimed cut)."""
-        return read(device.handset.store)
+    def _chip(self, device: _Device) -> ChipView:
+        """What the device's flash holds, read by the oracle's own reader (the chip is not touched)."""
+        return self.reader.read(device.flash)
 
     def _check_device(self, device: _Device) -> None:
-        if self.violation is not None or not device.handset.powered:
+        if self.violation is not None:
             return
-        generation = self.storage.generation
-        try:
-            violation = self._quietly(device, lambda store: check_device(self.ledger, device.name, store, generation))
-        except (StoreError, FlashError) as exc:
-            violation = self._unreadable(device, exc)
+        violation = check_device(self.ledger, device.name, self._chip(device), self.storage.generation)
         if violation is not None:
             self._fail(violation)
 
@@ -546,12 +545,9 @@ class World:
             for d in self.devices:
                 if d.account != account or d.full:
                     continue
-                try:
-                    device_heads[d.name] = self._quietly(d, lambda store: [v.record for v in store.records()])
-                    device_blobs[d.name] = self._quietly(d, lambda store: set(store.blob_ids()))
-                except (StoreError, FlashError) as exc:
-                    self._fail(self._unreadable(d, exc))
-                    return
+                chip = self._chip(d)
+                device_heads[d.name] = [head.record for head in chip.heads.values()]
+                device_blobs[d.name] = set(chip.blobs)
             violation = check_heal(self.ledger, account, heads, device_heads, released_before, device_blobs)
             if violation is not None:
                 self._fail(violation)
@@ -676,9 +672,14 @@ class World:
         if pending is None:
             return
         match, parent, record_id, kind = pending
-        for version in self._quietly(device, lambda store: store.records()):
-            if match(version.record):
-                self._created(device, kind, version.record.record_id, key_of(version.record), parent,
+        chip = self._chip(device)
+        for head in chip.heads.values() if chip.mountable else ():
+            try:
+                record = head.record
+            except ValueError:
+                continue  # check_device reports it
+            if match(record):
+                self._created(device, kind, head.record_id, key_of(record), parent,
                               note="committed before the power cut")
                 return
         self.timeline.record("user.lost", dev=device.name, op=kind,
