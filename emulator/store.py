@@ -1141,18 +1141,15 @@ class RecordStore:
                                 f"({reserve} block(s) kept for garbage collection)")
 
     def _collect(self) -> bool:
-        """Reclaim one block by the greedy policy; False if no block would give space back."""
-        best: tuple[int, int] | None = None
-        for block in self._used:
-            if block == self._active or block in self._bad:
-                continue
-            live = self._live[block]
-            if best is None or live < best[0]:
-                best = (live, block)
-        if best is None:
-            return False
-        self.gc_runs += 1
-        return self._relocate(best[1], erase=True)
+        """Reclaim one block by the greedy policy: the block with the fewest live bytes whose live
+        entries can be moved; False if no block would give space back."""
+        victims = sorted((self._live[block], block) for block in self._used
+                         if block != self._active and block not in self._bad)
+        for _live, block in victims:
+            if self._relocate(block, erase=True):
+                self.gc_runs += 1
+                return True
+        return False
 
     def _live_entries(self, block: int) -> list[_Entry]:
         """Live entries stored on ``block`` or in transactions whose commit page is on it."""
@@ -1172,15 +1169,15 @@ class RecordStore:
     def _relocate(self, block: int, *, erase: bool) -> bool:
         """Rewrite the live entries of ``block`` elsewhere, commit that, then erase the block.
         False (nothing done) if the rewrite would not fit or would not give space back."""
+        entries = self._live_entries(block)
+        pages = self._pack(entries) if entries else []
+        if erase and (len(pages) >= self._ppb or len(pages) > self._free_pages()):
+            return False
         if any(index // self._ppb == block for index in self._ckpt_pages):
             for index in self._ckpt_pages:
                 self._unlive(index << SLOT_BITS, self._cap)
             self._ckpt_pages = []
             self._since_ckpt = self._ckpt_every  # write a new one after the next commit
-        entries = self._live_entries(block)
-        pages = self._pack(entries) if entries else []
-        if erase and (len(pages) >= self._ppb or len(pages) > self._free_pages()):
-            return False
         was_gc = self._in_gc
         self._in_gc = True
         erased = False

@@ -186,7 +186,9 @@ def _decode_meta(value: bytes) -> FlashMeta:
 class FlashReader:
     """Reads chips (see the module docstring); one reader may serve many chips."""
 
-    def __init__(self, max_pages: int = 100_000) -> None:
+    def __init__(self, max_pages: int = 100_000, *, keep_views: bool = True) -> None:
+        self.keep_views = keep_views
+        """Keep each chip's last view until its bits change (off for fleets of many chips)."""
         self._views: weakref.WeakKeyDictionary[NandFlash, tuple[int, ChipView]] = weakref.WeakKeyDictionary()
         self._pages: dict[bytes, _Page | str] = {}
         self._records: dict[bytes, Record] = {}
@@ -200,15 +202,18 @@ class FlashReader:
         if cached is not None and cached[0] == flash.changes:
             return cached[1]
         view = self._decode(flash)
-        self._views[flash] = (flash.changes, view)
+        if self.keep_views:
+            self._views[flash] = (flash.changes, view)
         return view
 
     def _page(self, raw: bytes, page_size: int) -> _Page | str:
         hit = self._pages.get(raw)
         if hit is None:
-            if len(self._pages) >= self.max_pages:
-                self._pages.clear()
-            hit = self._pages[raw] = _parse(raw, page_size)
+            hit = _parse(raw, page_size)
+            if self.max_pages:
+                if len(self._pages) >= self.max_pages:
+                    self._pages.clear()
+                self._pages[raw] = hit
         return hit
 
     def _decode(self, flash: NandFlash) -> ChipView:
@@ -276,13 +281,15 @@ class FlashReader:
                     continue
                 head = FlashHead(key, lsn, base, state, gen, kind, bool(deleted), value, index, seq)
                 head._record = records.get(value)
-                if head._record is None:
+                if head._record is None and self.max_pages:
                     try:
-                        head._record = records[value] = decode_record(value[_HEAD_FIELDS.size:])
+                        head._record = decode_record(value[_HEAD_FIELDS.size:])
                     except ProtocolError:
                         pass   # decoded (and reported) when the oracle asks for it
-                    if len(records) >= self.max_pages:
-                        records.clear()
+                    else:
+                        if len(records) >= self.max_pages:
+                            records.clear()
+                        records[value] = head._record
                 view.heads[key] = head
             elif etype == _BLOB:
                 view.blobs[key] = value

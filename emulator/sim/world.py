@@ -23,6 +23,7 @@ import trio
 from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
 from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
+from emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
 from emulator.sim.clock import sim_clock
 from emulator.sim.flash_reader import ChipView, FlashReader
 from emulator.sim.ledger import Key, Ledger, key_of
@@ -35,7 +36,7 @@ from emulator.sim.trace_log import Timeline
 from emulator.sim.workload import Workload
 from emulator.store import RecordStore, StoreError, StoreFull
 from emulator.sync_client import SyncError, SyncReport
-from protocol.messages import Bye, Commit, Message, PullAck
+from protocol.messages import Bye, Commit, HelloOk, Message, Pull, PullAck, Records
 from protocol.records import Photo, Record
 from server_stub.faults import FAULT_MODES, FaultSet
 from server_stub.limits import Limits
@@ -146,6 +147,9 @@ class _Device:
     connect: Any
     syncing: bool = False
     full: bool = False
+    """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
+    incoming: int = 0
+    """Entry bytes of the records (and images) of the pull under way, as the device received them."""
     rebooting: bool = False
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
 
@@ -395,6 +399,10 @@ class World:
             self._fail(violation)
             return
         self.ledger.message(name, direction, message)
+        if isinstance(message, Records):
+            device.incoming += sum(record_bytes(record, self.geometry) for record in message.records)
+        elif isinstance(message, Pull | HelloOk):
+            device.incoming = 0
         if direction == "sent" and isinstance(message, Commit | PullAck | Bye):
             self._check_device(device)
 
@@ -580,7 +588,9 @@ class World:
             self._power_lost(device)
         except StoreFull as exc:
             outcome = f"store full: {exc}"
-            device.full = True
+            chip = self._chip(device)
+            rewrite = sum(head_bytes(head.record, self.geometry) for head in chip.heads.values())
+            self._store_full(device, "a sync", max(device.incoming, rewrite))
         except (StoreError, FlashError) as exc:
             self._fail(Violation("crash", "device-store", f"{device.name}: sync failed on its store: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
@@ -609,7 +619,11 @@ class World:
             live = [(v.record.record_id, v.record.body) for v in heads if not v.record.deleted]
             old = frozenset(v.record.record_id for v in heads)
             op = self.workload.next_op(live)
+            blank_id = bytes(16)
             if op.kind == "photo":
+                device.incoming = record_bytes(
+                    Record(blank_id, 0, False, Photo(op.caption, blank_id, len(op.photo), bytes(32), "image/jpeg")),
+                    self.geometry)
                 device.pending = (cut_op_match(None, None, old, photo_caption=op.caption), None, None, "photo")
                 record_id = handset.take_photo(op.caption, op.photo)
                 head = handset.store.get(record_id)
@@ -618,6 +632,7 @@ class World:
                 return
             if op.kind == "import":
                 for body in op.bodies:
+                    device.incoming = record_bytes(Record(blank_id, 0, False, body), self.geometry)
                     new: Key = (False, body)
                     device.pending = (cut_op_match(new, None, old), None, None, "add")
                     record_id = handset.add(body)
@@ -625,6 +640,7 @@ class World:
                 return
             if op.kind == "add":
                 assert op.body is not None
+                device.incoming = record_bytes(Record(blank_id, 0, False, op.body), self.geometry)
                 key: Key = (False, op.body)
                 device.pending = (cut_op_match(key, None, old), None, None, "add")
                 record_id = handset.add(op.body)
@@ -636,6 +652,7 @@ class World:
             parent = key_of(head.record)
             key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
             device.pending = (cut_op_match(key, op.record_id, old), parent, op.record_id, op.kind)
+            device.incoming = record_bytes(Record(op.record_id, 0, key[0], key[1]), self.geometry)
             if op.kind == "delete":
                 handset.delete(op.record_id)
             else:
@@ -645,14 +662,31 @@ class World:
         except PowerLoss:
             self.timeline.record("user.cut", dev=device.name)
             self._power_lost(device)
+            self._resolve_pending(device)  # the flash is final now: a mount only reads it
         except StoreFull:
             device.pending = None
-            device.full = True
             self.timeline.record("user.full", dev=device.name)
+            self._store_full(device, "a user's write", device.incoming)
         except (StoreError, FlashError, HandsetError) as exc:
             device.pending = None
             self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
+
+    def _store_full(self, device: _Device, what: str, extra: int) -> None:
+        """The store refused ``what`` as full: believed only if the oracle's own accounting (live
+        entries on the chip plus ``extra``, the entry bytes refused) leaves no room; else ``false-full``."""
+        chip = self._chip(device)
+        bad = len(chip.bad_blocks)
+        if has_room(chip.live_bytes, extra, self.geometry, bad):
+            usable = usable_bytes(self.geometry, bad)
+            self._fail(Violation(
+                "convergence", "false-full",
+                f"{device.name} refused {what} as full, but its flash holds {chip.live_bytes} live entry bytes "
+                f"and the refused write {extra} more, of {usable} usable ({len(chip.bad_blocks)} bad block(s)): "
+                f"well within what the store must hold",
+                {"device": device.name, "live": chip.live_bytes, "refused": extra, "usable": usable}))
+            return
+        device.full = True
 
     def _created(self, device: _Device, kind: str, record_id: bytes, key: Key, parent: Key | None,
                  note: str = "") -> None:
@@ -666,7 +700,7 @@ class World:
         self.timeline.record("user", **fields)
 
     def _resolve_pending(self, device: _Device) -> None:
-        """After a reboot: did the user operation the power cut interrupted reach flash?"""
+        """After a power cut: did the user operation it interrupted reach flash?"""
         pending = device.pending
         device.pending = None
         if pending is None:
