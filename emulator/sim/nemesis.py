@@ -38,6 +38,7 @@ STEP_KINDS: dict[str, tuple[float, ...]] = {
     "server-restart": (0.3, 1.0),
     "server-restore": (0.3, 1.0, 2.0),
     "clock-jump": (0.3, 1.0),
+    "storage-failure": (0.3, 1.0, 2.0),
 }
 FAULT_KINDS: dict[str, str] = {
     "drop": "a chunk of bytes is lost on a connection",
@@ -48,13 +49,15 @@ FAULT_KINDS: dict[str, str] = {
     "corrupt": "one bit of a chunk is flipped",
     "reset": "the connection is reset",
     "partition": "a device cannot reach the server for a while",
-    "power-cut": "a handset loses power now or at a coming flash operation (torn program or erase)",
+    "power-cut": "a handset loses power now, at a coming flash write or right after a coming erase (torn)",
     "bit-flip": "reads see bit flips within the ECC limit",
     "bad-block": "programs and erases fail, blocks grow bad",
-    "server-crash": "the server process dies; storage keeps only its durable state",
+    "server-crash": "the server process dies (now, or right after a coming storage write); storage keeps "
+                    "only its durable state",
     "server-restart": "the server process stops and starts again",
     "server-restore": "the server's store is restored from an older backup (a new generation)",
     "clock-jump": "the clock jumps forward past every timeout",
+    "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
 }
 assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS)
 

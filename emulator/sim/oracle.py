@@ -132,10 +132,20 @@ def check_device(ledger: Ledger, device: str, chip: ChipView, generation: int) -
 
 
 def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
-               chip: ChipView | None) -> Violation | None:
+               chip: ChipView | None, failed_lsns: set[int] | None = None) -> Violation | None:
     """Protocol promises visible on one message (called before the ledger learns of it); ``chip``:
-    the device's flash as it is when it sends PULL_ACK."""
+    the device's flash as it is when it sends PULL_ACK; ``failed_lsns``: LSNs of this device whose
+    commit failed in the server's storage and was not redone since."""
     track = ledger.devices[device]
+    if direction == "received" and isinstance(message, Durable) and failed_lsns:
+        claimed = sorted(lsn for lsn in failed_lsns if lsn <= message.durable_lsn and lsn in track.session_pushes)
+        if claimed:
+            return Violation(
+                "durable-lost", "durable-after-failed-commit",
+                f"the server told {device} in DURABLE that LSN {message.durable_lsn} is durable, but the "
+                f"storage commit of LSN {', '.join(map(str, claimed[:6]))} (pushed in this session) failed",
+                {"device": device, "claimed": message.durable_lsn, "failed": claimed},
+            )
     if direction == "sent" and isinstance(message, PullAck) and chip is not None and chip.meta is not None:
         if chip.meta.anchor < message.anchor:
             return Violation(

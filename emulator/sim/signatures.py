@@ -28,4 +28,5 @@ MUTANT_SIGNATURES: dict[str, frozenset[str]] = {
     "wrong-watermark": frozenset({"overclaimed-watermark"}),
     "reorder-versions": frozenset({"diverged"}),
     "forget-conflict-copy": frozenset({"missing-on-server"}),
+    "durable-despite-storage-error": frozenset({"durable-after-failed-commit", "lost"}),
 }

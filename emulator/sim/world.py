@@ -31,12 +31,13 @@ from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import SimNetwork
 from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
 from emulator.sim.simflash import SimFlash
+from emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
 from emulator.sim.summary import summarize
 from emulator.sim.trace_log import Timeline
 from emulator.sim.workload import Workload
 from emulator.store import RecordStore, StoreError, StoreFull
 from emulator.sync_client import SyncError, SyncReport
-from protocol.messages import Bye, Commit, HelloOk, Message, Pull, PullAck, Records
+from protocol.messages import Bye, Commit, Durable, Hello, HelloOk, Message, Pull, PullAck, Records
 from protocol.records import Photo, Record
 from server_stub.faults import FAULT_MODES, FaultSet
 from server_stub.limits import Limits
@@ -148,6 +149,8 @@ class _Device:
     syncing: bool = False
     full: bool = False
     """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
+    device_id: bytes = b""
+    """The id the device named in its last HELLO."""
     incoming: int = 0
     """Entry bytes of the records (and images) of the pull under way, as the device received them."""
     rebooting: bool = False
@@ -218,7 +221,9 @@ class World:
         mutant = options.mutant
         self.device_mutants = Mutants(frozenset({mutant})) if mutant in DEVICE_MUTANTS else NO_MUTANTS
         server_faults = FaultSet([mutant]) if mutant in FAULT_MODES else FaultSet()
-        self.storage = SimulatedStorage(self._rng("storage"), faults=server_faults)
+        self.store_faults = FailingStorage(SimulatedStorage(self._rng("storage"), faults=server_faults))
+        self.storage: Any = self.store_faults
+        """The server's storage: the backend, failing on command (``storage-failure``)."""
         self.limits = Limits(pull_records=4)
         self.backups: list[SimSnapshot] = []
         self.geometry = TIGHT_GEOMETRY if self._rng("geometry").random() < 0.5 else GEOMETRY
@@ -367,9 +372,17 @@ class World:
         self._check_logs()
 
     def _check_logs(self) -> None:
-        if self._catcher.errors and self.violation is None:
-            text = self._catcher.errors[0]
+        """A logged server error is a crash, except one per storage failure injected (a correct
+        server logs the failure it could not hide)."""
+        if not self._catcher.errors or self.violation is not None:
+            return
+        expected = self.store_faults.fired
+        for text in self._catcher.errors:
+            if MARKER in text and expected > 0:
+                expected -= 1
+                continue
             self._fail(Violation("crash", "server-error", f"the server logged an error: {text}", {"log": text}))
+            return
 
     async def _stop_server(self, why: str) -> None:
         self.network.set_server(None)
@@ -394,7 +407,11 @@ class World:
         self.timeline.record("msg", dev=name, dir=direction, **summarize(message, self.ledger.label))
         device = self._by_name[name]
         chip = self._chip(device) if direction == "sent" and isinstance(message, PullAck) else None
-        violation = check_wire(self.ledger, name, direction, message, chip)
+        if isinstance(message, Hello):
+            device.device_id = message.device_id
+        failed = self.store_faults.failed_lsns.get((device.account, device.device_id)) \
+            if isinstance(message, Durable) else None
+        violation = check_wire(self.ledger, name, direction, message, chip, failed)
         if violation is not None:
             self._fail(violation)
             return
@@ -485,6 +502,7 @@ class World:
         self._healing = True
         self.timeline.record("heal")
         self.network.heal()
+        self.store_faults.disarm()
         for device in self.devices:
             device.flash.cancel_cut()
             device.flash.faults = FlashFaults()
@@ -768,29 +786,59 @@ class World:
         elif action == "power-cut":
             if not device.handset.powered:
                 return
-            if rng.random() < 0.4:
+            when = rng.random()
+            if when < 0.35:
                 self.timeline.record("power.cut", dev=device.name, during="now")
                 self._power_lost(device)
             else:
-                writes = rng.randint(1, 12)
                 roll = rng.random()
                 variant = "torn" if roll < 0.5 else "prefix" if roll < 0.8 else "clean"
-                device.flash.cut_at_write(writes, variant)
-                self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
+                if when < 0.75:
+                    writes = rng.randint(1, 12)
+                    device.flash.cut_at_write(writes, variant)
+                    self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
+                else:
+                    erases = rng.randint(1, 3)
+                    device.flash.cut_after_erase(erases, variant)
+                    self.timeline.record("power.arm", dev=device.name, erases=erases, variant=variant)
         elif action == "clock-jump":
             seconds = rng.uniform(30.0, 400.0)
             self.timeline.record("clock.jump", seconds=round(seconds, 3))
             assert self.clock is not None
             self.clock.jump(seconds)
+        elif action == "server-crash" and rng.random() < 0.5:
+            writes = rng.randint(1, 4)
+            self.store_faults.crash_before(writes, self._aimed_crash)
+            self.timeline.record("server.crash-arm", writes=writes)
         elif action in ("server-crash", "server-restart", "server-restore"):
             await self._server_fault(action)
+        elif action == "storage-failure":
+            kind = rng.choice(FAILURE_KINDS)
+            if kind == "disk-full":
+                seconds = round(rng.uniform(5.0, 60.0), 3)
+                self.store_faults.arm(kind, seconds=seconds)
+                self.timeline.record("server.storage-failure", failure=kind, seconds=seconds)
+            else:
+                count = rng.randint(1, 3)
+                self.store_faults.arm(kind, count=count)
+                self.timeline.record("server.storage-failure", failure=kind, count=count)
+
+    def _aimed_crash(self) -> bool:
+        """The server process dies as it is about to write to its storage (armed by ``server-crash``):
+        what is not durable is gone now; the write never happens. False: not now (healing, down)."""
+        if self._healing or self.server is None or self.violation is not None:
+            return False
+        self.storage.crash()
+        self._work.start_soon(self._server_fault, "server-crashed")
+        return True
 
     async def _server_fault(self, action: str) -> None:
         rng = self.rng
         if self.server is None:
             return
-        if action == "server-crash":
-            self.storage.crash()
+        if action in ("server-crash", "server-crashed"):
+            if action == "server-crash":
+                self.storage.crash()
             await self._stop_server("crash")
         elif action == "server-restart":
             await self.storage.aclose()
