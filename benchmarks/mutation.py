@@ -126,8 +126,8 @@ def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dic
             keep = items if args.sample == 0 else random.Random(f"{args.seed}/{key}").sample(
                 items, min(args.sample, len(items)))
             chosen = {item.job_id for item in keep}
-            db.set_multiple_results([(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
-                                     for item in items if item.job_id not in chosen])
+            db.set_multiple_results([item.job_id for item in items if item.job_id not in chosen],
+                                    WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
         (work / f"{key}-{args.killer}.generated").write_text(str(generated))
     generated = int((work / f"{key}-{args.killer}.generated").read_text())
     started = time.monotonic()

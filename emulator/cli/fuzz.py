@@ -193,7 +193,7 @@ def run_fuzz(args: argparse.Namespace) -> int:
     if args.junit:
         require_writable(Path(args.junit), "--junit", directory=False)
     campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=args.jobs, out=out,
-                        shrink_runs=0 if args.no_shrink else 40)
+                        shrink_runs=0 if args.no_shrink else 120)
     print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "
           f"mutant {args.mutant or 'none'}, {args.jobs} job(s)", file=sys.stderr)
     progress = _Progress(args.budget)

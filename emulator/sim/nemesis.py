@@ -16,7 +16,7 @@ from typing import Any
 from emulator.flash import FlashFaults
 from emulator.sim.network import NetworkFaults
 
-__all__ = ["FAULT_KINDS", "NETWORK_KINDS", "STEP_KINDS", "Swarm", "draw_swarm", "parse_faults"]
+__all__ = ["FAULT_KINDS", "NETWORK_KINDS", "STEP_KINDS", "WORKLOAD_KINDS", "Swarm", "draw_swarm", "parse_faults"]
 
 NETWORK_KINDS: dict[str, tuple[float, ...]] = {
     "drop": (0.002, 0.01, 0.03),
@@ -40,6 +40,11 @@ STEP_KINDS: dict[str, tuple[float, ...]] = {
     "clock-jump": (0.3, 1.0),
     "storage-failure": (0.3, 1.0, 2.0),
 }
+WORKLOAD_KINDS: dict[str, tuple[float, ...]] = {
+    "edit-during-sync": (0.05, 0.2, 0.5),
+}
+"""User behaviour the swarm switches like a fault: the chance, per message a handset sends, that
+its user edits right then (the edit lands between the messages of the sync)."""
 FAULT_KINDS: dict[str, str] = {
     "drop": "a chunk of bytes is lost on a connection",
     "delay": "a chunk is held up to a few seconds",
@@ -58,8 +63,9 @@ FAULT_KINDS: dict[str, str] = {
     "server-restore": "the server's store is restored from an older backup (a new generation)",
     "clock-jump": "the clock jumps forward past every timeout",
     "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
+    "edit-during-sync": "a user edits while a sync is under way, between its messages",
 }
-assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS)
+assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS) | set(WORKLOAD_KINDS)
 
 
 def parse_faults(text: str) -> frozenset[str]:
@@ -126,7 +132,7 @@ def draw_swarm(rng: random.Random, allowed: Iterable[str]) -> Swarm:
     """Each allowed kind is on with probability 1/2, at an intensity drawn from its menu."""
     allowed_set = set(allowed)
     kinds: dict[str, float] = {}
-    for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS):
+    for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS, WORKLOAD_KINDS):
         for name, menu in table.items():
             on = rng.random() < 0.5
             level = rng.choice(menu)

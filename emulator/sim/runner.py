@@ -73,7 +73,7 @@ class Campaign:
     shard: tuple[int, int] = (1, 1)
     jobs: int = 1
     out: Path = Path("sidekick-out")
-    shrink_runs: int = 40
+    shrink_runs: int = 120
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _record_failure(result: RunResult, campaign: Campaign) -> Failure:
         shrunk_path = write_trace(campaign.out / f"seed-{result.seed}.shrunk.json",
                                   to_trace(small, note=f"shrunk from seed {result.seed} "
                                                        f"({result.options.steps} steps)"))
-        steps = small.options.steps
+        steps = len(small.steps)
     v = result.violation
     return Failure(result.seed, v.invariant, v.what, v.text, str(trace_path),
                    str(shrunk_path) if shrunk_path else None, steps)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -26,6 +27,7 @@ from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
 from emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
 from emulator.sim.clock import sim_clock
 from emulator.sim.flash_reader import ChipView, FlashReader
+from emulator.sim.flash_story import explain
 from emulator.sim.ledger import Key, Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import SimNetwork
@@ -61,6 +63,9 @@ GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=8)
 TIGHT_GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6)
 """A chip so small that live data fills most blocks: collection moves live entries (some seeds)."""
 
+_FLASH_WHATS = frozenset({"discarded", "blob-discarded", "store-unreadable", "device-store", "mount-failed",
+                          "diverged", "blob-missing"})
+"""Violations whose story names the flash operations behind them."""
 WATCHDOG = 1800.0
 """Simulated seconds one sync attempt may take before it counts as a hang."""
 SETTLE = 200.0
@@ -88,6 +93,10 @@ class SimOptions:
     mutant: str | None = None
     binding: str = "mixed"
     swarm: Swarm | None = None
+    script: tuple[tuple[str, int, int], ...] | None = None
+    """Explicit fault-phase steps ``(action, device index, step number)`` instead of the seed's draw
+    (what the shrinker cuts down); each step's random choices come from its own number, so removing
+    a step leaves the others as they were."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.accounts <= 16:
@@ -110,17 +119,20 @@ class SimOptions:
             "accounts": self.accounts, "devices": self.devices, "steps": self.steps,
             "faults": sorted(self.faults), "mutant": self.mutant, "binding": self.binding,
             "swarm": self.swarm.as_dict() if self.swarm is not None else None,
+            "script": [list(step) for step in self.script] if self.script is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimOptions:
         """Inverse of ``as_dict`` (ValueError/TypeError/KeyError on a bad value)."""
         swarm = data.get("swarm")
+        script = data.get("script")
         return cls(
             accounts=int(data["accounts"]), devices=int(data["devices"]), steps=int(data["steps"]),
             faults=frozenset(str(f) for f in data["faults"]), mutant=data.get("mutant"),
             binding=str(data.get("binding", "mixed")),
             swarm=Swarm.from_dict(swarm) if swarm is not None else None,
+            script=tuple((str(a), int(d), int(k)) for a, d, k in script) if script is not None else None,
         )
 
 
@@ -134,6 +146,8 @@ class RunResult:
     events: list[dict[str, Any]]
     violation: Violation | None
     stats: dict[str, Any]
+    steps: list[tuple[str, int, int]] = field(default_factory=list)
+    """The fault-phase steps that ran: (action, device index, step number), a script that replays them."""
 
 
 @dataclass(eq=False)
@@ -151,6 +165,8 @@ class _Device:
     """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
     device_id: bytes = b""
     """The id the device named in its last HELLO."""
+    last_good: ChipView | None = None
+    """The chip as the last check that passed read it (what a later loss is compared with)."""
     incoming: int = 0
     """Entry bytes of the records (and images) of the pull under way, as the device received them."""
     rebooting: bool = False
@@ -208,9 +224,12 @@ class World:
                  script: Sequence[tuple[str, int]] | None = None) -> None:
         self.seed = seed
         self.options = options
-        self.script = list(script) if script is not None else None
-        """Explicit fault-phase steps ``(action, device index)`` instead of the seed's draw:
-        ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        given = script if script is not None else options.script
+        self.script = [(step[0], step[1], step[2] if len(step) > 2 else n)  # type: ignore[misc]
+                       for n, step in enumerate(given)] if given is not None else None
+        """Explicit fault-phase steps ``(action, device index[, step number])`` instead of the seed's
+        draw: ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        self.steps: list[tuple[str, int, int]] = []
         self.swarm = options.swarm if options.swarm is not None else draw_swarm(self._rng("swarm"), options.faults)
         self.timeline = Timeline()
         self.ledger = Ledger()
@@ -240,6 +259,8 @@ class World:
         self._catcher = _LogCatcher()
         self.sim_time = 0.0
         self.reader = FlashReader()
+        self._busy_user = self.swarm.kinds.get("edit-during-sync", 0.0)
+        self._busy_rng = self._rng("edit-during-sync")
         """The oracle's reader of the handsets' chips (never through their stores)."""
 
     def _rng(self, name: str) -> random.Random:
@@ -280,7 +301,8 @@ class World:
             "generations": self.generations,
             "events": len(self.timeline.events) + self.timeline.dropped,
         }
-        return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats)
+        return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats,
+                         list(self.steps))
 
     async def _main(self) -> None:
         async with trio.open_nursery() as root:
@@ -303,6 +325,7 @@ class World:
     def _fail(self, violation: Violation) -> None:
         if self.violation is not None:
             return
+        violation = self._with_flash_story(violation)
         self.violation = violation
         self.timeline.record("violation", **violation.as_dict())
         self._stop.cancel()
@@ -422,6 +445,13 @@ class World:
             device.incoming = 0
         if direction == "sent" and isinstance(message, Commit | PullAck | Bye):
             self._check_device(device)
+        if direction == "sent" and self._busy_user and self._busy_rng.random() < self._busy_user:
+            self._work.start_soon(self._edit_during_sync, device)  # runs while the sync waits for the answer
+
+    async def _edit_during_sync(self, device: _Device) -> None:
+        if self.violation is None and not self._healing:
+            self._user(device)
+            self._check_device(device)
 
     def on_regression(self, handset: Handset, reason: str) -> None:
         """A handset detected a server regression."""
@@ -436,9 +466,29 @@ class World:
     def _check_device(self, device: _Device) -> None:
         if self.violation is not None:
             return
-        violation = check_device(self.ledger, device.name, self._chip(device), self.storage.generation)
+        chip = self._chip(device)
+        violation = check_device(self.ledger, device.name, chip, self.storage.generation)
         if violation is not None:
             self._fail(violation)
+        else:
+            device.last_good = chip
+
+    def _with_flash_story(self, violation: Violation) -> Violation:
+        """A violation about a device's store, with the flash operations behind it (``flash_story``)."""
+        if violation.what not in _FLASH_WHATS:
+            return violation
+        device = self._by_name.get(str(violation.details.get("device")))
+        if device is None:
+            return violation
+        record = violation.details.get("record")
+        blob = violation.details.get("blob")
+        named = tuple(int(n) for n in re.findall(r"\bpage (\d+)\b", violation.text))  # the store's own words
+        lines = explain(device.flash, self._chip(device), device.last_good,
+                        bytes.fromhex(record) if isinstance(record, str) else None,
+                        bytes.fromhex(blob) if isinstance(blob, str) else None, named)
+        if not lines:
+            return violation
+        return replace(violation, details={**violation.details, "flash": lines})
 
     @staticmethod
     def _unreadable(device: _Device, exc: Exception) -> Violation:
@@ -476,13 +526,17 @@ class World:
         values = [weights[n] for n in names]
         count = self.options.steps if self.script is None else len(self.script)
         for step in range(count):
-            await trio.sleep(self.rng.expovariate(1.0 / STEP_MEAN))
-            if self.script is None:
-                action = self.rng.choices(names, values)[0]
-                device = self.devices[self.rng.randrange(len(self.devices))]
-            else:
-                action, index = self.script[step]
-                device = self.devices[index % len(self.devices)]
+            number = step if self.script is None else self.script[step][2]
+            rng = self._rng(f"step/{number}")
+            pause = rng.expovariate(1.0 / STEP_MEAN)
+            action = rng.choices(names, values)[0]
+            index = rng.randrange(len(self.devices))
+            if self.script is not None:
+                action, index = self.script[step][0], self.script[step][1] % len(self.devices)
+            self.steps.append((action, index, number))  # before its pause: what happens meanwhile replays
+            await trio.sleep(pause)
+            device = self.devices[index]
+            self.rng = rng  # the step's own choices (nemesis parameters) come from its number
             if action == "wait":
                 await trio.sleep(30.0)
             elif action == "user":
