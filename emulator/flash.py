@@ -295,6 +295,14 @@ class NandFlash:
             out.append(None if raw is None else raw.ljust(size, b"\xff"))
         return out
 
+    def held_block(self, block: int) -> list[bytes | None]:
+        """Every page of a block as the array holds it: its bits without the trailing 0xFF bytes
+        (the same object until the page changes), None for a page with no programmed bit. Not an
+        operation, like ``peek``."""
+        self._check_block(block)
+        first = block * self._ppb
+        return [self._held(index) for index in range(first, first + self._ppb)]
+
     def mark_bad(self, block: int) -> None:
         """Mark a block bad (what firmware does after a failure): spare byte 0 of page 0 := 0x00."""
         self._check_block(block)

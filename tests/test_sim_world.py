@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from emulator.flash import PowerLoss
+from emulator.sim.flash_reader import ChipView, read_chip
 from emulator.sim.ledger import Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
-from emulator.sim.flash_reader import ChipView, read_chip
 from emulator.sim.oracle import check_device, check_heal, check_server_history
 from emulator.sim.shrink import shrink
 from emulator.sim.simflash import SimFlash

@@ -40,8 +40,8 @@ from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connecto
 from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
 from emulator.handset import Handset, HandsetError
 from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.sim.flash_reader import FlashReader
 from emulator.sim.clock import Alarm, SimClock
+from emulator.sim.flash_reader import FlashReader
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError
 from emulator.transport import Connector

@@ -2,8 +2,8 @@
 
 Written from the on-flash format of docs/FLASH.md alone; it shares no code with the record store
 it judges (``emulator.store``, ``emulator.store_format``). It reads the array through
-``NandFlash.peek`` (a chip programmer's dump: no operation counted, no ECC draw, no power cut, no
-random number), so checking a handset never changes what happens next. It replays the whole log
+``NandFlash.held_block`` (a chip programmer's dump, like ``peek``: no operation counted, no ECC
+draw, no power cut, no random number), so checking a handset never changes what happens next. It replays the whole log
 (FLASH.md, "Full replay"); index checkpoints change no logical content and are skipped.
 
 ``FlashReader.read(flash)`` gives a ``ChipView``: the device metadata, every record head with its
@@ -209,7 +209,7 @@ class FlashReader:
     def _page(self, raw: bytes, page_size: int) -> _Page | str:
         hit = self._pages.get(raw)
         if hit is None:
-            hit = _parse(raw, page_size)
+            hit = _parse(raw.ljust(page_size, b"\xff"), page_size)
             if self.max_pages:
                 if len(self._pages) >= self.max_pages:
                     self._pages.clear()
@@ -222,17 +222,18 @@ class FlashReader:
         ppb = g.pages_per_block
         view = ChipView()
         valid: list[tuple[int, int, _Page]] = []   # (seq, page index, page)
+        size = g.page_size
         for block in range(g.blocks):
-            pages = flash.peek_block(block)
+            pages = flash.held_block(block)   # pages without their trailing 0xFF bytes
             first = pages[0]
-            if first is not None and first[g.page_size] != 0xFF:
+            if first is not None and len(first) > size and first[size] != 0xFF:
                 view.bad_blocks.append(block)   # bad-block marker: spare byte 0 of page 0
                 continue
             for page, raw in enumerate(pages):
-                if raw is None or raw.startswith(_BLANK_HEADER):
+                if raw is None or (len(raw) >= _HEADER.size and raw.startswith(_BLANK_HEADER)):
                     break   # the block's written part ends at the first page with a blank header
                 index = block * ppb + page
-                parsed = self._page(raw, g.page_size)
+                parsed = self._page(raw, size)
                 if isinstance(parsed, str):
                     view.invalid.append((index, parsed))
                 else:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +25,7 @@ from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
 from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
 from emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
-from emulator.sim.clock import sim_clock
+from emulator.sim.clock import SimClock
 from emulator.sim.flash_reader import ChipView, FlashReader
 from emulator.sim.flash_story import explain
 from emulator.sim.ledger import Key, Ledger, key_of
@@ -37,7 +37,7 @@ from emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
 from emulator.sim.summary import summarize
 from emulator.sim.trace_log import Timeline
 from emulator.sim.workload import Workload
-from emulator.store import RecordStore, StoreError, StoreFull
+from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError, SyncReport
 from protocol.messages import Bye, Commit, Durable, Hello, HelloOk, Message, Pull, PullAck, Records
 from protocol.records import Photo, Record
@@ -167,8 +167,10 @@ class _Device:
     """The id the device named in its last HELLO."""
     last_good: ChipView | None = None
     """The chip as the last check that passed read it (what a later loss is compared with)."""
-    incoming: int = 0
-    """Entry bytes of the records (and images) of the pull under way, as the device received them."""
+    writing: Record | None = None
+    """What the user is writing (its size counts if the store refuses it as full)."""
+    pulled: list[Record] = field(default_factory=list)
+    """The records of the pull under way, as the device received them."""
     rebooting: bool = False
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
 
@@ -255,7 +257,7 @@ class World:
         self.sessions = 0
         self.nemesis_count = 0
         self.generations = 1
-        self.clock: trio.testing.MockClock | None = None
+        self.clock: SimClock | None = None
         self._catcher = _LogCatcher()
         self.sim_time = 0.0
         self.reader = FlashReader()
@@ -271,7 +273,7 @@ class World:
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
         seed_trio_scheduler(derive(self.seed, "trio-scheduler"))
-        self.clock = sim_clock()
+        self.clock = SimClock()
         loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
         for lg in loggers:
@@ -307,7 +309,8 @@ class World:
     async def _main(self) -> None:
         async with trio.open_nursery() as root:
             self._root = root
-            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root)
+            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root,
+                                      partitions=self.swarm.on("partition"), clock=self.clock)
             self.timeline.record("start", seed=self.seed, swarm=self.swarm.as_dict(),
                                  mutant=self.options.mutant)
             await self._setup()
@@ -440,9 +443,9 @@ class World:
             return
         self.ledger.message(name, direction, message)
         if isinstance(message, Records):
-            device.incoming += sum(record_bytes(record, self.geometry) for record in message.records)
+            device.pulled.extend(message.records)
         elif isinstance(message, Pull | HelloOk):
-            device.incoming = 0
+            device.pulled.clear()
         if direction == "sent" and isinstance(message, Commit | PullAck | Bye):
             self._check_device(device)
         if direction == "sent" and self._busy_user and self._busy_rng.random() < self._busy_user:
@@ -662,7 +665,8 @@ class World:
             outcome = f"store full: {exc}"
             chip = self._chip(device)
             rewrite = sum(head_bytes(head.record, self.geometry) for head in chip.heads.values())
-            self._store_full(device, "a sync", max(device.incoming, rewrite))
+            pulled = sum(record_bytes(record, self.geometry) for record in device.pulled)
+            self._store_full(device, "a sync", max(pulled, rewrite))
         except (StoreError, FlashError) as exc:
             self._fail(Violation("crash", "device-store", f"{device.name}: sync failed on its store: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
@@ -693,9 +697,8 @@ class World:
             op = self.workload.next_op(live)
             blank_id = bytes(16)
             if op.kind == "photo":
-                device.incoming = record_bytes(
-                    Record(blank_id, 0, False, Photo(op.caption, blank_id, len(op.photo), bytes(32), "image/jpeg")),
-                    self.geometry)
+                device.writing = Record(blank_id, 0, False,
+                                        Photo(op.caption, blank_id, len(op.photo), bytes(32), "image/jpeg"))
                 device.pending = (cut_op_match(None, None, old, photo_caption=op.caption), None, None, "photo")
                 record_id = handset.take_photo(op.caption, op.photo)
                 head = handset.store.get(record_id)
@@ -704,7 +707,7 @@ class World:
                 return
             if op.kind == "import":
                 for body in op.bodies:
-                    device.incoming = record_bytes(Record(blank_id, 0, False, body), self.geometry)
+                    device.writing = Record(blank_id, 0, False, body)
                     new: Key = (False, body)
                     device.pending = (cut_op_match(new, None, old), None, None, "add")
                     record_id = handset.add(body)
@@ -712,7 +715,7 @@ class World:
                 return
             if op.kind == "add":
                 assert op.body is not None
-                device.incoming = record_bytes(Record(blank_id, 0, False, op.body), self.geometry)
+                device.writing = Record(blank_id, 0, False, op.body)
                 key: Key = (False, op.body)
                 device.pending = (cut_op_match(key, None, old), None, None, "add")
                 record_id = handset.add(op.body)
@@ -724,7 +727,7 @@ class World:
             parent = key_of(head.record)
             key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
             device.pending = (cut_op_match(key, op.record_id, old), parent, op.record_id, op.kind)
-            device.incoming = record_bytes(Record(op.record_id, 0, key[0], key[1]), self.geometry)
+            device.writing = Record(op.record_id, 0, key[0], key[1])
             if op.kind == "delete":
                 handset.delete(op.record_id)
             else:
@@ -738,7 +741,9 @@ class World:
         except StoreFull:
             device.pending = None
             self.timeline.record("user.full", dev=device.name)
-            self._store_full(device, "a user's write", device.incoming)
+            writing = device.writing
+            self._store_full(device, "a user's write",
+                             record_bytes(writing, self.geometry) if writing is not None else 0)
         except (StoreError, FlashError, HandsetError) as exc:
             device.pending = None
             self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
