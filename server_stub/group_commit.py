@@ -45,8 +45,12 @@ class GroupCommitter:
     """The single writer of one SQLite connection (see the module docstring)."""
 
     def __init__(self, conn: sqlite3.Connection, *, group: bool, faults: FaultSet,
-                 lazy_interval: float = 0.25) -> None:
+                 lazy_interval: float = 0.25, inline: bool = False) -> None:
         self._conn = conn
+        self.inline = inline
+        """Run each write in the caller's thread, one transaction each, no writer task (deterministic
+        simulations: nothing happens outside the Trio run's own time). A lazy commit
+        (``ack-before-durable``) is then made by the next write."""
         self.group = group
         self.faults = faults
         self.lazy_interval = lazy_interval
@@ -68,9 +72,16 @@ class GroupCommitter:
         """Run ``fn`` in the next transaction; return its result once that transaction committed."""
         if self.closed:
             raise StorageError("the store is closed")
+        if self.inline:
+            op: WriteOp[T] = WriteOp(fn)
+            self._run_batch([op], self.faults.on("ack-before-durable"))
+            await trio.lowlevel.checkpoint()
+            if op.error is not None:
+                raise op.error
+            return op.result  # type: ignore[no-any-return]
         self._ensure_writer()
         assert self._send is not None
-        op: WriteOp[T] = WriteOp(fn)
+        op = WriteOp(fn)
         self._send.send_nowait(op)
         await op.done.wait()
         if op.error is not None:

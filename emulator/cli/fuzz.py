@@ -80,6 +80,9 @@ def register(subparsers: Any) -> None:
     fuzz.add_argument("--accounts", type=_positive, default=2, metavar="N", help="accounts (default 2)")
     fuzz.add_argument("--steps", type=_positive, default=40, metavar="N",
                       help="steps of the fault phase per run (default 40)")
+    fuzz.add_argument("--backend", choices=("sim", "sqlite", "mixed"), default="mixed",
+                      help="the server's storage: simulated, a SQLite file, or mixed (SQLite for a "
+                           "quarter of the seeds; default)")
     fuzz.add_argument("--binding", choices=("raw", "http", "mixed"), default="mixed",
                       help="how handsets reach the server (default: mixed)")
     fuzz.add_argument("--out", default="sidekick-out", metavar="DIR",
@@ -121,7 +124,7 @@ def _options(args: argparse.Namespace) -> SimOptions:
     try:
         faults = parse_faults(args.faults)
         return SimOptions(accounts=args.accounts, devices=args.devices, steps=args.steps, faults=faults,
-                          mutant=args.mutant, binding=args.binding)
+                          mutant=args.mutant, binding=args.binding, backend=args.backend)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

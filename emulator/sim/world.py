@@ -33,6 +33,7 @@ from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import SimNetwork
 from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
 from emulator.sim.simflash import SimFlash
+from emulator.sim.sqlite_backend import SimSqlite
 from emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
 from emulator.sim.summary import summarize
 from emulator.sim.trace_log import Timeline
@@ -63,6 +64,8 @@ GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=8)
 TIGHT_GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6)
 """A chip so small that live data fills most blocks: collection moves live entries (some seeds)."""
 
+SQLITE_SHARE = 0.25
+"""The share of seeds that run the server on SQLite under ``backend="mixed"``."""
 _FLASH_WHATS = frozenset({"discarded", "blob-discarded", "store-unreadable", "device-store", "mount-failed",
                           "diverged", "blob-missing"})
 """Violations whose story names the flash operations behind them."""
@@ -93,6 +96,9 @@ class SimOptions:
     mutant: str | None = None
     binding: str = "mixed"
     swarm: Swarm | None = None
+    backend: str = "mixed"
+    """The server's storage: ``sim`` (simulated), ``sqlite`` (a real database file), or ``mixed``:
+    SQLite for a share of the seeds (``SQLITE_SHARE``), drawn from the seed."""
     script: tuple[tuple[str, int, int], ...] | None = None
     """Explicit fault-phase steps ``(action, device index, step number)`` instead of the seed's draw
     (what the shrinker cuts down); each step's random choices come from its own number, so removing
@@ -112,13 +118,15 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r} (sidekick fuzz --list-mutants)")
         if self.binding not in ("raw", "http", "mixed"):
             raise ValueError(f"binding must be raw, http or mixed, not {self.binding!r}")
+        if self.backend not in ("sim", "sqlite", "mixed"):
+            raise ValueError(f"backend must be sim, sqlite or mixed, not {self.backend!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (traces)."""
         return {
             "accounts": self.accounts, "devices": self.devices, "steps": self.steps,
             "faults": sorted(self.faults), "mutant": self.mutant, "binding": self.binding,
-            "swarm": self.swarm.as_dict() if self.swarm is not None else None,
+            "backend": self.backend, "swarm": self.swarm.as_dict() if self.swarm is not None else None,
             "script": [list(step) for step in self.script] if self.script is not None else None,
         }
 
@@ -130,7 +138,7 @@ class SimOptions:
         return cls(
             accounts=int(data["accounts"]), devices=int(data["devices"]), steps=int(data["steps"]),
             faults=frozenset(str(f) for f in data["faults"]), mutant=data.get("mutant"),
-            binding=str(data.get("binding", "mixed")),
+            binding=str(data.get("binding", "mixed")), backend=str(data.get("backend", "sim")),
             swarm=Swarm.from_dict(swarm) if swarm is not None else None,
             script=tuple((str(a), int(d), int(k)) for a, d, k in script) if script is not None else None,
         )
@@ -146,6 +154,8 @@ class RunResult:
     events: list[dict[str, Any]]
     violation: Violation | None
     stats: dict[str, Any]
+    backend: str = "sim"
+    """The server's storage in this run (``sim`` or ``sqlite``)."""
     steps: list[tuple[str, int, int]] = field(default_factory=list)
     """The fault-phase steps that ran: (action, device index, step number), a script that replays them."""
 
@@ -242,7 +252,13 @@ class World:
         mutant = options.mutant
         self.device_mutants = Mutants(frozenset({mutant})) if mutant in DEVICE_MUTANTS else NO_MUTANTS
         server_faults = FaultSet([mutant]) if mutant in FAULT_MODES else FaultSet()
-        self.store_faults = FailingStorage(SimulatedStorage(self._rng("storage"), faults=server_faults))
+        backend = options.backend
+        if backend == "mixed":
+            backend = "sqlite" if self._rng("backend").random() < SQLITE_SHARE else "sim"
+        self.backend = backend
+        inner: Any = SimSqlite(self._rng("storage"), server_faults) if backend == "sqlite" \
+            else SimulatedStorage(self._rng("storage"), faults=server_faults)
+        self.store_faults = FailingStorage(inner)
         self.storage: Any = self.store_faults
         """The server's storage: the backend, failing on command (``storage-failure``)."""
         self.limits = Limits(pull_records=4)
@@ -295,6 +311,8 @@ class World:
             for lg, (propagate, _level) in zip(loggers, saved, strict=True):
                 lg.removeHandler(self._catcher)
                 lg.propagate = propagate
+            if isinstance(self.store_faults.inner, SimSqlite):
+                self.store_faults.inner.close()
         stats = {
             "sim_time": round(self.sim_time, 3),
             "sessions": self.sessions,
@@ -304,14 +322,14 @@ class World:
             "events": len(self.timeline.events) + self.timeline.dropped,
         }
         return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats,
-                         list(self.steps))
+                         self.backend, list(self.steps))
 
     async def _main(self) -> None:
         async with trio.open_nursery() as root:
             self._root = root
             self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root,
                                       partitions=self.swarm.on("partition"), clock=self.clock)
-            self.timeline.record("start", seed=self.seed, swarm=self.swarm.as_dict(),
+            self.timeline.record("start", seed=self.seed, backend=self.backend, swarm=self.swarm.as_dict(),
                                  mutant=self.options.mutant)
             await self._setup()
             with trio.CancelScope() as self._stop:
@@ -910,8 +928,10 @@ class World:
             self.storage.restore(snapshot)
             if self.storage.generation != before:
                 self.generations += 1
+            backup_generation = getattr(snapshot, "generation", None)  # a SQLite backup is file bytes
             self.timeline.record("server.restore", generation=f"{self.storage.generation:#x}",
-                                 backup_generation=f"{snapshot.generation:#x}")
+                                 **({} if backup_generation is None else
+                                    {"backup_generation": f"{backup_generation:#x}"}))
         await self._check_server()
         self._work.start_soon(self._restart_later, rng.uniform(0.5, 20.0), self._server_epoch)
 
@@ -940,6 +960,6 @@ def run_world(seed: int, options: SimOptions = SimOptions()) -> RunResult:
 
 
 def with_swarm(result: RunResult) -> SimOptions:
-    """The run's options with its swarm made explicit (what shrinking varies)."""
-    return replace(result.options, swarm=result.swarm)
+    """The run's options with its swarm and backend made explicit (what shrinking varies)."""
+    return replace(result.options, swarm=result.swarm, backend=result.backend)
 
