@@ -139,3 +139,41 @@ def test_the_fuzzer_catches_next_lsn_in_ram_at_the_first_write() -> None:
     first_user = next(i for i, e in enumerate(result.events) if e["kind"] == "user")
     violation = next(i for i, e in enumerate(result.events) if e["kind"] == "violation")
     assert violation == first_user + 1  # no reboot needed: caught on the step that wrote it
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), blocks=st.integers(6, 12), photos=st.booleans())
+def test_the_store_refuses_as_full_only_beyond_its_capacity_promise(seed: int, blocks: int, photos: bool) -> None:
+    """FLASH.md's promise, checked with the oracle's own accounting: a write is refused as full only
+    when the live entry bytes (read from the chip) plus the refused write exceed half the usable
+    payload bytes."""
+    from emulator.sim.capacity import blob_bytes, has_room, head_bytes  # noqa: PLC0415
+    from emulator.store import StoreFull  # noqa: PLC0415
+    from protocol.records import Record  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    geometry = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=blocks)
+    flash = NandFlash(geometry, rng=random.Random(seed))
+    store = RecordStore.format(flash, device_id=b"d" * 16)
+    ids = [rng.randbytes(16) for _ in range(40)]
+    for n in range(2000):
+        rid = rng.choice(ids)
+        if photos and rng.random() < 0.2:
+            blob = rng.randbytes(16)
+            data = rng.randbytes(rng.randint(100, 1200))
+            extra = blob_bytes(blob, len(data), geometry)
+            try:
+                store.write_blob(blob, data)
+            except StoreFull:
+                view = read_chip(flash)
+                assert not has_room(view.live_bytes, extra, geometry, len(view.bad_blocks))
+                return
+            continue
+        body = Note(f"n{n}", "x" * rng.randint(0, 300))
+        extra = head_bytes(Record(rid, 0, False, body), geometry)
+        try:
+            store.write_local(rid, body)
+        except StoreFull:
+            view = read_chip(flash)
+            assert not has_room(view.live_bytes, extra, geometry, len(view.bad_blocks))
+            return
