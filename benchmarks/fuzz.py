@@ -86,22 +86,17 @@ def reader_cost(runs: int, start: int = 3000) -> dict[str, Any]:
     spent = {"decode": 0.0, "read": 0.0}
     counts = {"decode": 0, "read": 0}
 
-    def timed_decode(self: Any, flash: Any) -> Any:
-        began = time.process_time()
-        try:
-            return decode(self, flash)
-        finally:
-            spent["decode"] += time.process_time() - began
-            counts["decode"] += 1
+    def timed(name: str, inner: Any) -> Any:
+        def wrapper(self: Any, flash: Any) -> Any:
+            began = time.process_time()
+            try:
+                return inner(self, flash)
+            finally:
+                spent[name] += time.process_time() - began
+                counts[name] += 1
+        return wrapper
 
-    def timed_read(self: Any, flash: Any) -> Any:
-        began = time.process_time()
-        try:
-            return read(self, flash)
-        finally:
-            spent["read"] += time.process_time() - began
-            counts["read"] += 1
-
+    timed_decode, timed_read = timed("decode", decode), timed("read", read)
     flash_reader.FlashReader._decode = timed_decode  # type: ignore[method-assign]
     flash_reader.FlashReader.read = timed_read  # type: ignore[method-assign]
     try:

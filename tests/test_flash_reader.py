@@ -4,6 +4,7 @@ chip without changing it, and catches a store whose RAM disagrees with its flash
 
 from __future__ import annotations
 
+import functools
 import random
 
 from hypothesis import given, settings
@@ -159,20 +160,15 @@ def test_the_store_refuses_as_full_only_beyond_its_capacity_promise(seed: int, b
     for n in range(2000):
         rid = rng.choice(ids)
         if photos and rng.random() < 0.2:
-            blob = rng.randbytes(16)
-            data = rng.randbytes(rng.randint(100, 1200))
+            blob, data = rng.randbytes(16), rng.randbytes(rng.randint(100, 1200))
             extra = blob_bytes(blob, len(data), geometry)
-            try:
-                store.write_blob(blob, data)
-            except StoreFull:
-                view = read_chip(flash)
-                assert not has_room(view.live_bytes, extra, geometry, len(view.bad_blocks))
-                return
-            continue
-        body = Note(f"n{n}", "x" * rng.randint(0, 300))
-        extra = head_bytes(Record(rid, 0, False, body), geometry)
+            write = functools.partial(store.write_blob, blob, data)
+        else:
+            body = Note(f"n{n}", "x" * rng.randint(0, 300))
+            extra = head_bytes(Record(rid, 0, False, body), geometry)
+            write = functools.partial(store.write_local, rid, body)
         try:
-            store.write_local(rid, body)
+            write()
         except StoreFull:
             view = read_chip(flash)
             assert not has_room(view.live_bytes, extra, geometry, len(view.bad_blocks))
