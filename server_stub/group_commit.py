@@ -48,9 +48,10 @@ class GroupCommitter:
                  lazy_interval: float = 0.25, inline: bool = False) -> None:
         self._conn = conn
         self.inline = inline
+        self._lazy_timer = False
         """Run each write in the caller's thread, one transaction each, no writer task (deterministic
         simulations: nothing happens outside the Trio run's own time). A lazy commit
-        (``ack-before-durable``) is then made by the next write."""
+        (``ack-before-durable``) is made by the next write or a system task ``lazy_interval`` later."""
         self.group = group
         self.faults = faults
         self.lazy_interval = lazy_interval
@@ -75,6 +76,9 @@ class GroupCommitter:
         if self.inline:
             op: WriteOp[T] = WriteOp(fn)
             self._run_batch([op], self.faults.on("ack-before-durable"))
+            if self._in_tx and not self._lazy_timer:  # commit later, as the writer task would
+                self._lazy_timer = True
+                trio.lowlevel.spawn_system_task(self._commit_later, name="sqlite-lazy-commit")
             await trio.lowlevel.checkpoint()
             if op.error is not None:
                 raise op.error
@@ -132,6 +136,15 @@ class GroupCommitter:
                 if self._in_tx:
                     await trio.to_thread.run_sync(self._commit_open)
             stopped.set()
+
+    async def _commit_later(self) -> None:
+        """Inline mode: the open transaction of a lazy batch commits after ``lazy_interval``."""
+        try:
+            await trio.sleep(self.lazy_interval)
+        finally:
+            self._lazy_timer = False
+        if not self.closed:
+            self._commit_open()
 
     def _commit_open(self) -> None:
         if self._in_tx:

@@ -71,6 +71,13 @@ class SimSqlite:
         self.storage.crash()
         self.storage = self._open()
 
+    def restore(self, snapshot: bytes) -> int:
+        """Copy a backup in under a new generation, the server process being down: like a crash,
+        what it had not committed (``ack-before-durable``'s open transaction) is gone first."""
+        self.storage.crash()
+        self.storage = self._open()
+        return self.storage.restore(snapshot)
+
     async def aclose(self) -> None:
         """A clean stop; the next start opens the file again."""
         await self.storage.aclose()
