@@ -19,7 +19,7 @@ from emulator.sim.trace import load_trace, replay
 from emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
 
 STARTS = (1, 2, 3)
-RUNS = 40
+RUNS = 100
 """Runs each start may take (the slowest mutant needs most; the table in docs/FUZZING.md)."""
 REGRESSIONS = Path(__file__).with_name("fuzz_regressions")
 

@@ -15,7 +15,8 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -229,6 +230,22 @@ def seed_trio_scheduler(value: int) -> None:
     trio_run._r.seed(value)
 
 
+@contextmanager
+def seeded_trio_scheduler(value: int) -> Iterator[None]:
+    """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
+    pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
+    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test."""
+    import trio._core._run as trio_run  # noqa: PLC0415
+
+    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False  # type: ignore[misc]
+    seed_trio_scheduler(value)
+    try:
+        yield
+    finally:
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved  # type: ignore[misc]
+
+
 class World:
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
@@ -288,7 +305,6 @@ class World:
 
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
-        seed_trio_scheduler(derive(self.seed, "trio-scheduler"))
         self.clock = SimClock()
         loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
@@ -296,7 +312,8 @@ class World:
             lg.addHandler(self._catcher)
             lg.propagate = False
         try:
-            trio.run(self._main, clock=self.clock)
+            with seeded_trio_scheduler(derive(self.seed, "trio-scheduler")):
+                trio.run(self._main, clock=self.clock)
         except Exception as exc:  # an exception no part handled: invariant 4, with the trace so far
             leaf = _innermost(exc)
             where = _where(leaf)
