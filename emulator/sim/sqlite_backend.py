@@ -41,7 +41,9 @@ class SimSqlite:
         self.storage = self._open()
 
     def _open(self) -> SqliteStorage:
-        return SqliteStorage(self.path, rng=self._rng, faults=self._faults, inline=True)
+        storage = SqliteStorage(self.path, rng=self._rng, faults=self._faults, inline=True)
+        self._generation = storage.generation
+        return storage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.storage, name)
@@ -58,8 +60,9 @@ class SimSqlite:
 
     @property
     def generation(self) -> int:
-        """The store's generation."""
-        return self.storage.generation
+        """The store's generation (read from the file when it is opened or restored: only this
+        process changes it, and the oracle asks for it at every check)."""
+        return self._generation
 
     @property
     def server_id(self) -> bytes:
@@ -76,7 +79,8 @@ class SimSqlite:
         what it had not committed (``ack-before-durable``'s open transaction) is gone first."""
         self.storage.crash()
         self.storage = self._open()
-        return self.storage.restore(snapshot)
+        self._generation = self.storage.restore(snapshot)
+        return self._generation
 
     async def aclose(self) -> None:
         """A clean stop; the next start opens the file again."""
