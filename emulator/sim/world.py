@@ -41,6 +41,7 @@ from emulator.sim.trace_log import Timeline
 from emulator.sim.workload import Workload
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError, SyncReport
+from protocol.framing import DEFAULT_MAX_FRAME
 from protocol.messages import Bye, Commit, Durable, Hello, HelloOk, Message, Pull, PullAck, Records
 from protocol.records import Photo, Record
 from server_stub.faults import FAULT_MODES, FaultSet
@@ -278,7 +279,12 @@ class World:
         self.store_faults = FailingStorage(inner)
         self.storage: Any = self.store_faults
         """The server's storage: the backend, failing on command (``storage-failure``)."""
-        self.limits = Limits(pull_records=4)
+        frame_kib = self.swarm.kinds.get("small-frames", 0.0)
+        self.max_frame = int(frame_kib * 1024) if frame_kib else DEFAULT_MAX_FRAME
+        """Both ends offer this frame size (``small-frames``: 1-4 KiB, so that photos span chunks,
+        pulls span RECORDS frames and a DURABLE lists fewer changes than a commit made)."""
+        self.limits = Limits(pull_records=4, max_frame=self.max_frame,
+                             max_batch=min(256, (self.max_frame - 36) // 32))
         self.backups: list[SimSnapshot] = []
         self.geometry = TIGHT_GEOMETRY if self._rng("geometry").random() < 0.5 else GEOMETRY
         self.rng = self._rng("nemesis")
@@ -385,6 +391,7 @@ class World:
                                          rng=self._rng(f"handset/{name}"), mutants=self.device_mutants,
                                          name=name, observer=self)
                 flash.set_cut_rate(self.swarm.kinds.get("power-cut", 0.0) * 0.02, self._rng(f"battery/{name}"))
+                handset.max_frame = self.max_frame
                 binding = opts.binding if opts.binding != "mixed" else bindings[(a + d) % 2]
                 device = _Device(name, account, flash, handset, binding, self.network.connector(name, binding))
                 self.devices.append(device)
