@@ -2,10 +2,14 @@
 
 Figures: sync sessions per second on one core on the correct system, simulated seconds per wall
 second, and for every mutant the wall time to first detection from several start seeds (median,
-max); plus a cProfile summary of where a clean run spends its time. Same-run baseline: the same
-worlds with every fault kind off (sessions/s without the fault machinery's extra work).
+max); the cost of the oracle's flash reader per check (a check of a chip that changed decodes it,
+one of a chip that did not takes the kept view); plus a cProfile summary of where a clean run
+spends its time. Same-run baseline: the same worlds with every fault kind off (sessions/s without
+the fault machinery's extra work). Instructions per session (callgrind) are the figure to compare
+versions by on a shared machine: ``valgrind --tool=callgrind python benchmarks/fuzz.py --only
+throughput --runs 12`` (less the same with ``--runs 0``), divided by the sessions it prints.
 
-    python benchmarks/fuzz.py [--runs 30] [--starts 3] [--max-runs 150] [--mutants a,b]
+    python benchmarks/fuzz.py [--runs 30] [--starts 3] [--max-runs 150] [--mutants a,b] [--only PART]
     python benchmarks/fuzz.py --scaling [--runs 60]
 
 ``--scaling``: the campaign of ``--runs`` seeds from seed 1 in this process (the baseline), on two
@@ -81,6 +85,41 @@ def detection(mutant: str, starts: list[int], max_runs: int) -> dict[str, Any]:
     }
 
 
+def reader_cost(runs: int, start: int = 3000) -> dict[str, Any]:
+    """CPU cost of the oracle's flash reader in whole runs: per check, per decode, share of a run."""
+    from emulator.sim import flash_reader  # noqa: PLC0415
+
+    decode, read = flash_reader.FlashReader._decode, flash_reader.FlashReader.read
+    spent = {"decode": 0.0, "read": 0.0}
+    counts = {"decode": 0, "read": 0}
+
+    def timed(name: str, inner: Any) -> Any:
+        def wrapper(self: Any, flash: Any) -> Any:
+            began = time.process_time()
+            try:
+                return inner(self, flash)
+            finally:
+                spent[name] += time.process_time() - began
+                counts[name] += 1
+        return wrapper
+
+    timed_decode, timed_read = timed("decode", decode), timed("read", read)
+    flash_reader.FlashReader._decode = timed_decode  # type: ignore[method-assign]
+    flash_reader.FlashReader.read = timed_read  # type: ignore[method-assign]
+    try:
+        began = time.process_time()
+        for seed in range(start, start + runs):
+            run_world(seed)
+        total = time.process_time() - began
+    finally:
+        flash_reader.FlashReader._decode = decode  # type: ignore[method-assign]
+        flash_reader.FlashReader.read = read  # type: ignore[method-assign]
+    return {"runs": runs, "checks": counts["read"], "decodes": counts["decode"],
+            "microseconds_per_check": round(1e6 * spent["read"] / max(counts["read"], 1), 1),
+            "microseconds_per_decode": round(1e6 * spent["decode"] / max(counts["decode"], 1), 1),
+            "share_of_run_cpu": round(spent["read"] / max(total, 1e-9), 3)}
+
+
 def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
     """The functions where clean runs spend most time (cProfile, by own time)."""
     profiler = cProfile.Profile()
@@ -154,18 +193,25 @@ def main() -> None:
     parser.add_argument("--mutants", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--profile-runs", type=int, default=5)
     parser.add_argument("--scaling", action="store_true", help="wall time and efficiency with 1 and 2 workers")
+    parser.add_argument("--only", choices=("throughput", "reader", "detection", "profile"),
+                        help="print only one part")
     args = parser.parse_args()
     if args.scaling:
         print(json.dumps(scaling(args.runs if args.runs != 30 else 60), indent=2))
         return
     mutants = [m for m in args.mutants.split(",") if m] or list(ALL_MUTANTS)
     starts = [1 + 1000 * i for i in range(args.starts)]
-    report = {
-        "correct_system": throughput(args.runs, SimOptions()),
-        "baseline_no_faults": throughput(args.runs, SimOptions(faults=frozenset())),
-        "detection": {m: detection(m, starts, args.max_runs) for m in mutants},
-        "profile_top": profile_summary(args.profile_runs),
+    parts: dict[str, Any] = {
+        "throughput": lambda: {"correct_system": throughput(args.runs, SimOptions()),
+                               "baseline_no_faults": throughput(args.runs, SimOptions(faults=frozenset()))},
+        "reader": lambda: {"oracle_reader": reader_cost(max(1, args.runs // 3))},
+        "detection": lambda: {"detection": {m: detection(m, starts, args.max_runs) for m in mutants}},
+        "profile": lambda: {"profile_top": profile_summary(args.profile_runs)},
     }
+    report: dict[str, Any] = {}
+    for name, part in parts.items():
+        if args.only is None or args.only == name:
+            report.update(part())
     print(json.dumps(report, indent=2))
 
 

@@ -217,6 +217,9 @@ class NandFlash:
         self.op_trace: list[str] | None = None
         """If set to a list, the kind ("read", "program", "erase") of every operation is appended."""
         self._pages: dict[int, bytes] = {}  # raw pages without their trailing 0xFF bytes
+        self.changes = 0
+        """Bumped by every change of the array's bits or of the bad-block table (not an operation):
+        a reader of ``peek`` may keep what it decoded while this stays the same."""
         self._nop: dict[int, int] = {}
         self._next_page = [0] * geometry.blocks
         self._erase_counts = [0] * geometry.blocks
@@ -272,6 +275,33 @@ class NandFlash:
     def held_bytes(self) -> int:
         """Bytes of page content held in memory: programmed pages without their trailing 0xFF."""
         return sum(map(len, self._pages.values()))
+
+    def peek(self, block: int, page: int) -> bytes:
+        """The page's bits as they are in the array, data then spare (``raw_page`` bytes): what a
+        chip programmer dumps, not an operation (no op count, no ECC draw, no power cut, no RNG).
+        The model keeps no ECC syndrome: its flips are drawn per read and never stored, so the
+        array holds exactly what a read corrects to."""
+        raw = self._held(self._index(block, page))
+        return self._erased_page if raw is None else raw.ljust(self._raw_size, b"\xff")
+
+    def peek_block(self, block: int) -> list[bytes | None]:
+        """``peek`` of every page of a block, None for a page holding no programmed bit (not an operation)."""
+        self._check_block(block)
+        first = block * self._ppb
+        size = self._raw_size
+        out: list[bytes | None] = []
+        for index in range(first, first + self._ppb):
+            raw = self._held(index)
+            out.append(None if raw is None else raw.ljust(size, b"\xff"))
+        return out
+
+    def held_block(self, block: int) -> list[bytes | None]:
+        """Every page of a block as the array holds it: its bits without the trailing 0xFF bytes
+        (the same object until the page changes), None for a page with no programmed bit. Not an
+        operation, like ``peek``."""
+        self._check_block(block)
+        first = block * self._ppb
+        return [self._held(index) for index in range(first, first + self._ppb)]
 
     def mark_bad(self, block: int) -> None:
         """Mark a block bad (what firmware does after a failure): spare byte 0 of page 0 := 0x00."""
@@ -450,6 +480,7 @@ class NandFlash:
         self._erase_counts = list(snap.erase_counts)
         self._bad = set(snap.bad)
         self.ops = snap.ops
+        self.changes += 1
         if snap.rng_state is not None:
             self.rng.setstate(snap.rng_state)  # type: ignore[arg-type]
         self._cut_at = None
@@ -512,6 +543,7 @@ class NandFlash:
                     raw = _Packed(packed)
             self._pages[index] = raw
             self._nop[index] = used + 1
+            self.changes += 1
         if page >= self._next_page[block]:
             self._next_page[block] = page + 1
 
@@ -546,6 +578,7 @@ class NandFlash:
                 bits = int.from_bytes(raw.ljust(n, b"\xff"), "big") | self.rng.getrandbits(n * 8)
                 self._pages[index] = bits.to_bytes(n, "big").rstrip(b"\xff")
         self._erase_counts[block] += 1
+        self.changes += 1
         self._reset_block_state(block)
 
     def _erase(self, block: int) -> None:
@@ -555,6 +588,7 @@ class NandFlash:
         for index in range(first, first + ppb):
             pages.pop(index, None)
         self._erase_counts[block] += 1
+        self.changes += 1
         self._reset_block_state(block)
 
     def _reset_block_state(self, block: int) -> None:
@@ -576,6 +610,7 @@ class NandFlash:
         raw = (self._held(index) or b"").ljust(self._raw_size, b"\xff")
         size = self.geometry.page_size
         self._pages[index] = (raw[:size] + b"\x00" + raw[size + 1:]).rstrip(b"\xff")
+        self.changes += 1
 
     def _read_faults(self, block: int, page: int) -> None:
         """Draw bit flips for each sector of a read: corrected within the ECC limit, else an error."""

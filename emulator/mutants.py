@@ -19,6 +19,8 @@ DEVICE_MUTANTS: dict[str, str] = {
     "skip-crc-check": "store mounts pages without checking their CRC",
     "ignore-generation-change": "device ignores a new server generation (no recovery sync)",
     "keep-anchor-after-restore": "device keeps its old pull anchor after the server was restored",
+    "next-lsn-in-ram": "store keeps the LSN counter of local writes in RAM only (its flash disagrees; a reboot reuses LSNs)",
+    "refuse-pulls-as-full": "store refuses every pull that carries records as full (the handset never takes the server's data)",
 }
 
 

@@ -728,6 +728,8 @@ class RecordStore:
         version = StoredVersion(Record(record_id, 0, deleted, body), meta.next_lsn, base, SyncState.DIRTY, 0)
         new_meta = replace(meta, next_lsn=meta.next_lsn + 1)
         entries = [(E_HEAD, record_id, self._encode_head(version)), (E_META, b"", self._encode_meta(new_meta))]
+        if self.mutants.on("next-lsn-in-ram"):
+            entries.pop()
         self._run(entries, reserve=RESERVE_BLOCKS)
         self.meta = new_meta
         return version
@@ -826,6 +828,8 @@ class RecordStore:
             latest[record.record_id] = record
         if not latest and anchor == meta.anchor:
             return  # nothing new (an idle poll): no commit, no flash wear
+        if records and self.mutants.on("refuse-pulls-as-full"):
+            raise StoreFull("store full: the pulled records do not fit")
         entries: list[_Entry] = [
             (E_HEAD, rid, self._encode_head(StoredVersion(rec, 0, rec.version, SyncState.DURABLE,
                                                            meta.generation)))
@@ -1137,18 +1141,15 @@ class RecordStore:
                                 f"({reserve} block(s) kept for garbage collection)")
 
     def _collect(self) -> bool:
-        """Reclaim one block by the greedy policy; False if no block would give space back."""
-        best: tuple[int, int] | None = None
-        for block in self._used:
-            if block == self._active or block in self._bad:
-                continue
-            live = self._live[block]
-            if best is None or live < best[0]:
-                best = (live, block)
-        if best is None:
-            return False
-        self.gc_runs += 1
-        return self._relocate(best[1], erase=True)
+        """Reclaim one block by the greedy policy: the block with the fewest live bytes whose live
+        entries can be moved; False if no block would give space back."""
+        victims = sorted((self._live[block], block) for block in self._used
+                         if block != self._active and block not in self._bad)
+        for _live, block in victims:
+            if self._relocate(block, erase=True):
+                self.gc_runs += 1
+                return True
+        return False
 
     def _live_entries(self, block: int) -> list[_Entry]:
         """Live entries stored on ``block`` or in transactions whose commit page is on it."""
@@ -1168,15 +1169,15 @@ class RecordStore:
     def _relocate(self, block: int, *, erase: bool) -> bool:
         """Rewrite the live entries of ``block`` elsewhere, commit that, then erase the block.
         False (nothing done) if the rewrite would not fit or would not give space back."""
+        entries = self._live_entries(block)
+        pages = self._pack(entries) if entries else []
+        if erase and (len(pages) >= self._ppb or len(pages) > self._free_pages()):
+            return False
         if any(index // self._ppb == block for index in self._ckpt_pages):
             for index in self._ckpt_pages:
                 self._unlive(index << SLOT_BITS, self._cap)
             self._ckpt_pages = []
             self._since_ckpt = self._ckpt_every  # write a new one after the next commit
-        entries = self._live_entries(block)
-        pages = self._pack(entries) if entries else []
-        if erase and (len(pages) >= self._ppb or len(pages) > self._free_pages()):
-            return False
         was_gc = self._in_gc
         self._in_gc = True
         erased = False

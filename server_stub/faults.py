@@ -19,6 +19,8 @@ FAULT_MODES: dict[str, str] = {
     "wrong-watermark": "the durable LSN reported counts changes received but not committed",
     "reorder-versions": "a truncated pull pages records newest first, so its anchor skips older versions",
     "forget-conflict-copy": "a conflicting change overwrites the head without keeping a conflict copy",
+    # Storage failures (the fuzzer's storage-failure fault kind makes commits fail):
+    "durable-despite-storage-error": "a commit that fails in storage is logged and answered with DURABLE anyway",
 }
 """Every fault mode, with the one line that documents it (``sidekick serve --list-faults``)."""
 

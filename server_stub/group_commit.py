@@ -47,8 +47,13 @@ class GroupCommitter:
     """The single writer of one SQLite connection (see the module docstring)."""
 
     def __init__(self, conn: sqlite3.Connection, *, group: bool, faults: FaultSet,
-                 lazy_interval: float = 0.25) -> None:
+                 lazy_interval: float = 0.25, inline: bool = False) -> None:
         self._conn = conn
+        self.inline = inline
+        self._lazy_timer = False
+        """Run each write in the caller's thread, one transaction each, no writer task (deterministic
+        simulations: nothing happens outside the Trio run's own time). A lazy commit
+        (``ack-before-durable``) is made by the next write or a system task ``lazy_interval`` later."""
         self.group = group
         self.faults = faults
         self.lazy_interval = lazy_interval
@@ -71,9 +76,19 @@ class GroupCommitter:
         """Run ``fn`` in the next transaction; return its result once that transaction committed."""
         if self.closed:
             raise StorageError("the store is closed")
+        if self.inline:
+            op: WriteOp[T] = WriteOp(fn)
+            self._run_batch([op], self.faults.on("ack-before-durable"))
+            if self._in_tx and not self._lazy_timer:  # commit later, as the writer task would
+                self._lazy_timer = True
+                trio.lowlevel.spawn_system_task(self._commit_later, name="sqlite-lazy-commit")
+            await trio.lowlevel.checkpoint()
+            if op.error is not None:
+                raise op.error
+            return op.result  # type: ignore[no-any-return]
         self._ensure_writer()
         assert self._send is not None
-        op: WriteOp[T] = WriteOp(fn)
+        op = WriteOp(fn)
         self._send.send_nowait(op)
         await op.done.wait()
         if op.error is not None:
@@ -128,6 +143,15 @@ class GroupCommitter:
                 if self._in_tx:
                     await trio.to_thread.run_sync(self._commit_open)
             stopped.set()
+
+    async def _commit_later(self) -> None:
+        """Inline mode: the open transaction of a lazy batch commits after ``lazy_interval``."""
+        try:
+            await trio.sleep(self.lazy_interval)
+        finally:
+            self._lazy_timer = False
+        if not self.closed:
+            self._commit_open()
 
     def _commit_open(self) -> None:
         if self._in_tx:

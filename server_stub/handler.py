@@ -47,7 +47,7 @@ from protocol.records import Photo, Record
 from protocol.session import ServerSession
 from protocol.states import SessionState
 from protocol.wire import encode_record
-from server_stub.storage import AnchorAhead, BlobError, StorageError, UnknownAccount
+from server_stub.storage import AnchorAhead, BlobError, CommitResult, StorageError, UnknownAccount
 
 if TYPE_CHECKING:
     from server_stub.server import SyncServer
@@ -268,7 +268,13 @@ class SessionHandler:
         started = trio.current_time()
         changes = self._take_staged(commit.lsn)
         if changes:
-            result = await self.storage.commit(account, device_id, changes)
+            try:
+                result = await self.storage.commit(account, device_id, changes)
+            except StorageError as exc:
+                if not self.faults.on("durable-despite-storage-error"):
+                    raise
+                log.error("storage failure in session of %s (ignored): %s", account, exc)
+                result = CommitResult(self.storage.generation, commit.lsn, (), ())
             generation, durable_lsn = result.generation, result.durable_lsn
             assigned, conflicts = result.assigned, result.conflicts
         else:

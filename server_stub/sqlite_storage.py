@@ -192,8 +192,10 @@ class SqliteStorage:
     """The SQLite backend. ``rng`` draws the server id and generations of a new store and of restores."""
 
     def __init__(self, path: str | os.PathLike[str], *, rng: random.Random, faults: FaultSet | None = None,
-                 group_commit: bool = True) -> None:
+                 group_commit: bool = True, inline: bool = False) -> None:
         self.path = os.fspath(path)
+        self.inline = inline
+        """Every statement in the caller's thread (deterministic simulations; see GroupCommitter)."""
         self._rng = rng
         self._faults = faults if faults is not None else FaultSet()
         self._volatile_dedup: dict[tuple[str, bytes], int] = {}
@@ -205,7 +207,7 @@ class SqliteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {self.path}: {exc}") from exc
         self._read_lock = trio.Lock()
-        self._writer = GroupCommitter(self._conn, group=group_commit, faults=self._faults)
+        self._writer = GroupCommitter(self._conn, group=group_commit, faults=self._faults, inline=inline)
         server_id = _meta(self._meta_conn, "server_id")
         assert isinstance(server_id, bytes)
         self._server_id = server_id
@@ -315,6 +317,12 @@ class SqliteStorage:
             raise StorageError(str(exc)) from exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.inline:
+            await trio.lowlevel.checkpoint()
+            try:
+                return self._read_tx(fn)
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
         async with self._read_lock:
             try:
                 return await trio.to_thread.run_sync(self._read_tx, fn)
@@ -591,6 +599,13 @@ class SqliteStorage:
             return new
         finally:
             live.close()
+
+    def crash(self) -> None:
+        """Drop the connections as a dying process does (simulations): an open transaction is
+        lost, the store is not marked cleanly closed; open it again to go on."""
+        self._writer.closed = True
+        for conn in (self._conn, self._reader, self._meta_conn):
+            conn.close()
 
     async def aclose(self) -> None:
         """Drain the writer, mark the store cleanly closed, close the connections."""

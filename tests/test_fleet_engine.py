@@ -135,3 +135,28 @@ backup_at = "30m"
     at_risk = {point["t"]: point["at_risk"] for point in report["timeline"]}
     assert at_risk[5400] > max(at_risk[t] for t in range(0, 5400, 600))   # the rollback's spike
     assert totals["records_at_risk_end"] == 0
+
+
+def test_losses_at_a_reboot_are_judged_by_what_the_flash_holds_whatever_the_handset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handset that drops its data when it boots is caught at that boot, with no mutant label:
+    the loss accounting reads every handset's chip the same way (here the correct handset's boot
+    is made to start from an empty store, as the 2009 firmware did)."""
+    from emulator import handset as handset_module  # noqa: PLC0415
+
+    real_boot = handset_module.Handset._boot
+
+    def forgetful_boot(self: handset_module.Handset) -> None:
+        real_boot(self)
+        meta = self.store.meta
+        self._store = handset_module._format(self.flash, device_id=meta.device_id, account=meta.account,
+                                             key=meta.key, mutants=self.mutants)
+
+    monkeypatch.setattr(handset_module.Handset, "_boot", forgetful_boot)
+    scenario = find_scenario("2009-outage")
+    report = _run(devices=9, duration=20 * 3600.0, scenario=scenario, handset="correct")
+    losses = report["losses"]
+    assert losses, "the forgetful boots lost nothing?"
+    # the server is down from 8h to 18h, handsets reboot meanwhile (a third of the fleet at 12h):
+    # the losses are counted at those boots, before the restore at 18h (not only after it, or at the end)
+    assert 8 * 3600 <= min(loss["t"] for loss in losses) < 18 * 3600

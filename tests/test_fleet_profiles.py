@@ -102,8 +102,8 @@ def test_ledger_tracks_risk_durability_restores_and_losses() -> None:
     ledger.server_now_holds(0, [_record(b, "b1")])
     ledger.reorder()
     assert list(ledger.at_risk) == [(0, a)]
-    # handset 0 is off (keeps what it wrote), handset 1 holds nothing: nothing lost yet
-    assert ledger.check_account(0, {0: None, 1: set()}, now=50.0) == 0
+    # handset 0's flash still holds a1 (on or off), handset 1 holds nothing: nothing lost yet
+    assert ledger.check_account(0, {0: {(a, Note("a1"))}, 1: set()}, now=50.0) == 0
     # handset 0 came back empty: a1 is gone everywhere
     assert ledger.check_account(0, {0: set(), 1: set()}, now=60.0) == 1
     assert [(loss.at, loss.version.record_id) for loss in ledger.losses] == [(60.0, a)]

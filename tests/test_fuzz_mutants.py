@@ -1,54 +1,89 @@
-"""The fuzzer catches every planted bug (device mutants and server fault modes) within a small
-budget, through the real campaign runner; each is caught by the invariant that describes it."""
+"""The fuzzer catches every planted bug (device mutants and server fault modes) from the same three
+start seeds, chosen for none of them: campaign K of 3 runs seeds K, K+3, K+6, ... (shard K/3 of the
+seeds from 1, so the three never share a seed) within a budget of runs. Each is caught by the
+invariant that describes it (its signature); a violation of another kind on the way must be the
+mutant's doing: the correct system runs that seed clean.
+
+The failing traces once found are kept (``tests/fuzz_regressions/``, shrunk) and replayed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from emulator.sim.runner import Budget, Campaign, run_campaign
+from emulator.sim.runner import seeds
 from emulator.sim.signatures import MUTANT_SIGNATURES
-from emulator.sim.world import ALL_MUTANTS, SimOptions
+from emulator.sim.trace import load_trace, replay
+from emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
 
-# mutant -> (first seed of the campaign, runs in the budget, fault kinds or None for all)
-CAUGHT: dict[str, tuple[int, int, frozenset[str] | None]] = {
-    "mark-clean-on-push-ack": (1, 2, None),
-    "restore-from-server-on-reboot": (1, 2, None),
-    "delete-local-missing-on-server": (7, 2, None),
-    "pull-ack-before-flash": (1, 2, None),
-    "gc-erase-before-commit": (41, 2, frozenset({"power-cut"})),
-    "skip-crc-check": (1, 2, None),
-    "ignore-generation-change": (8, 2, None),
-    "keep-anchor-after-restore": (24, 2, None),
-    "ack-before-durable": (12, 2, None),
-    "silent-rollback": (7, 2, None),
-    "duplicate-on-retransmit": (1, 2, None),
-    "ignore-pull-ack": (7, 2, None),
-    "lose-tail-on-crash": (12, 2, None),
-    "wrong-watermark": (27, 2, None),
-    "reorder-versions": (3, 2, None),
-    "forget-conflict-copy": (2, 2, None),
-}
+STARTS = (1, 2, 3)
+RUNS = 100
+"""Runs each start may take (the slowest mutant needs most; the table in docs/FUZZING.md)."""
+REGRESSIONS = Path(__file__).with_name("fuzz_regressions")
 
 
-def test_every_mutant_has_a_budget() -> None:
-    assert set(CAUGHT) == set(ALL_MUTANTS) == set(MUTANT_SIGNATURES)
+def test_every_mutant_has_a_signature() -> None:
+    assert set(ALL_MUTANTS) == set(MUTANT_SIGNATURES)
 
 
-@pytest.mark.parametrize("mutant", sorted(CAUGHT))
-def test_mutant_is_caught(mutant: str, tmp_path: Path) -> None:
-    start, runs, faults = CAUGHT[mutant]
-    options = SimOptions(mutant=mutant) if faults is None else SimOptions(mutant=mutant, faults=faults)
-    result = run_campaign(Campaign(options, Budget(runs=runs), start=start, out=tmp_path, shrink_runs=0))
-    assert result.failures, f"{mutant} not caught in {runs} run(s) from seed {start}"
-    failure = result.failures[0]
-    assert failure.what in MUTANT_SIGNATURES[mutant], failure.text
-    assert Path(failure.trace).exists()
+def first_catch(mutant: str, start: int, runs: int = RUNS) -> tuple[int, int] | None:
+    """(runs taken, seed) of the first run from ``start`` whose violation is the mutant's signature."""
+    for taken, seed in enumerate(seeds(1, (start, 3)), 1):
+        if taken > runs:
+            return None
+        result = run_world(seed, SimOptions(mutant=mutant))
+        if result.violation is None:
+            continue
+        if result.violation.what in MUTANT_SIGNATURES[mutant]:
+            return taken, seed
+        clean = run_world(seed, SimOptions())
+        assert clean.violation is None, f"seed {seed} fails without the mutant too: {clean.violation}"
+    return None
 
 
-@pytest.mark.parametrize("mutant, start", [("ack-before-durable", 12), ("wrong-watermark", 27)])
-def test_the_same_seeds_are_clean_without_the_mutant(mutant: str, start: int, tmp_path: Path) -> None:
-    """The detection is the mutant's doing: the correct system passes the very same seeds."""
-    result = run_campaign(Campaign(SimOptions(), Budget(runs=1), start=start, out=tmp_path, shrink_runs=0))
-    assert not result.failures and result.runs == 1
+@pytest.mark.slow
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("mutant", sorted(ALL_MUTANTS))
+def test_mutant_is_caught_from_every_start(mutant: str, start: int) -> None:
+    assert first_catch(mutant, start) is not None, f"{mutant} not caught in {RUNS} runs from start {start}"
+
+
+@pytest.mark.parametrize("trace", sorted(REGRESSIONS.glob("*.json")), ids=lambda p: p.stem)
+def test_a_failure_once_found_replays(trace: Path) -> None:
+    recorded = load_trace(trace)
+    mutant = recorded["options"]["mutant"]
+    again = replay(recorded)
+    assert again.result.violation is not None, f"{trace.name} no longer fails"
+    assert again.result.violation.what in MUTANT_SIGNATURES[mutant], again.result.violation.text
+    assert len(again.result.steps) <= 20
+
+
+def test_every_mutant_has_a_regression_trace() -> None:
+    kept = {json.loads(path.read_text())["options"]["mutant"] for path in REGRESSIONS.glob("*.json")}
+    assert kept == set(ALL_MUTANTS)
+
+
+def write_regressions() -> None:
+    """Find each mutant from start 1, shrink the failure and keep its trace (``python -m
+    tests.test_fuzz_mutants``): run it again when a change of the world makes one stop failing."""
+    from emulator.sim.shrink import shrink  # noqa: PLC0415
+    from emulator.sim.trace import to_trace, write_trace  # noqa: PLC0415
+
+    REGRESSIONS.mkdir(exist_ok=True)
+    for mutant in sorted(ALL_MUTANTS):
+        caught = first_catch(mutant, 1, runs=200)
+        assert caught is not None, mutant
+        _taken, seed = caught
+        result = run_world(seed, SimOptions(mutant=mutant))
+        small = shrink(result)
+        if small.violation is None or small.violation.what not in MUTANT_SIGNATURES[mutant] or len(small.steps) > 20:
+            small = result
+        write_trace(REGRESSIONS / f"{mutant}.json",
+                    to_trace(small, note=f"{mutant}: found at seed {seed}, shrunk to {len(small.steps)} steps"))
+        print(mutant, seed, len(result.steps), "->", len(small.steps), small.violation and small.violation.what)
+
+
+if __name__ == "__main__":
+    write_regressions()

@@ -15,7 +15,7 @@ from server_stub.faults import FAULT_MODES, FaultSet, UnknownFault, describe
 from server_stub.server import SyncServer
 from server_stub.sim_storage import SimulatedStorage
 from server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import note_change, open_memory_device
+from tests.scripted_device import ServerRefused, note_change, open_memory_device
 
 KEY = b"k" * 32
 D1 = b"\x01" * 16
@@ -171,6 +171,24 @@ async def test_wrong_watermark_reports_uncommitted_changes(on: bool, nursery: An
     again = await open_memory_device(server, nursery, account="alice", device_id=D1, key=KEY, rng=rng)
     hello = await again.hello()
     assert (hello.durable_lsn == 5) is on
+    assert await storage.records("alice") == []
+
+
+@pytest.mark.parametrize("on", [False, True])
+async def test_durable_despite_storage_error_confirms_a_failed_commit(on: bool, nursery: Any) -> None:
+    server, storage = await _server(*(["durable-despite-storage-error"] if on else []))
+    rng = random.Random(1)
+    device = await open_memory_device(server, nursery, account="alice", device_id=D1, key=KEY, rng=rng)
+    await device.hello()
+    await device.push([note_change(rng, 3, "the disk is full")])
+    storage.fail_next(1)
+    if on:
+        _conflicts, durable = await device.commit(3)
+        assert durable.durable_lsn == 3  # confirmed, yet nothing was written
+    else:
+        with pytest.raises(ServerRefused) as refused:
+            await device.commit(3)
+        assert refused.value.error.fatal
     assert await storage.records("alice") == []
 
 

@@ -60,36 +60,26 @@ class _Record:
     binding: str = ""
 
 
-class _TapSend(trio.abc.SendStream):
-    """A delivering end of a simulated connection that records what it delivers."""
+class _TapPipe:
+    """Records what one direction of a simulated connection delivers to its reader."""
 
-    def __init__(self, inner: trio.abc.SendStream, tap: SimTap, conn: Any, upstream: bool,
-                 timeline: Timeline) -> None:
-        self._inner = inner
+    def __init__(self, tap: SimTap, conn: Any, upstream: bool, timeline: Timeline) -> None:
         self._tap = tap
         self._conn = conn
         self._upstream = upstream
         self._timeline = timeline
 
-    def _record(self, what: str, data: bytes = b"", index: int | None = None, time: float | None = None) -> None:
-        self._tap.records.append(_Record(
-            len(self._timeline.events) if index is None else index,
-            trio.current_time() if time is None else time, what, self._conn.number, self._upstream, data))
+    def _record(self, what: str, data: bytes = b"") -> None:
+        self._tap.records.append(_Record(len(self._timeline.events), trio.current_time(), what,
+                                         self._conn.number, self._upstream, data))
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Deliver, then record (what failed to arrive is not recorded)."""
-        index, now = len(self._timeline.events), trio.current_time()
-        await self._inner.send_all(data)
-        self._record("data", bytes(data), index, now)
+    def delivered(self, data: bytes) -> None:
+        """Bytes the reader now has (what failed to arrive never gets here)."""
+        self._record("data", bytes(data))
 
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the inner stream."""
-        await self._inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        """Close: an end of the stream (FIN), or part of a reset of the connection."""
+    def ended(self) -> None:
+        """This direction ended: an end of the stream (FIN), or part of a reset of the connection."""
         self._record("reset" if self._conn.reset else "fin")
-        await self._inner.aclose()
 
 
 class SimTap:
@@ -99,11 +89,11 @@ class SimTap:
         self.records: list[_Record] = []
 
     def attach(self, conn: Any, timeline: Timeline) -> None:
-        """Wrap the connection's delivering ends (before its pumps start)."""
+        """Watch the pipes the connection's two peers read from (before anything is written)."""
         self.records.append(_Record(len(timeline.events), trio.current_time(), "open", conn.number,
                                     device=conn.device, binding=conn.binding))
-        conn.to_server = _TapSend(conn.to_server, self, conn, True, timeline)
-        conn.to_device = _TapSend(conn.to_device, self, conn, False, timeline)
+        conn.up_out.tap = _TapPipe(self, conn, True, timeline)
+        conn.down_out.tap = _TapPipe(self, conn, False, timeline)
 
 
 def _text(event: dict[str, Any]) -> str:

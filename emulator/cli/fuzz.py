@@ -82,6 +82,9 @@ def register(subparsers: Any) -> None:
     fuzz.add_argument("--accounts", type=_positive, default=2, metavar="N", help="accounts (default 2)")
     fuzz.add_argument("--steps", type=_positive, default=40, metavar="N",
                       help="steps of the fault phase per run (default 40)")
+    fuzz.add_argument("--backend", choices=("sim", "sqlite", "mixed"), default="mixed",
+                      help="the server's storage: simulated, a SQLite file, or mixed (SQLite for a "
+                           "quarter of the seeds; default)")
     fuzz.add_argument("--binding", choices=("raw", "http", "mixed"), default="mixed",
                       help="how handsets reach the server (default: mixed)")
     fuzz.add_argument("--out", default="sidekick-out", metavar="DIR",
@@ -137,7 +140,7 @@ def _options(args: argparse.Namespace) -> SimOptions:
     try:
         faults = parse_faults(args.faults)
         return SimOptions(accounts=args.accounts, devices=args.devices, steps=args.steps, faults=faults,
-                          mutant=args.mutant, binding=args.binding)
+                          mutant=args.mutant, binding=args.binding, backend=args.backend)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -231,7 +234,7 @@ def run_fuzz(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     with executor:
         campaign = Campaign(options, args.budget, start=start, shard=args.shard, jobs=executor.slots, out=out,
-                            shrink_runs=0 if args.no_shrink else 40)
+                            shrink_runs=0 if args.no_shrink else 120)
         print(f"sidekick fuzz: seeds from {start}, shard {args.shard[0]}/{args.shard[1]}, budget {args.budget}, "
               f"mutant {args.mutant or 'none'}, {executor.slots} job(s) on {executor.where}", file=sys.stderr)
         progress = _Progress(args.budget)

@@ -43,6 +43,7 @@ from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
 from emulator.handset import Handset, HandsetError
 from emulator.mutants import NO_MUTANTS, Mutants
 from emulator.sim.clock import Alarm, SimClock
+from emulator.sim.flash_reader import FlashReader
 from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError
 from emulator.transport import Connector
@@ -250,6 +251,8 @@ class _Fleet:
         self.geometry = Geometry(pages_per_block=PAGES_PER_BLOCK,
                                  blocks=config.handset_blocks)
         self.observer = _Observer(self.metrics)
+        self.reader = FlashReader(keep_views=False, max_pages=0)
+        """Reads handsets' chips for the loss accounting (no cache: fleets hold many chips)."""
         self.devices: dict[int, _Device] = {}
         """This shard's handsets by their index in the whole fleet."""
         self.by_account: list[list[int]] = [[] for _ in self.accounts]
@@ -490,22 +493,30 @@ class _Fleet:
             handset.reboot()
         except (StoreError, PowerLoss) as exc:  # the store did not mount: counted as a handset error
             self._note_error(exc)
+            self._check_losses(device.account)  # what its chip no longer holds is gone
             return
         self.metrics.reboots += 1
         meta = handset.store.meta
         device.seen_anchor = meta.anchor
-        if self.mutants.names:
-            device.live = {}
-            for version in handset.live_records():
-                device.live.setdefault(version.record.kind, []).append(version.record.record_id)
-            self._check_losses(device.account)
+        device.live = {}  # what the user sees after the boot, whatever the handset kept
+        for version in handset.live_records():
+            device.live.setdefault(version.record.kind, []).append(version.record.record_id)
+        self._check_losses(device.account)
         self._schedule_sync(device, trio.current_time() + self.workload.sync_delay)
 
-    def _holdings(self, index: int) -> set[ContentKey] | None:
-        handset = self.devices[index].handset
-        if not handset.powered:
-            return None
-        return {key for key in (content_key(v.record) for v in handset.store.records()) if key is not None}
+    def _holdings(self, index: int) -> set[ContentKey]:
+        """What the handset's flash holds, read by the oracle's own reader (powered or not; the
+        store's index and the chip are never consulted or touched)."""
+        chip = self.reader.read(self.devices[index].handset.flash)
+        held: set[ContentKey] = set()
+        for head in chip.heads.values():
+            try:
+                key = content_key(head.record)
+            except ValueError:
+                continue  # a head that does not decode holds nothing
+            if key is not None:
+                held.add(key)
+        return held
 
     def _check_losses(self, account: int) -> None:
         if not any(not v.durable and v.lost_at is None for v in self.ledger.latest[account].values()):
@@ -677,9 +688,7 @@ class _Fleet:
             records = self.storage.inner.durable_records(self.accounts[index])
             held = {key for key in map(content_key, records) if key is not None}
             for device_index in self.by_account[index]:
-                holdings = self._holdings(device_index)
-                if holdings:
-                    held |= holdings
+                held |= self._holdings(device_index)
             self.ledger.final_check(index, held, now)
 
     def part(self, healed: int) -> FleetPart:

@@ -107,16 +107,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ losses
 
-    def check_account(self, account: int, holds: dict[int, set[ContentKey] | None], now: float) -> int:
+    def check_account(self, account: int, holds: dict[int, set[ContentKey]], now: float) -> int:
         """Declare lost every at-risk version of ``account`` that no handset holds. ``holds`` maps
-        each handset of the account to the contents it holds, or None for a handset that is off
-        (its flash is taken to keep what its user wrote). Returns the number of new losses."""
+        each handset of the account to the contents its flash holds (on or off: read from the chip,
+        the same for every handset behaviour). Returns the number of new losses."""
         found = 0
         for version in list(self.latest[account].values()):
             if version.durable or version.lost_at is not None:
                 continue
-            if any(version.key in held if held is not None else version.device == device
-                   for device, held in holds.items()):
+            if any(version.key in held for held in holds.values()):
                 continue
             version.lost_at = now
             self.at_risk.pop((account, version.record_id), None)

@@ -141,6 +141,13 @@ class SimClock(trio.abc.Clock):
         else:
             self._arm(alarm)
 
+    def jump(self, seconds: float) -> None:
+        """Move virtual time forward now (as ``MockClock.jump``): every deadline and alarm it
+        passes fires at the run loop's next look."""
+        if seconds < 0:
+            raise ValueError("time cannot go backwards")
+        self._now += seconds
+
     async def sleep_until(self, at: float) -> None:
         """``trio.sleep_until`` on this clock's alarms (a checkpoint if ``at`` has passed)."""
         await self.wait(Alarm(at))

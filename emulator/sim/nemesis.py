@@ -16,7 +16,7 @@ from typing import Any
 from emulator.flash import FlashFaults
 from emulator.sim.network import NetworkFaults
 
-__all__ = ["FAULT_KINDS", "NETWORK_KINDS", "STEP_KINDS", "Swarm", "draw_swarm", "parse_faults"]
+__all__ = ["FAULT_KINDS", "NETWORK_KINDS", "STEP_KINDS", "WORKLOAD_KINDS", "Swarm", "draw_swarm", "parse_faults"]
 
 NETWORK_KINDS: dict[str, tuple[float, ...]] = {
     "drop": (0.002, 0.01, 0.03),
@@ -38,7 +38,15 @@ STEP_KINDS: dict[str, tuple[float, ...]] = {
     "server-restart": (0.3, 1.0),
     "server-restore": (0.3, 1.0, 2.0),
     "clock-jump": (0.3, 1.0),
+    "storage-failure": (0.3, 1.0, 2.0),
 }
+WORKLOAD_KINDS: dict[str, tuple[float, ...]] = {
+    "edit-during-sync": (0.05, 0.2, 0.5),
+    "small-frames": (1.0, 2.0, 4.0),
+}
+"""What the swarm switches like a fault besides faults: ``edit-during-sync``, the chance, per
+message a handset sends, that its user edits right then (between the messages of the sync);
+``small-frames``, the frame size both ends offer, in KiB."""
 FAULT_KINDS: dict[str, str] = {
     "drop": "a chunk of bytes is lost on a connection",
     "delay": "a chunk is held up to a few seconds",
@@ -48,15 +56,19 @@ FAULT_KINDS: dict[str, str] = {
     "corrupt": "one bit of a chunk is flipped",
     "reset": "the connection is reset",
     "partition": "a device cannot reach the server for a while",
-    "power-cut": "a handset loses power now or at a coming flash operation (torn program or erase)",
+    "power-cut": "a handset loses power now, at a coming flash write or right after a coming erase (torn)",
     "bit-flip": "reads see bit flips within the ECC limit",
     "bad-block": "programs and erases fail, blocks grow bad",
-    "server-crash": "the server process dies; storage keeps only its durable state",
+    "server-crash": "the server process dies (now, or right after a coming storage write); storage keeps "
+                    "only its durable state",
     "server-restart": "the server process stops and starts again",
     "server-restore": "the server's store is restored from an older backup (a new generation)",
     "clock-jump": "the clock jumps forward past every timeout",
+    "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
+    "edit-during-sync": "a user edits while a sync is under way, between its messages",
+    "small-frames": "frames of 1-4 KiB: photos span chunks, pulls and DURABLEs span frames",
 }
-assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS)
+assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS) | set(WORKLOAD_KINDS)
 
 
 def parse_faults(text: str) -> frozenset[str]:
@@ -123,7 +135,7 @@ def draw_swarm(rng: random.Random, allowed: Iterable[str]) -> Swarm:
     """Each allowed kind is on with probability 1/2, at an intensity drawn from its menu."""
     allowed_set = set(allowed)
     kinds: dict[str, float] = {}
-    for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS):
+    for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS, WORKLOAD_KINDS):
         for name, menu in table.items():
             on = rng.random() < 0.5
             level = rng.choice(menu)

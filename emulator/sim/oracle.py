@@ -8,6 +8,9 @@
 3. ``convergence``: after heal, every leaf version is on the server (head or conflict copy) and
    every device of its account holds exactly the server's live records; syncs go quiet;
 4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog).
+
+Handsets are read by the oracle's own reader of the on-flash format (``emulator.sim.flash_reader``),
+never through the record store under test: what counts is what a reboot would find on the chip.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator.sim.flash_reader import DURABLE, ChipView
 from emulator.sim.ledger import Key, Ledger, key_of
-from emulator.store import RecordStore, SyncState
 from protocol.messages import Durable, HelloOk, Message, PullAck
 from protocol.records import Photo, Record
 
-__all__ = ["INVARIANTS", "Violation", "check_device", "check_heal", "check_server_history", "check_wire"]
+__all__ = ["INVARIANTS", "Violation", "check_chip", "check_device", "check_heal", "check_server_history",
+           "check_wire"]
 
 INVARIANTS = {
     "discard-before-durable": "1: no device discards a version before DURABLE in the server's current generation",
@@ -52,40 +56,69 @@ def _rid(record_id: bytes) -> str:
 # ---------------------------------------------------------------------------------------- 1
 
 
-def check_device(ledger: Ledger, device: str, store: RecordStore, generation: int) -> Violation | None:
-    """Invariant 1 for one powered device: every own leaf version not confirmed DURABLE in
-    ``generation`` (the server's current one) is still the device's head, and not marked clean."""
+def check_chip(device: str, chip: ChipView) -> Violation | None:
+    """What the chip itself must show: a store that mounts, heads that decode, and no head whose LSN
+    a reboot would hand out again (every local LSN is below the persisted next LSN)."""
+    if not chip.mountable:
+        return Violation("crash", "store-unreadable", f"{device}'s flash holds no mountable store: {chip.problem}",
+                         {"device": device, "problem": chip.problem})
+    assert chip.meta is not None
+    next_lsn = chip.meta.next_lsn
+    for record_id, head in chip.heads.items():
+        try:
+            head.record  # noqa: B018 - decodes
+        except ValueError as exc:
+            return Violation("crash", "store-unreadable", f"{device}'s flash: {exc}",
+                             {"device": device, "record": record_id.hex()})
+        if head.lsn >= next_lsn:
+            return Violation(
+                "discard-before-durable", "lsn-reuse",
+                f"{device}'s flash holds record {_rid(record_id)} with LSN {head.lsn} but the persisted next "
+                f"LSN is {next_lsn}: after a reboot a new version would get an LSN the server already took, "
+                f"and be acknowledged as a duplicate without being applied",
+                {"device": device, "record": record_id.hex(), "lsn": head.lsn, "next_lsn": next_lsn},
+            )
+    return None
+
+
+def check_device(ledger: Ledger, device: str, chip: ChipView, generation: int) -> Violation | None:
+    """Invariant 1 for one device, on what its flash holds: every own leaf version not confirmed
+    DURABLE in ``generation`` (the server's current one) is still the head, and not marked clean."""
+    violation = check_chip(device, chip)
+    if violation is not None:
+        return violation
     track = ledger.devices[device]
+    heads = chip.heads
     for record_id, key in list(track.own.items()):
         version = ledger.versions[key]
         if not version.leaf:
             del track.own[record_id]
             continue
         confirmed = generation in track.confirmed.get(key, ())
-        head = store.get(record_id)
+        head = heads.get(record_id)
         if head is None or key_of(head.record) != key:
             if confirmed:
                 del track.own[record_id]  # released after DURABLE: allowed
                 ledger.released.setdefault(key, set()).add(generation)
                 continue
             now = "nothing" if head is None else (
-                f"{ledger.label(key_of(head.record))} ({'tombstone' if head.record.deleted else 'live'})")
+                f"{ledger.label(key_of(head.record))} ({'tombstone' if head.deleted else 'live'})")
             return Violation(
                 "discard-before-durable", "discarded",
                 f"{device} discarded {version.label} of record {_rid(record_id)} before the server confirmed "
-                f"it DURABLE in generation {generation:#x}; the device now holds {now}",
+                f"it DURABLE in generation {generation:#x}; its flash now holds {now}",
                 {"device": device, "version": version.label, "record": record_id.hex(),
                  "generation": generation, "now": now},
             )
         body = head.record.body
-        if isinstance(body, Photo) and not head.record.deleted and not confirmed and not store.has_blob(body.blob_id):
+        if isinstance(body, Photo) and not head.deleted and not confirmed and body.blob_id not in chip.blobs:
             return Violation(
                 "discard-before-durable", "blob-discarded",
                 f"{device} lost the image of photo {version.label} (blob {body.blob_id.hex()[:8]}) before the "
                 f"server confirmed the photo DURABLE",
                 {"device": device, "version": version.label, "blob": body.blob_id.hex()},
             )
-        if head.state is SyncState.DURABLE and head.generation == generation and not confirmed:
+        if head.state == DURABLE and head.generation == generation and not confirmed:
             return Violation(
                 "discard-before-durable", "marked-clean",
                 f"{device} marked {version.label} of record {_rid(record_id)} clean (DURABLE in "
@@ -99,16 +132,27 @@ def check_device(ledger: Ledger, device: str, store: RecordStore, generation: in
 
 
 def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
-               store: RecordStore | None) -> Violation | None:
-    """Protocol promises visible on one message (called before the ledger learns of it)."""
+               chip: ChipView | None, failed_lsns: set[int] | None = None) -> Violation | None:
+    """Protocol promises visible on one message (called before the ledger learns of it); ``chip``:
+    the device's flash as it is when it sends PULL_ACK; ``failed_lsns``: LSNs of this device whose
+    commit failed in the server's storage and was not redone since."""
     track = ledger.devices[device]
-    if direction == "sent" and isinstance(message, PullAck) and store is not None:
-        if store.meta.anchor < message.anchor:
+    if direction == "received" and isinstance(message, Durable) and failed_lsns:
+        claimed = sorted(lsn for lsn in failed_lsns if lsn <= message.durable_lsn and lsn in track.session_pushes)
+        if claimed:
+            return Violation(
+                "durable-lost", "durable-after-failed-commit",
+                f"the server told {device} in DURABLE that LSN {message.durable_lsn} is durable, but the "
+                f"storage commit of LSN {', '.join(map(str, claimed[:6]))} (pushed in this session) failed",
+                {"device": device, "claimed": message.durable_lsn, "failed": claimed},
+            )
+    if direction == "sent" and isinstance(message, PullAck) and chip is not None and chip.meta is not None:
+        if chip.meta.anchor < message.anchor:
             return Violation(
                 "discard-before-durable", "pull-ack-before-flash",
                 f"{device} sent PULL_ACK({message.anchor}) before the pulled records were on flash "
-                f"(the store's anchor is {store.meta.anchor})",
-                {"device": device, "ack": message.anchor, "stored_anchor": store.meta.anchor},
+                f"(the anchor on its flash is {chip.meta.anchor})",
+                {"device": device, "ack": message.anchor, "stored_anchor": chip.meta.anchor},
             )
     if direction != "received":
         return None

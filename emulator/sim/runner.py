@@ -75,7 +75,7 @@ class Campaign:
     shard: tuple[int, int] = (1, 1)
     jobs: int = 1
     out: Path = Path("sidekick-out")
-    shrink_runs: int = 40
+    shrink_runs: int = 120
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _fuzz_one(seed: int, options: SimOptions, shrink_runs: int, report: Report) 
     if shrink_runs > 0:
         small = shrink(result, max_runs=shrink_runs)
         shrunk = to_trace(small, note=f"shrunk from seed {result.seed} ({result.options.steps} steps)")
-        steps = small.options.steps
+        steps = len(small.steps)
     v = result.violation
     return _Outcome(_summary(result), (v.invariant, v.what, v.text), to_trace(result), shrunk, steps)
 

@@ -18,6 +18,8 @@ MUTANT_SIGNATURES: dict[str, frozenset[str]] = {
     "skip-crc-check": frozenset({"mount-failed", "store-unreadable", "device-store", "discarded"}),
     "ignore-generation-change": frozenset({"diverged", "missing-on-server"}),
     "keep-anchor-after-restore": frozenset({"diverged"}),
+    "next-lsn-in-ram": frozenset({"lsn-reuse"}),
+    "refuse-pulls-as-full": frozenset({"false-full"}),
     "ack-before-durable": frozenset({"lost"}),
     "silent-rollback": frozenset({"lost"}),
     "duplicate-on-retransmit": frozenset({"applied-twice"}),
@@ -26,4 +28,5 @@ MUTANT_SIGNATURES: dict[str, frozenset[str]] = {
     "wrong-watermark": frozenset({"overclaimed-watermark"}),
     "reorder-versions": frozenset({"diverged"}),
     "forget-conflict-copy": frozenset({"missing-on-server"}),
+    "durable-despite-storage-error": frozenset({"durable-after-failed-commit", "lost"}),
 }

@@ -25,6 +25,11 @@ class SimFlash(NandFlash):
     _write_variant = "torn"
     _cut_rate = 0.0
     _cut_rng: random.Random | None = None
+    erases = 0
+    _erase_cut: int | None = None
+    _erase_variant = "torn"
+    cuts: list[tuple[int, str, int, int, str]] = []
+    """Power cuts that hit this chip: (operation number, kind, block, page or -1, variant)."""
 
     def set_cut_rate(self, rate: float, rng: random.Random) -> None:
         """Besides aimed cuts, each program or erase loses power with probability ``rate``
@@ -39,16 +44,25 @@ class SimFlash(NandFlash):
         self._write_cut = self.writes + n
         self._write_variant = variant if variant != "prefix" else "prefix"
 
+    def cut_after_erase(self, n: int, variant: str = "torn") -> None:
+        """Cut the power during the first program after the ``n``-th erase from now: a brown-out
+        after the long, power-hungry erase, between the erase and the writes that follow it."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        self._erase_cut = self.erases + n
+        self._erase_variant = variant
+
     def cancel_cut(self) -> None:
         """Forget pending cuts and stop flaky ones (and any cut armed on the chip)."""
         self._write_cut = None
+        self._erase_cut = None
         self._cut_rate = 0.0
         self.disarm_power_cut()
 
     @property
     def cut_pending(self) -> bool:
         """True while a write-aimed cut waits."""
-        return self._write_cut is not None
+        return self._write_cut is not None or self._erase_cut is not None
 
     def _count_write(self) -> None:
         self.writes += 1
@@ -70,12 +84,30 @@ class SimFlash(NandFlash):
             self._write_cut = None
             kept = self.rng.randrange(1, max(2, len(data)))
             super().program_page(block, page, data[:kept], spare)
-            raise PowerLoss(self.ops, "program", "prefix")
+            loss = PowerLoss(self.ops, "program", "prefix")
+            self._note_cut(loss, block, page)
+            raise loss
         self._count_write()
-        super().program_page(block, page, data, spare)
+        try:
+            super().program_page(block, page, data, spare)
+        except PowerLoss as exc:
+            self._note_cut(exc, block, page)
+            raise
 
     def erase_block(self, block: int) -> None:
         """Erase, with the write-aimed cut."""
         self._maybe_flaky()
         self._count_write()
-        super().erase_block(block)
+        try:
+            super().erase_block(block)
+        except PowerLoss as exc:
+            self._note_cut(exc, block, -1)
+            raise
+        self.erases += 1
+        if self.erases == self._erase_cut:
+            self._erase_cut = None
+            if self._write_cut is None:
+                self.cut_at_write(1, self._erase_variant)
+
+    def _note_cut(self, exc: PowerLoss, block: int, page: int) -> None:
+        self.cuts = [*self.cuts[-15:], (exc.op, exc.kind, block, page, exc.variant)]

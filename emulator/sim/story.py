@@ -27,6 +27,12 @@ def _message(event: dict[str, Any]) -> str:
     return name + ("" if not rest else " " + ", ".join(f"{k} {v}" for k, v in rest.items()))
 
 
+def _nth(n: Any) -> str:
+    n = int(n)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _line(event: dict[str, Any]) -> str | None:
     kind = event["kind"]
     dev = event.get("dev", "")
@@ -47,7 +53,15 @@ def _line(event: dict[str, Any]) -> str | None:
     if kind == "sync.fail":
         return f"{dev:<10} sync failed: {event['why']}"
     if kind == "power.arm":
-        return f"{dev:<10} POWER will fail at its {event['writes']}th flash write from now ({event['variant']})"
+        if "erases" in event:
+            return (f"{dev:<10} POWER will fail at the first write after its {_nth(event['erases'])} flash erase "
+                    f"from now ({event['variant']})")
+        return f"{dev:<10} POWER will fail at its {_nth(event['writes'])} flash write from now ({event['variant']})"
+    if kind == "server.crash-arm":
+        return f"{'server':<10} will CRASH as it starts its {_nth(event['writes'])} storage write from now"
+    if kind == "server.storage-failure":
+        extent = f"for {event['seconds']} s" if "seconds" in event else f"{event.get('count', 1)} time(s)"
+        return f"{'server':<10} STORAGE FAILS: {event['failure']} {extent}"
     if kind == "power.cut":
         return f"{dev:<10} POWER CUT ({event.get('during', '')})"
     if kind == "user.cut":
@@ -105,6 +119,10 @@ def tell(trace: dict[str, Any], *, limit: int | None = None) -> str:
         details = violation.get("details") or {}
         for key in sorted(details):
             value = details[key]
+            if key == "flash" and isinstance(value, list):
+                lines.append("  on the flash:")
+                lines.extend(f"    {line}" for line in value)
+                continue
             if key == "generation" and isinstance(value, int):
                 value = f"{value:#x}"  # as the story above writes generations
             lines.append(f"  {key}: {value}")

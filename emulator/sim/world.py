@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -23,18 +25,24 @@ import trio
 from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from emulator.handset import Handset, HandsetError, PoweredOff
 from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
-from emulator.sim.clock import sim_clock
+from emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
+from emulator.sim.clock import SimClock
+from emulator.sim.flash_reader import ChipView, FlashReader
+from emulator.sim.flash_story import explain
 from emulator.sim.ledger import Key, Ledger, key_of
 from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
 from emulator.sim.network import ConnectionTap, SimNetwork
 from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
 from emulator.sim.simflash import SimFlash
+from emulator.sim.sqlite_backend import SimSqlite
+from emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
 from emulator.sim.summary import summarize
 from emulator.sim.trace_log import Timeline
 from emulator.sim.workload import Workload
-from emulator.store import RecordStore, StoreError, StoreFull
+from emulator.store import StoreError, StoreFull
 from emulator.sync_client import SyncError, SyncReport
-from protocol.messages import Bye, Commit, Message, PullAck
+from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.messages import Bye, Commit, Durable, Hello, HelloOk, Message, Pull, PullAck, Records
 from protocol.records import Photo, Record
 from server_stub.faults import FAULT_MODES, FaultSet
 from server_stub.limits import Limits
@@ -58,6 +66,11 @@ GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=8)
 TIGHT_GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6)
 """A chip so small that live data fills most blocks: collection moves live entries (some seeds)."""
 
+SQLITE_SHARE = 0.25
+"""The share of seeds that run the server on SQLite under ``backend="mixed"``."""
+_FLASH_WHATS = frozenset({"discarded", "blob-discarded", "store-unreadable", "device-store", "mount-failed",
+                          "diverged", "blob-missing"})
+"""Violations whose story names the flash operations behind them."""
 WATCHDOG = 1800.0
 """Simulated seconds one sync attempt may take before it counts as a hang."""
 SETTLE = 200.0
@@ -85,6 +98,13 @@ class SimOptions:
     mutant: str | None = None
     binding: str = "mixed"
     swarm: Swarm | None = None
+    backend: str = "mixed"
+    """The server's storage: ``sim`` (simulated), ``sqlite`` (a real database file), or ``mixed``:
+    SQLite for a share of the seeds (``SQLITE_SHARE``), drawn from the seed."""
+    script: tuple[tuple[str, int, int], ...] | None = None
+    """Explicit fault-phase steps ``(action, device index, step number)`` instead of the seed's draw
+    (what the shrinker cuts down); each step's random choices come from its own number, so removing
+    a step leaves the others as they were."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.accounts <= 16:
@@ -100,24 +120,29 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r} (sidekick fuzz --list-mutants)")
         if self.binding not in ("raw", "http", "mixed"):
             raise ValueError(f"binding must be raw, http or mixed, not {self.binding!r}")
+        if self.backend not in ("sim", "sqlite", "mixed"):
+            raise ValueError(f"backend must be sim, sqlite or mixed, not {self.backend!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (traces)."""
         return {
             "accounts": self.accounts, "devices": self.devices, "steps": self.steps,
             "faults": sorted(self.faults), "mutant": self.mutant, "binding": self.binding,
-            "swarm": self.swarm.as_dict() if self.swarm is not None else None,
+            "backend": self.backend, "swarm": self.swarm.as_dict() if self.swarm is not None else None,
+            "script": [list(step) for step in self.script] if self.script is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimOptions:
         """Inverse of ``as_dict`` (ValueError/TypeError/KeyError on a bad value)."""
         swarm = data.get("swarm")
+        script = data.get("script")
         return cls(
             accounts=int(data["accounts"]), devices=int(data["devices"]), steps=int(data["steps"]),
             faults=frozenset(str(f) for f in data["faults"]), mutant=data.get("mutant"),
-            binding=str(data.get("binding", "mixed")),
+            binding=str(data.get("binding", "mixed")), backend=str(data.get("backend", "sim")),
             swarm=Swarm.from_dict(swarm) if swarm is not None else None,
+            script=tuple((str(a), int(d), int(k)) for a, d, k in script) if script is not None else None,
         )
 
 
@@ -131,6 +156,10 @@ class RunResult:
     events: list[dict[str, Any]]
     violation: Violation | None
     stats: dict[str, Any]
+    backend: str = "sim"
+    """The server's storage in this run (``sim`` or ``sqlite``)."""
+    steps: list[tuple[str, int, int]] = field(default_factory=list)
+    """The fault-phase steps that ran: (action, device index, step number), a script that replays them."""
 
 
 @dataclass(eq=False)
@@ -145,6 +174,15 @@ class _Device:
     connect: Any
     syncing: bool = False
     full: bool = False
+    """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
+    device_id: bytes = b""
+    """The id the device named in its last HELLO."""
+    last_good: ChipView | None = None
+    """The chip as the last check that passed read it (what a later loss is compared with)."""
+    writing: Record | None = None
+    """What the user is writing (its size counts if the store refuses it as full)."""
+    pulled: list[Record] = field(default_factory=list)
+    """The records of the pull under way, as the device received them."""
     rebooting: bool = False
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
 
@@ -193,6 +231,22 @@ def seed_trio_scheduler(value: int) -> None:
     trio_run._r.seed(value)
 
 
+@contextmanager
+def seeded_trio_scheduler(value: int) -> Iterator[None]:
+    """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
+    pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
+    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test."""
+    import trio._core._run as trio_run  # noqa: PLC0415
+
+    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False  # type: ignore[misc]
+    seed_trio_scheduler(value)
+    try:
+        yield
+    finally:
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved  # type: ignore[misc]
+
+
 class World:
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
@@ -200,9 +254,12 @@ class World:
                  script: Sequence[tuple[str, int]] | None = None, *, tap: ConnectionTap | None = None) -> None:
         self.seed = seed
         self.options = options
-        self.script = list(script) if script is not None else None
-        """Explicit fault-phase steps ``(action, device index)`` instead of the seed's draw:
-        ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        given = script if script is not None else options.script
+        self.script = [(step[0], step[1], step[2] if len(step) > 2 else n)  # type: ignore[misc]
+                       for n, step in enumerate(given)] if given is not None else None
+        """Explicit fault-phase steps ``(action, device index[, step number])`` instead of the seed's
+        draw: ``user``, ``sync``, ``wait``, ``backup``, or a nemesis step kind (``STEP_KINDS``)."""
+        self.steps: list[tuple[str, int, int]] = []
         self.tap = tap
         """Sees every network connection (a packet capture of the run); changes nothing in it."""
         self.swarm = options.swarm if options.swarm is not None else draw_swarm(self._rng("swarm"), options.faults)
@@ -215,8 +272,21 @@ class World:
         mutant = options.mutant
         self.device_mutants = Mutants(frozenset({mutant})) if mutant in DEVICE_MUTANTS else NO_MUTANTS
         server_faults = FaultSet([mutant]) if mutant in FAULT_MODES else FaultSet()
-        self.storage = SimulatedStorage(self._rng("storage"), faults=server_faults)
-        self.limits = Limits(pull_records=4)
+        backend = options.backend
+        if backend == "mixed":
+            backend = "sqlite" if self._rng("backend").random() < SQLITE_SHARE else "sim"
+        self.backend = backend
+        inner: Any = SimSqlite(self._rng("storage"), server_faults) if backend == "sqlite" \
+            else SimulatedStorage(self._rng("storage"), faults=server_faults)
+        self.store_faults = FailingStorage(inner)
+        self.storage: Any = self.store_faults
+        """The server's storage: the backend, failing on command (``storage-failure``)."""
+        frame_kib = self.swarm.kinds.get("small-frames", 0.0)
+        self.max_frame = int(frame_kib * 1024) if frame_kib else DEFAULT_MAX_FRAME
+        """Both ends offer this frame size (``small-frames``: 1-4 KiB, so that photos span chunks,
+        pulls span RECORDS frames and a DURABLE lists fewer changes than a commit made)."""
+        self.limits = Limits(pull_records=4, max_frame=self.max_frame,
+                             max_batch=min(256, (self.max_frame - 36) // 32))
         self.backups: list[SimSnapshot] = []
         self.geometry = TIGHT_GEOMETRY if self._rng("geometry").random() < 0.5 else GEOMETRY
         self.rng = self._rng("nemesis")
@@ -228,9 +298,13 @@ class World:
         self.sessions = 0
         self.nemesis_count = 0
         self.generations = 1
-        self.clock: trio.testing.MockClock | None = None
+        self.clock: SimClock | None = None
         self._catcher = _LogCatcher()
         self.sim_time = 0.0
+        self.reader = FlashReader()
+        self._busy_user = self.swarm.kinds.get("edit-during-sync", 0.0)
+        self._busy_rng = self._rng("edit-during-sync")
+        """The oracle's reader of the handsets' chips (never through their stores)."""
 
     def _rng(self, name: str) -> random.Random:
         return random.Random(derive(self.seed, name))
@@ -239,15 +313,15 @@ class World:
 
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
-        seed_trio_scheduler(derive(self.seed, "trio-scheduler"))
-        self.clock = sim_clock()
+        self.clock = SimClock()
         loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
         for lg in loggers:
             lg.addHandler(self._catcher)
             lg.propagate = False
         try:
-            trio.run(self._main, clock=self.clock)
+            with seeded_trio_scheduler(derive(self.seed, "trio-scheduler")):
+                trio.run(self._main, clock=self.clock)
         except Exception as exc:  # an exception no part handled: invariant 4, with the trace so far
             leaf = _innermost(exc)
             where = _where(leaf)
@@ -262,6 +336,8 @@ class World:
             for lg, (propagate, _level) in zip(loggers, saved, strict=True):
                 lg.removeHandler(self._catcher)
                 lg.propagate = propagate
+            if isinstance(self.store_faults.inner, SimSqlite):
+                self.store_faults.inner.close()
         stats = {
             "sim_time": round(self.sim_time, 3),
             "sessions": self.sessions,
@@ -270,13 +346,15 @@ class World:
             "generations": self.generations,
             "events": len(self.timeline.events) + self.timeline.dropped,
         }
-        return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats)
+        return RunResult(self.seed, self.options, self.swarm, self.timeline.events, self.violation, stats,
+                         self.backend, list(self.steps))
 
     async def _main(self) -> None:
         async with trio.open_nursery() as root:
             self._root = root
-            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root, self.tap)
-            self.timeline.record("start", seed=self.seed, swarm=self.swarm.as_dict(),
+            self.network = SimNetwork(self._rng("network"), self.swarm.network(), self.timeline, root,
+                                      partitions=self.swarm.on("partition"), clock=self.clock, tap=self.tap)
+            self.timeline.record("start", seed=self.seed, backend=self.backend, swarm=self.swarm.as_dict(),
                                  mutant=self.options.mutant)
             await self._setup()
             with trio.CancelScope() as self._stop:
@@ -293,6 +371,7 @@ class World:
     def _fail(self, violation: Violation) -> None:
         if self.violation is not None:
             return
+        violation = self._with_flash_story(violation)
         self.violation = violation
         self.timeline.record("violation", **violation.as_dict())
         self._stop.cancel()
@@ -314,6 +393,7 @@ class World:
                                          rng=self._rng(f"handset/{name}"), mutants=self.device_mutants,
                                          name=name, observer=self)
                 flash.set_cut_rate(self.swarm.kinds.get("power-cut", 0.0) * 0.02, self._rng(f"battery/{name}"))
+                handset.max_frame = self.max_frame
                 binding = opts.binding if opts.binding != "mixed" else bindings[(a + d) % 2]
                 device = _Device(name, account, flash, handset, binding, self.network.connector(name, binding))
                 self.devices.append(device)
@@ -358,13 +438,25 @@ class World:
             self._fail(Violation("crash", "server-exception",
                                  f"the server raised {type(exc).__name__}: {exc}", {"binding": binding}))
         finally:
-            await trio.aclose_forcefully(stream)
+            close = getattr(stream, "close", None)  # the network's own ends close at once
+            if close is not None:
+                close()
+            else:
+                await trio.aclose_forcefully(stream)
         self._check_logs()
 
     def _check_logs(self) -> None:
-        if self._catcher.errors and self.violation is None:
-            text = self._catcher.errors[0]
+        """A logged server error is a crash, except one per storage failure injected (a correct
+        server logs the failure it could not hide)."""
+        if not self._catcher.errors or self.violation is not None:
+            return
+        expected = self.store_faults.fired
+        for text in self._catcher.errors:
+            if MARKER in text and expected > 0:
+                expected -= 1
+                continue
             self._fail(Violation("crash", "server-error", f"the server logged an error: {text}", {"log": text}))
+            return
 
     async def _stop_server(self, why: str) -> None:
         self.network.set_server(None)
@@ -388,13 +480,28 @@ class World:
         name = handset.name
         self.timeline.record("msg", dev=name, dir=direction, **summarize(message, self.ledger.label))
         device = self._by_name[name]
-        store = handset.store if (direction == "sent" and isinstance(message, PullAck) and handset.powered) else None
-        violation = check_wire(self.ledger, name, direction, message, store)
+        chip = self._chip(device) if direction == "sent" and isinstance(message, PullAck) else None
+        if isinstance(message, Hello):
+            device.device_id = message.device_id
+        failed = self.store_faults.failed_lsns.get((device.account, device.device_id)) \
+            if isinstance(message, Durable) else None
+        violation = check_wire(self.ledger, name, direction, message, chip, failed)
         if violation is not None:
             self._fail(violation)
             return
         self.ledger.message(name, direction, message)
+        if isinstance(message, Records):
+            device.pulled.extend(message.records)
+        elif isinstance(message, Pull | HelloOk):
+            device.pulled.clear()
         if direction == "sent" and isinstance(message, Commit | PullAck | Bye):
+            self._check_device(device)
+        if direction == "sent" and self._busy_user and self._busy_rng.random() < self._busy_user:
+            self._work.start_soon(self._edit_during_sync, device)  # runs while the sync waits for the answer
+
+    async def _edit_during_sync(self, device: _Device) -> None:
+        if self.violation is None and not self._healing:
+            self._user(device)
             self._check_device(device)
 
     def on_regression(self, handset: Handset, reason: str) -> None:
@@ -403,20 +510,36 @@ class World:
 
     # ------------------------------------------------------------------ checks
 
-    def _quietly(self, device: _Device, read: Callable[[RecordStore], _T]) -> _T:
-        """Read the device's store for the oracle (reads never set off a write-aimed cut)."""
-        return read(device.handset.store)
+    def _chip(self, device: _Device) -> ChipView:
+        """What the device's flash holds, read by the oracle's own reader (the chip is not touched)."""
+        return self.reader.read(device.flash)
 
     def _check_device(self, device: _Device) -> None:
-        if self.violation is not None or not device.handset.powered:
+        if self.violation is not None:
             return
-        generation = self.storage.generation
-        try:
-            violation = self._quietly(device, lambda store: check_device(self.ledger, device.name, store, generation))
-        except (StoreError, FlashError) as exc:
-            violation = self._unreadable(device, exc)
+        chip = self._chip(device)
+        violation = check_device(self.ledger, device.name, chip, self.storage.generation)
         if violation is not None:
             self._fail(violation)
+        else:
+            device.last_good = chip
+
+    def _with_flash_story(self, violation: Violation) -> Violation:
+        """A violation about a device's store, with the flash operations behind it (``flash_story``)."""
+        if violation.what not in _FLASH_WHATS:
+            return violation
+        device = self._by_name.get(str(violation.details.get("device")))
+        if device is None:
+            return violation
+        record = violation.details.get("record")
+        blob = violation.details.get("blob")
+        named = tuple(int(n) for n in re.findall(r"\bpage (\d+)\b", violation.text))  # the store's own words
+        lines = explain(device.flash, self._chip(device), device.last_good,
+                        bytes.fromhex(record) if isinstance(record, str) else None,
+                        bytes.fromhex(blob) if isinstance(blob, str) else None, named)
+        if not lines:
+            return violation
+        return replace(violation, details={**violation.details, "flash": lines})
 
     @staticmethod
     def _unreadable(device: _Device, exc: Exception) -> Violation:
@@ -454,13 +577,17 @@ class World:
         values = [weights[n] for n in names]
         count = self.options.steps if self.script is None else len(self.script)
         for step in range(count):
-            await trio.sleep(self.rng.expovariate(1.0 / STEP_MEAN))
-            if self.script is None:
-                action = self.rng.choices(names, values)[0]
-                device = self.devices[self.rng.randrange(len(self.devices))]
-            else:
-                action, index = self.script[step]
-                device = self.devices[index % len(self.devices)]
+            number = step if self.script is None else self.script[step][2]
+            rng = self._rng(f"step/{number}")
+            pause = rng.expovariate(1.0 / STEP_MEAN)
+            action = rng.choices(names, values)[0]
+            index = rng.randrange(len(self.devices))
+            if self.script is not None:
+                action, index = self.script[step][0], self.script[step][1] % len(self.devices)
+            self.steps.append((action, index, number))  # before its pause: what happens meanwhile replays
+            await trio.sleep(pause)
+            device = self.devices[index]
+            self.rng = rng  # the step's own choices (nemesis parameters) come from its number
             if action == "wait":
                 await trio.sleep(30.0)
             elif action == "user":
@@ -480,6 +607,7 @@ class World:
         self._healing = True
         self.timeline.record("heal")
         self.network.heal()
+        self.store_faults.disarm()
         for device in self.devices:
             device.flash.cancel_cut()
             device.flash.faults = FlashFaults()
@@ -548,12 +676,9 @@ class World:
             for d in self.devices:
                 if d.account != account or d.full:
                     continue
-                try:
-                    device_heads[d.name] = self._quietly(d, lambda store: [v.record for v in store.records()])
-                    device_blobs[d.name] = self._quietly(d, lambda store: set(store.blob_ids()))
-                except (StoreError, FlashError) as exc:
-                    self._fail(self._unreadable(d, exc))
-                    return
+                chip = self._chip(d)
+                device_heads[d.name] = [head.record for head in chip.heads.values()]
+                device_blobs[d.name] = set(chip.blobs)
             violation = check_heal(self.ledger, account, heads, device_heads, released_before, device_blobs)
             if violation is not None:
                 self._fail(violation)
@@ -586,7 +711,10 @@ class World:
             self._power_lost(device)
         except StoreFull as exc:
             outcome = f"store full: {exc}"
-            device.full = True
+            chip = self._chip(device)
+            rewrite = sum(head_bytes(head.record, self.geometry) for head in chip.heads.values())
+            pulled = sum(record_bytes(record, self.geometry) for record in device.pulled)
+            self._store_full(device, "a sync", max(pulled, rewrite))
         except (StoreError, FlashError) as exc:
             self._fail(Violation("crash", "device-store", f"{device.name}: sync failed on its store: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
@@ -615,7 +743,10 @@ class World:
             live = [(v.record.record_id, v.record.body) for v in heads if not v.record.deleted]
             old = frozenset(v.record.record_id for v in heads)
             op = self.workload.next_op(live)
+            blank_id = bytes(16)
             if op.kind == "photo":
+                device.writing = Record(blank_id, 0, False,
+                                        Photo(op.caption, blank_id, len(op.photo), bytes(32), "image/jpeg"))
                 device.pending = (cut_op_match(None, None, old, photo_caption=op.caption), None, None, "photo")
                 record_id = handset.take_photo(op.caption, op.photo)
                 head = handset.store.get(record_id)
@@ -624,6 +755,7 @@ class World:
                 return
             if op.kind == "import":
                 for body in op.bodies:
+                    device.writing = Record(blank_id, 0, False, body)
                     new: Key = (False, body)
                     device.pending = (cut_op_match(new, None, old), None, None, "add")
                     record_id = handset.add(body)
@@ -631,6 +763,7 @@ class World:
                 return
             if op.kind == "add":
                 assert op.body is not None
+                device.writing = Record(blank_id, 0, False, op.body)
                 key: Key = (False, op.body)
                 device.pending = (cut_op_match(key, None, old), None, None, "add")
                 record_id = handset.add(op.body)
@@ -642,6 +775,7 @@ class World:
             parent = key_of(head.record)
             key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
             device.pending = (cut_op_match(key, op.record_id, old), parent, op.record_id, op.kind)
+            device.writing = Record(op.record_id, 0, key[0], key[1])
             if op.kind == "delete":
                 handset.delete(op.record_id)
             else:
@@ -651,14 +785,33 @@ class World:
         except PowerLoss:
             self.timeline.record("user.cut", dev=device.name)
             self._power_lost(device)
+            self._resolve_pending(device)  # the flash is final now: a mount only reads it
         except StoreFull:
             device.pending = None
-            device.full = True
             self.timeline.record("user.full", dev=device.name)
+            writing = device.writing
+            self._store_full(device, "a user's write",
+                             record_bytes(writing, self.geometry) if writing is not None else 0)
         except (StoreError, FlashError, HandsetError) as exc:
             device.pending = None
             self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
+
+    def _store_full(self, device: _Device, what: str, extra: int) -> None:
+        """The store refused ``what`` as full: believed only if the oracle's own accounting (live
+        entries on the chip plus ``extra``, the entry bytes refused) leaves no room; else ``false-full``."""
+        chip = self._chip(device)
+        bad = len(chip.bad_blocks)
+        if has_room(chip.live_bytes, extra, self.geometry, bad):
+            usable = usable_bytes(self.geometry, bad)
+            self._fail(Violation(
+                "convergence", "false-full",
+                f"{device.name} refused {what} as full, but its flash holds {chip.live_bytes} live entry bytes "
+                f"and the refused write {extra} more, of {usable} usable ({len(chip.bad_blocks)} bad block(s)): "
+                f"well within what the store must hold",
+                {"device": device.name, "live": chip.live_bytes, "refused": extra, "usable": usable}))
+            return
+        device.full = True
 
     def _created(self, device: _Device, kind: str, record_id: bytes, key: Key, parent: Key | None,
                  note: str = "") -> None:
@@ -672,15 +825,20 @@ class World:
         self.timeline.record("user", **fields)
 
     def _resolve_pending(self, device: _Device) -> None:
-        """After a reboot: did the user operation the power cut interrupted reach flash?"""
+        """After a power cut: did the user operation it interrupted reach flash?"""
         pending = device.pending
         device.pending = None
         if pending is None:
             return
         match, parent, record_id, kind = pending
-        for version in self._quietly(device, lambda store: store.records()):
-            if match(version.record):
-                self._created(device, kind, version.record.record_id, key_of(version.record), parent,
+        chip = self._chip(device)
+        for head in chip.heads.values() if chip.mountable else ():
+            try:
+                record = head.record
+            except ValueError:
+                continue  # check_device reports it
+            if match(record):
+                self._created(device, kind, head.record_id, key_of(record), parent,
                               note="committed before the power cut")
                 return
         self.timeline.record("user.lost", dev=device.name, op=kind,
@@ -735,29 +893,59 @@ class World:
         elif action == "power-cut":
             if not device.handset.powered:
                 return
-            if rng.random() < 0.4:
+            when = rng.random()
+            if when < 0.35:
                 self.timeline.record("power.cut", dev=device.name, during="now")
                 self._power_lost(device)
             else:
-                writes = rng.randint(1, 12)
                 roll = rng.random()
                 variant = "torn" if roll < 0.5 else "prefix" if roll < 0.8 else "clean"
-                device.flash.cut_at_write(writes, variant)
-                self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
+                if when < 0.75:
+                    writes = rng.randint(1, 12)
+                    device.flash.cut_at_write(writes, variant)
+                    self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
+                else:
+                    erases = rng.randint(1, 3)
+                    device.flash.cut_after_erase(erases, variant)
+                    self.timeline.record("power.arm", dev=device.name, erases=erases, variant=variant)
         elif action == "clock-jump":
             seconds = rng.uniform(30.0, 400.0)
             self.timeline.record("clock.jump", seconds=round(seconds, 3))
             assert self.clock is not None
             self.clock.jump(seconds)
+        elif action == "server-crash" and rng.random() < 0.5:
+            writes = rng.randint(1, 4)
+            self.store_faults.crash_before(writes, self._aimed_crash)
+            self.timeline.record("server.crash-arm", writes=writes)
         elif action in ("server-crash", "server-restart", "server-restore"):
             await self._server_fault(action)
+        elif action == "storage-failure":
+            kind = rng.choice(FAILURE_KINDS)
+            if kind == "disk-full":
+                seconds = round(rng.uniform(5.0, 60.0), 3)
+                self.store_faults.arm(kind, seconds=seconds)
+                self.timeline.record("server.storage-failure", failure=kind, seconds=seconds)
+            else:
+                count = rng.randint(1, 3)
+                self.store_faults.arm(kind, count=count)
+                self.timeline.record("server.storage-failure", failure=kind, count=count)
+
+    def _aimed_crash(self) -> bool:
+        """The server process dies as it is about to write to its storage (armed by ``server-crash``):
+        what is not durable is gone now; the write never happens. False: not now (healing, down)."""
+        if self._healing or self.server is None or self.violation is not None:
+            return False
+        self.storage.crash()
+        self._work.start_soon(self._server_fault, "server-crashed")
+        return True
 
     async def _server_fault(self, action: str) -> None:
         rng = self.rng
         if self.server is None:
             return
-        if action == "server-crash":
-            self.storage.crash()
+        if action in ("server-crash", "server-crashed"):
+            if action == "server-crash":
+                self.storage.crash()
             await self._stop_server("crash")
         elif action == "server-restart":
             await self.storage.aclose()
@@ -770,8 +958,10 @@ class World:
             self.storage.restore(snapshot)
             if self.storage.generation != before:
                 self.generations += 1
+            backup_generation = getattr(snapshot, "generation", None)  # a SQLite backup is file bytes
             self.timeline.record("server.restore", generation=f"{self.storage.generation:#x}",
-                                 backup_generation=f"{snapshot.generation:#x}")
+                                 **({} if backup_generation is None else
+                                    {"backup_generation": f"{backup_generation:#x}"}))
         await self._check_server()
         self._work.start_soon(self._restart_later, rng.uniform(0.5, 20.0), self._server_epoch)
 
@@ -800,6 +990,6 @@ def run_world(seed: int, options: SimOptions = SimOptions()) -> RunResult:
 
 
 def with_swarm(result: RunResult) -> SimOptions:
-    """The run's options with its swarm made explicit (what shrinking varies)."""
-    return replace(result.options, swarm=result.swarm)
+    """The run's options with its swarm and backend made explicit (what shrinking varies)."""
+    return replace(result.options, swarm=result.swarm, backend=result.backend)
 

@@ -1,0 +1,221 @@
+"""Mutation score of the durability-critical code, with generated mutants (cosmic-ray); prints JSON.
+
+Hand-planted mutants (``sidekick fuzz --list-mutants``) show the bugs we thought of. This script lets
+cosmic-ray generate mutants of the record store, the sync client, the server's session handler
+and both storage backends (every operator cosmic-ray has: comparisons, boolean and arithmetic
+operators, numbers, ``break``/``continue``, exceptions, removed decorators...) and asks a killer
+whether it notices each one:
+
+- ``fuzz`` (default): a ``sidekick fuzz`` campaign of ``--budget`` (default 60 s) from ``--start``;
+  a mutant is killed when the campaign reports a violation (exit 1) or fails (exit 2);
+- ``tests``: the test files that exercise the mutated file (``TESTS``), stopping at the first failure.
+
+cosmic-ray rewrites the files it mutates, so everything runs in a copy of the source tree (under
+``--work``, kept so that an interrupted measurement resumes with ``--resume``). Generated mutants
+run to thousands and a surviving one costs the whole budget, so ``--sample N`` draws N mutants per
+file (seeded by ``--seed``; ``0`` runs them all). Survivors are triaged in docs/FUZZING.md
+("Mutation score"); ``benchmarks/mutation_triage.json`` names the equivalent ones, which the kill
+rate leaves out; ``blind-spot-closed`` ones survived this measurement's fuzzer and are killed by
+today's (``kill_rate_non_equivalent_with_closed`` counts them as killed). Long: run it under ``nice``.
+
+    python benchmarks/mutation.py --sample 20 --budget 60s            # the fuzzer as killer
+    python benchmarks/mutation.py --sample 20 --killer tests          # the test suite as killer
+    python benchmarks/mutation.py --files store --sample 0 --budget 10s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {
+    "store": "emulator/store.py",
+    "sync_client": "emulator/sync_client.py",
+    "handler": "server_stub/handler.py",
+    "sim_storage": "server_stub/sim_storage.py",
+    "sqlite_storage": "server_stub/sqlite_storage.py",
+}
+TESTS = {
+    "store": ["tests/test_store.py", "tests/test_store_stateful.py", "tests/test_powerloss.py",
+              "tests/test_flash_reader.py", "tests/test_flash_compact.py"],
+    "sync_client": ["tests/test_sync_client.py", "tests/test_handset.py", "tests/test_sync_interruptions.py",
+                    "tests/test_scenario_2009.py"],
+    "handler": ["tests/test_server_sessions.py", "tests/test_server_faults.py", "tests/test_server_http.py",
+                "tests/test_server_crash.py"],
+    "sim_storage": ["tests/test_server_storage_contract.py", "tests/test_server_faults.py",
+                    "tests/test_server_crash.py"],
+    "sqlite_storage": ["tests/test_server_storage_contract.py", "tests/test_server_faults.py",
+                       "tests/test_server_crash.py"],
+}
+TRIAGE = Path(__file__).with_name("mutation_triage.json")
+
+
+def _copy_tree(work: Path) -> Path:
+    """The tracked files of the repository (as they are in the work tree) under ``work/src``."""
+    src = work / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for name in listed.decode().split("\0"):
+        if not name or not (ROOT / name).is_file():
+            continue
+        target = src / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    return src
+
+
+def _command(killer: str, key: str, args: argparse.Namespace, work: Path) -> str:
+    python = sys.executable
+    if killer == "fuzz":
+        return (f"{python} -m emulator fuzz --budget {args.budget} --seed {args.start} --no-shrink "
+                f"--out {work / 'fuzz-out'}")
+    return f"{python} -m pytest -x -q -p no:cacheprovider -p no:randomly {' '.join(TESTS[key])}"
+
+
+def _config(path: Path, module: str, command: str, timeout: float) -> None:
+    path.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {json.dumps(module)}\n"
+        f"timeout = {timeout}\n"
+        "excluded-modules = []\n"
+        f"test-command = {json.dumps(command)}\n"
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+
+
+def _triage() -> dict[str, str]:
+    if not TRIAGE.exists():
+        return {}
+    data: dict[str, str] = json.loads(TRIAGE.read_text())
+    return data
+
+
+def _mutant_key(file: str, diff: str) -> str:
+    """A mutant's name that survives edits elsewhere in the file: the file and its changed lines."""
+    lines = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    return file + "::" + " | ".join(line.strip() for line in lines)
+
+
+def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Initialise (or resume) the cosmic-ray session of one file, sample it, run it, count."""
+    from cosmic_ray.work_db import WorkDB, use_db  # noqa: PLC0415
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult  # noqa: PLC0415
+
+    module = FILES[key]
+    config = work / f"{key}-{args.killer}.toml"
+    session = work / f"{key}-{args.killer}.sqlite"
+    _config(config, module, _command(args.killer, key, args, work), args.timeout)
+    if not (args.resume and session.exists()):
+        session.unlink(missing_ok=True)
+        subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, env=env, check=True,
+                       capture_output=True)
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            items = sorted(db.work_items, key=lambda item: item.job_id)
+            generated = len(items)
+            keep = items if args.sample == 0 else random.Random(f"{args.seed}/{key}").sample(
+                items, min(args.sample, len(items)))
+            chosen = {item.job_id for item in keep}
+            db.set_multiple_results([item.job_id for item in items if item.job_id not in chosen],
+                                    WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+        (work / f"{key}-{args.killer}.generated").write_text(str(generated))
+    generated = int((work / f"{key}-{args.killer}.generated").read_text())
+    started = time.monotonic()
+    subprocess.run(["cosmic-ray", "exec", str(config), str(session)], cwd=src, env=env, check=True,
+                   capture_output=True)
+    triage = _triage()
+    counts: dict[str, Any] = defaultdict(int)
+    counts["generated"] = generated
+    survivors: list[dict[str, Any]] = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            counts["run"] += 1
+            outcome = result.test_outcome.value if result.test_outcome is not None else result.worker_outcome.value
+            if outcome == "killed" and (result.output or "").strip() == "timeout":
+                outcome = "timed_out"
+            counts[outcome] += 1
+            if outcome == "survived":
+                name = _mutant_key(module, result.diff or "")
+                verdict = triage.get(name, "untriaged")
+                counts[f"survived_{verdict}"] += 1
+                mutation = item.mutations[0]
+                survivors.append({"file": module, "line": mutation.start_pos[0], "operator": mutation.operator_name,
+                                  "occurrence": mutation.occurrence, "mutant": name, "triage": verdict})
+    counts["wall_seconds"] = round(time.monotonic() - started, 1)
+    return {"counts": dict(counts), "survivors": sorted(survivors, key=lambda s: (s["file"], s["line"]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", default=",".join(FILES), help=f"comma-separated subset of {', '.join(FILES)}")
+    parser.add_argument("--killer", choices=("fuzz", "tests"), default="fuzz")
+    parser.add_argument("--budget", default="60s", help="the fuzz campaign's budget per mutant (default 60s)")
+    parser.add_argument("--start", type=int, default=1, help="the fuzz campaign's first seed (default 1)")
+    parser.add_argument("--sample", type=int, default=20, help="mutants drawn per file (0: all; default 20)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the sample draw (default 1)")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds before a mutant counts as timed out")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sidekick-mutation"),
+                        help="working directory (a copy of the sources, sessions; default /tmp/sidekick-mutation)")
+    parser.add_argument("--resume", action="store_true", help="go on with the sessions found in --work")
+    args = parser.parse_args()
+    keys = [k.strip() for k in args.files.split(",") if k.strip()]
+    unknown = sorted(set(keys) - FILES.keys())
+    if unknown:
+        parser.error(f"unknown file(s): {', '.join(unknown)} (known: {', '.join(FILES)})")
+    if args.sample < 0:
+        parser.error("--sample must be 0 or more")
+    if shutil.which("cosmic-ray") is None:
+        parser.error("cosmic-ray is not installed: pip install -e '.[mutation]'")
+    args.work.mkdir(parents=True, exist_ok=True)
+    src = args.work / "src"
+    if not (args.resume and src.exists()):
+        src = _copy_tree(args.work)
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+    per_file = {key: run_file(key, args, args.work, src, env) for key in keys}
+    totals: dict[str, int] = defaultdict(int)
+    for result in per_file.values():
+        for name, value in result["counts"].items():
+            if isinstance(value, int):
+                totals[name] += value
+    run = totals["run"]
+    equivalent = totals["survived_equivalent"]
+    killed = totals["killed"] + totals["timed_out"]
+    from importlib import metadata  # noqa: PLC0415
+
+    report = {
+        "tool": f"cosmic-ray {metadata.version('cosmic-ray')}",
+        "killer": args.killer if args.killer == "tests" else f"sidekick fuzz --budget {args.budget} --seed {args.start}",
+        "sample": f"{args.sample} per file, drawn with seed {args.seed}" if args.sample else "every mutant",
+        "generated": totals["generated"],
+        "run": run,
+        "killed": totals["killed"],
+        "timed_out": totals["timed_out"],
+        "survived": totals["survived"],
+        "incompetent": totals["incompetent"],
+        "survived_by_triage": {k[len("survived_"):]: v for k, v in sorted(totals.items())
+                               if k.startswith("survived_")},
+        "kill_rate": round(killed / run, 3) if run else None,
+        "kill_rate_non_equivalent": round(killed / (run - equivalent), 3) if run - equivalent else None,
+        "kill_rate_non_equivalent_with_closed": round((killed + totals["survived_blind-spot-closed"])
+                                                      / (run - equivalent), 3) if run - equivalent else None,
+        "per_file": {FILES[k]: v["counts"] for k, v in per_file.items()},
+        "survivors": [s for v in per_file.values() for s in v["survivors"]],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
