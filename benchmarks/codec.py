@@ -22,10 +22,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from protocol import wire
-from protocol.framing import Frame, FrameDecoder, encode_frame
-from protocol.messages import BlobChunk, Change, Message, MessageType, Ping, Push
-from protocol.records import Contact, Record
+from sidekick_testbed.protocol import wire
+from sidekick_testbed.protocol.framing import Frame, FrameDecoder, encode_frame
+from sidekick_testbed.protocol.messages import BlobChunk, Change, Message, MessageType, Ping, Push
+from sidekick_testbed.protocol.records import Contact, Record
 
 # -- the baseline: a codec written by hand with struct, for exactly these three frames ---------------
 

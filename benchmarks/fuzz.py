@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from emulator.sim.signatures import MUTANT_SIGNATURES
-from emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
+from sidekick_testbed.emulator.sim.signatures import MUTANT_SIGNATURES
+from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
 
 
 def throughput(runs: int, options: SimOptions, start: int = 1000) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def detection(mutant: str, starts: list[int], max_runs: int) -> dict[str, Any]:
 
 def reader_cost(runs: int, start: int = 3000) -> dict[str, Any]:
     """CPU cost of the oracle's flash reader in whole runs: per check, per decode, share of a run."""
-    from emulator.sim import flash_reader  # noqa: PLC0415
+    from sidekick_testbed.emulator.sim import flash_reader  # noqa: PLC0415
 
     decode, read = flash_reader.FlashReader._decode, flash_reader.FlashReader.read
     spent = {"decode": 0.0, "read": 0.0}
@@ -143,8 +143,8 @@ def scaling(runs: int) -> dict[str, Any]:
 
     from cluster import Busy, cpu_seconds, local_cluster
 
-    from emulator.executor import DaskExecutor, Executor, InlineExecutor, ProcessExecutor
-    from emulator.sim.runner import Budget, Campaign, run_campaign
+    from sidekick_testbed.emulator.executor import DaskExecutor, Executor, InlineExecutor, ProcessExecutor
+    from sidekick_testbed.emulator.sim.runner import Budget, Campaign, run_campaign
 
     def children_cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import trio
 
-from emulator.certify.blackbox import blackbox_fuzz
-from emulator.certify.context import Account
-from emulator.certify.local_server import LocalServer
-from server_stub.faults import ALL_FAULT_MODES
+from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz
+from sidekick_testbed.emulator.certify.context import Account
+from sidekick_testbed.emulator.certify.local_server import LocalServer
+from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
 
 POWER_CUT_ONLY = ("skip-fsync", "write-behind-2ms", "write-behind-10ms")
 

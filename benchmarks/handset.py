@@ -25,13 +25,13 @@ from typing import Any
 
 import trio
 
-from emulator.flash import Geometry, NandFlash
-from emulator.handset import Handset
-from emulator.sync_client import SyncReport
-from emulator.transport import Connector, memory_connector, tcp_connector
-from protocol.framing import encode_frame
-from protocol.messages import Change, Push
-from protocol.records import Contact, Note
+from sidekick_testbed.emulator.flash import Geometry, NandFlash
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.sync_client import SyncReport
+from sidekick_testbed.emulator.transport import Connector, memory_connector, tcp_connector
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.messages import Change, Push
+from sidekick_testbed.protocol.records import Contact, Note
 
 ACCOUNT = "bench"
 KEY = bytes(range(32))
@@ -89,8 +89,8 @@ def encode_baseline(handset: Handset, max_batch: int = 256) -> dict[str, Any]:
 
 
 async def in_memory(records: int) -> dict[str, Any]:
-    from server_stub.server import SyncServer
-    from server_stub.sim_storage import SimulatedStorage
+    from sidekick_testbed.server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 
     storage = SimulatedStorage(random.Random(0))
     await storage.add_account(ACCOUNT, KEY)

@@ -61,12 +61,12 @@ class Server:
         self.db = folder / "bench.db"
         if not memory:
             for index in range(ACCOUNTS):
-                subprocess.run([sys.executable, "-m", "emulator", "accounts", "add", f"acct{index}", "--db",
+                subprocess.run([sys.executable, "-m", "sidekick_testbed.emulator", "accounts", "add", f"acct{index}", "--db",
                                 str(self.db), "--key", KEY.hex()], check=True, capture_output=True)
         self.tcp, self.http, self.admin = free_port(), free_port(), free_port()
         store = ["--memory"] if memory else ["--db", str(self.db)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "serve", *store, "--tcp", f"127.0.0.1:{self.tcp}",
+            [sys.executable, "-m", "sidekick_testbed.emulator", "serve", *store, "--tcp", f"127.0.0.1:{self.tcp}",
              "--http", f"127.0.0.1:{self.http}", "--admin", f"127.0.0.1:{self.admin}",
              "--admin-token", "bench", "--max-sessions", "5000", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

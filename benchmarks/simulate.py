@@ -54,9 +54,9 @@ def _children_cpu() -> float:
 def _child(devices: int, duration: str, workload: str, network: str, seed: int, jobs: int) -> dict[str, Any]:
     """One run in this process; returns its figures."""
     logging.disable(logging.CRITICAL)
-    from emulator.fleet.durations import parse_duration
-    from emulator.fleet.engine import FleetConfig, run_fleet
-    from emulator.fleet.profiles import NetworkMix, load_workload
+    from sidekick_testbed.emulator.fleet.durations import parse_duration
+    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
     seconds = parse_duration(duration)
     config = FleetConfig(devices=devices, workload=load_workload(workload), network=NetworkMix.parse(network),
@@ -154,10 +154,10 @@ def _scaling(args: argparse.Namespace) -> dict[str, Any]:
 
     from cluster import Busy, cpu_seconds, local_cluster
 
-    from emulator.executor import DaskExecutor
-    from emulator.fleet.durations import parse_duration
-    from emulator.fleet.engine import FleetConfig, run_fleet
-    from emulator.fleet.profiles import NetworkMix, load_workload
+    from sidekick_testbed.emulator.executor import DaskExecutor
+    from sidekick_testbed.emulator.fleet.durations import parse_duration
+    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
     logging.disable(logging.CRITICAL)
     config = FleetConfig(devices=args.devices, workload=load_workload(args.workload),
@@ -242,7 +242,7 @@ def main() -> None:
     projected_wall = largest["wall_s"] * scale
     projected_cpu = largest["cpu_s"] * scale
     projected_rss_gib = (baseline["peak_rss_mib"] + largest.get("per_device_kib", 0) * GOAL_DEVICES / 1024) / 1024
-    from emulator.fleet.durations import parse_duration
+    from sidekick_testbed.emulator.fleet.durations import parse_duration
 
     goal_duration = parse_duration(args.duration) == GOAL_SECONDS and args.jobs == 1
     measured_goal = next((r for r in runs if r["devices"] == GOAL_DEVICES), None) if goal_duration else None

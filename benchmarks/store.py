@@ -23,13 +23,13 @@ import time
 import tracemalloc
 from typing import Any
 
-from emulator.flash import Geometry, NandFlash, PowerLoss
-from emulator.powerloss import PowerLossRunner
-from emulator.store import RecordStore
-from emulator.store_format import E_HEAD, HEAD_PREFIX, HEADER, iter_entries, parse_header
-from emulator.store_model import apply_op, make_workload, random_body
-from protocol.records import Photo, Record
-from protocol.wire import decode_record
+from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.powerloss import PowerLossRunner
+from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.emulator.store_format import E_HEAD, HEAD_PREFIX, HEADER, iter_entries, parse_header
+from sidekick_testbed.emulator.store_model import apply_op, make_workload, random_body
+from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.protocol.wire import decode_record
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:

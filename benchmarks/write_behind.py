@@ -27,9 +27,9 @@ from pathlib import Path
 
 import trio
 
-from emulator.certify.client import Trace
-from emulator.certify.context import CheckContext, note_change
-from emulator.certify.local_server import LocalServer
+from sidekick_testbed.emulator.certify.client import Trace
+from sidekick_testbed.emulator.certify.context import CheckContext, note_change
+from sidekick_testbed.emulator.certify.local_server import LocalServer
 
 
 async def trial(server: LocalServer, method: str, seed: int) -> bool:

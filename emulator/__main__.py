@@ -1,7 +1,7 @@
-"""``python -m emulator`` runs the ``sidekick`` command."""
+"""``python -m sidekick_testbed.emulator`` runs the ``sidekick`` command."""
 
 import sys
 
-from emulator.cli import main
+from sidekick_testbed.emulator.cli import main
 
 sys.exit(main())

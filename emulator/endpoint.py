@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from protocol.http import DEFAULT_PATH, basic_credentials
+from sidekick_testbed.protocol.http import DEFAULT_PATH, basic_credentials
 
 __all__ = [
     "DEFAULT_PROXY_PORT",

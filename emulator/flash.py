@@ -487,7 +487,7 @@ class NandFlash:
 
     def save(self, path: str | PathLike[str]) -> None:
         """Write the chip to an image file (format in docs/FLASH.md)."""
-        from emulator.flash_image import save_image
+        from sidekick_testbed.emulator.flash_image import save_image
 
         save_image(self, path)
 
@@ -495,7 +495,7 @@ class NandFlash:
     def load(cls, path: str | PathLike[str], *, rng: random.Random | None = None,
              faults: FlashFaults | None = None) -> NandFlash:
         """Read an image file; ImageError if it is not a valid flash image."""
-        from emulator.flash_image import load_image
+        from sidekick_testbed.emulator.flash_image import load_image
 
         return load_image(path, rng=rng, faults=faults)
 

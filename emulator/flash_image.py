@@ -20,7 +20,7 @@ import struct
 import zlib
 from os import PathLike
 
-from emulator.flash import FlashFaults, Geometry, NandFlash
+from sidekick_testbed.emulator.flash import FlashFaults, Geometry, NandFlash
 
 __all__ = ["IMAGE_MAGIC", "IMAGE_VERSION", "ImageError", "load_image", "save_image"]
 

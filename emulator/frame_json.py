@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from protocol.framing import PROTOCOL_VERSION, Frame
-from protocol.messages import MESSAGE_TYPES, Assigned, Change, Message, MessageType
-from protocol.records import BODY_TYPES, Record, RecordBody, RecordKind
+from sidekick_testbed.protocol.framing import PROTOCOL_VERSION, Frame
+from sidekick_testbed.protocol.messages import MESSAGE_TYPES, Assigned, Change, Message, MessageType
+from sidekick_testbed.protocol.records import BODY_TYPES, Record, RecordBody, RecordKind
 
 __all__ = ["FrameJsonError", "frame_from_json", "frame_to_json", "message_from_json", "message_to_json"]
 

@@ -18,10 +18,10 @@ from typing import TypeVar
 
 import trio
 
-from emulator.flash import NandFlash, PowerLoss
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.store import RecordStore, StoredVersion, SyncState
-from emulator.sync_client import (
+from sidekick_testbed.emulator.flash import NandFlash, PowerLoss
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import RecordStore, StoredVersion, SyncState
+from sidekick_testbed.emulator.sync_client import (
     DEFAULT_TIMEOUT,
     SyncError,
     SyncFailed,
@@ -29,9 +29,9 @@ from emulator.sync_client import (
     SyncReport,
     run_sync,
 )
-from emulator.transport import Connector
-from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.records import BLOB_ID_LEN, RECORD_ID_LEN, Photo, RecordBody
+from sidekick_testbed.emulator.transport import Connector
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
+from sidekick_testbed.protocol.records import BLOB_ID_LEN, RECORD_ID_LEN, Photo, RecordBody
 
 __all__ = [
     "BACKOFF_BASE",
@@ -44,7 +44,7 @@ __all__ = [
     "UnsyncedData",
 ]
 
-log = logging.getLogger("emulator.handset")
+log = logging.getLogger("sidekick_testbed.emulator.handset")
 _T = TypeVar("_T")
 
 BACKOFF_BASE = 0.5

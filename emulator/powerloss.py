@@ -23,11 +23,11 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from emulator.flash import FlashSnapshot, Geometry, NandFlash, PowerLoss
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.store import PageCache, RecordStore, StoreFull
-from emulator.store_model import StoreModel, StoreOp, apply_op, compare, make_workload
-from protocol.records import Note
+from sidekick_testbed.emulator.flash import FlashSnapshot, Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import PageCache, RecordStore, StoreFull
+from sidekick_testbed.emulator.store_model import StoreModel, StoreOp, apply_op, compare, make_workload
+from sidekick_testbed.protocol.records import Note
 
 __all__ = ["CutResult", "PowerLossRunner", "RUNNER_GEOMETRY", "parse_cut_id"]
 

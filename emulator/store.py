@@ -30,15 +30,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from emulator.flash import (
+from sidekick_testbed.emulator.flash import (
     EraseError,
     NandFlash,
     PowerLoss,
     ProgramError,
     UncorrectableError,
 )
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.store_format import (
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store_format import (
     CHECKPOINT,
     COMMIT,
     E_BLOB,
@@ -53,9 +53,9 @@ from emulator.store_format import (
     iter_entries,
     parse_header,
 )
-from protocol.errors import ProtocolError
-from protocol.records import Record, RecordBody, RecordKind
-from protocol.wire import decode_record, encode_record, with_version
+from sidekick_testbed.protocol.errors import ProtocolError
+from sidekick_testbed.protocol.records import Record, RecordBody, RecordKind
+from sidekick_testbed.protocol.wire import decode_record, encode_record, with_version
 
 __all__ = [
     "DeviceMeta",

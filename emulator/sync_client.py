@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
-from emulator.transport import Channel, Connector, TransportError, TransportTimeout
-from protocol.auth import device_mac, server_mac, verify
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME, OVERHEAD
-from protocol.messages import (
+from sidekick_testbed.emulator.transport import Channel, Connector, TransportError, TransportTimeout
+from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME, OVERHEAD
+from sidekick_testbed.protocol.messages import (
     NONCE_LEN,
     Auth,
     BlobAck,
@@ -57,12 +57,18 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Photo, Record
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, ConnectionClosed, DeviceSession, NeedData
+from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.protocol.session import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ConnectionClosed,
+    DeviceSession,
+    NeedData,
+)
 
 if TYPE_CHECKING:
-    from emulator.handset import Handset
-    from emulator.store import RecordStore, StoredVersion
+    from sidekick_testbed.emulator.handset import Handset
+    from sidekick_testbed.emulator.store import RecordStore, StoredVersion
 
 __all__ = [
     "AuthRefused",
@@ -79,7 +85,7 @@ __all__ = [
     "run_sync",
 ]
 
-log = logging.getLogger("emulator.sync")
+log = logging.getLogger("sidekick_testbed.emulator.sync")
 _M = TypeVar("_M", bound=Message)
 
 PULL_MAX_RECORDS = 1024

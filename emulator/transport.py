@@ -19,10 +19,10 @@ from typing import Protocol
 
 import trio
 
-from emulator.capture.streams import ClientStream, capture_stream
-from emulator.endpoint import ProxyURL
-from protocol.errors import ErrorCode
-from protocol.http import (
+from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
+from sidekick_testbed.emulator.endpoint import ProxyURL
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.http import (
     DEFAULT_PATH,
     HttpBindingError,
     HttpClientBinding,
@@ -30,7 +30,7 @@ from protocol.http import (
     HttpTunnelClient,
     TunnelOpen,
 )
-from protocol.session import CONNECTION_CLOSED, NEED_DATA
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 __all__ = [
     "RECEIVE_SIZE",

@@ -12,9 +12,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.messages import MESSAGE_TYPES, Message
-from protocol.wire import HEADER_STRUCT, TRAILER_STRUCT, decode_payload, encode_payload
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .messages import MESSAGE_TYPES, Message
+from .wire import HEADER_STRUCT, TRAILER_STRUCT, decode_payload, encode_payload
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

@@ -36,9 +36,9 @@ from typing import Final, Literal
 
 import h11
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.framing import MAX_MAX_FRAME, MIN_MAX_FRAME
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, ConnectionClosed, NeedData
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .framing import MAX_MAX_FRAME, MIN_MAX_FRAME
+from .session import CONNECTION_CLOSED, NEED_DATA, ConnectionClosed, NeedData
 
 __all__ = [
     "DEFAULT_PATH",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from protocol.records import Record
+from .records import Record
 
 NONCE_LEN = 16
 MAC_LEN = 32

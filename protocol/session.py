@@ -24,9 +24,9 @@ from __future__ import annotations
 import enum
 from typing import Final, NoReturn
 
-from protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME, FrameDecoder, encode_frame
-from protocol.messages import (
+from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .framing import DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MIN_MAX_FRAME, FrameDecoder, encode_frame
+from .messages import (
     MESSAGE_TYPES,
     Auth,
     Challenge,
@@ -40,7 +40,7 @@ from protocol.messages import (
     Push,
     Records,
 )
-from protocol.states import IllegalTransition, Role, SessionState, check
+from .states import IllegalTransition, Role, SessionState, check
 
 __all__ = [
     "CONNECTION_CLOSED",

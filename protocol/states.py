@@ -48,7 +48,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from protocol.messages import MessageType
+from .messages import MessageType
 
 __all__ = [
     "AUTHENTICATED_STATES",

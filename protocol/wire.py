@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import construct as cs  # type: ignore[import-untyped]
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.messages import (
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .messages import (
     MAC_LEN,
     MESSAGE_TYPES,
     NONCE_LEN,
@@ -33,7 +33,7 @@ from protocol.messages import (
     Message,
     MessageType,
 )
-from protocol.records import (
+from .records import (
     BLOB_ID_LEN,
     RECORD_ID_LEN,
     SHA256_LEN,

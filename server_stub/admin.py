@@ -26,13 +26,13 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from protocol.records import Record
-from server_stub.faults import ALL_FAULT_MODES, UnknownFault
-from server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server_stub.storage import AccountExists, StorageError, UnknownAccount
+from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES, UnknownFault
+from sidekick_testbed.server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sidekick_testbed.server_stub.storage import AccountExists, StorageError, UnknownAccount
 
 if TYPE_CHECKING:
-    from server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.server import SyncServer
 
 __all__ = ["record_json", "serve_admin_stream"]
 

@@ -24,8 +24,8 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from server_stub.faults import WRITE_BEHIND_S, FaultSet
-from server_stub.storage import StorageError
+from sidekick_testbed.server_stub.faults import WRITE_BEHIND_S, FaultSet
+from sidekick_testbed.server_stub.storage import StorageError
 
 __all__ = ["GroupCommitter", "WriteOp"]
 

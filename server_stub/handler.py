@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol.auth import device_mac, server_mac, verify
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.framing import OVERHEAD
-from protocol.messages import (
+from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.framing import OVERHEAD
+from sidekick_testbed.protocol.messages import (
     NONCE_LEN,
     Auth,
     BlobAck,
@@ -43,14 +43,20 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Photo, Record
-from protocol.session import ServerSession
-from protocol.states import SessionState
-from protocol.wire import encode_record
-from server_stub.storage import AnchorAhead, BlobError, CommitResult, StorageError, UnknownAccount
+from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.protocol.session import ServerSession
+from sidekick_testbed.protocol.states import SessionState
+from sidekick_testbed.protocol.wire import encode_record
+from sidekick_testbed.server_stub.storage import (
+    AnchorAhead,
+    BlobError,
+    CommitResult,
+    StorageError,
+    UnknownAccount,
+)
 
 if TYPE_CHECKING:
-    from server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.server import SyncServer
 
 __all__ = ["SessionHandler", "SessionSummary"]
 

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.framing import HEADER_LEN, TRAILER_LEN
-from protocol.http import HttpRequest
-from protocol.session import CONNECTION_CLOSED, NEED_DATA
-from protocol.wire import HEADER_STRUCT
-from server_stub.admission import Holder
-from server_stub.handler import SessionHandler
+from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
+from sidekick_testbed.protocol.framing import HEADER_LEN, TRAILER_LEN
+from sidekick_testbed.protocol.http import HttpRequest
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
+from sidekick_testbed.protocol.wire import HEADER_STRUCT
+from sidekick_testbed.server_stub.admission import Holder
+from sidekick_testbed.server_stub.handler import SessionHandler
 
 if TYPE_CHECKING:
-    from server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.server import SyncServer
 
 __all__ = ["HttpAnswer", "HttpSessions"]
 

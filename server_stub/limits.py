@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from protocol.framing import DEFAULT_MAX_FRAME
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
 
 __all__ = ["Limits"]
 

@@ -26,8 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from protocol.errors import ErrorCode
-from protocol.framing import PROTOCOL_VERSION
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.framing import PROTOCOL_VERSION
 
 __all__ = ["CONTENT_TYPE", "Histogram", "Metrics"]
 

@@ -18,20 +18,20 @@ from typing import Any
 
 import trio
 
-from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.http import HttpBindingError, HttpRequest, HttpServerBinding
-from protocol.messages import Hello, Ping
-from protocol.session import CONNECTION_CLOSED, NEED_DATA
-from protocol.states import SessionState
-from server_stub.admission import Admission, Holder
-from server_stub.auth_throttle import AuthThrottle, Bucket
-from server_stub.faults import FaultSet
-from server_stub.handler import SessionHandler
-from server_stub.http_binding import HttpSessions
-from server_stub.limits import Limits
-from server_stub.metrics import Metrics
-from server_stub.session_log import log_session
-from server_stub.storage import Storage
+from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
+from sidekick_testbed.protocol.http import HttpBindingError, HttpRequest, HttpServerBinding
+from sidekick_testbed.protocol.messages import Hello, Ping
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
+from sidekick_testbed.protocol.states import SessionState
+from sidekick_testbed.server_stub.admission import Admission, Holder
+from sidekick_testbed.server_stub.auth_throttle import AuthThrottle, Bucket
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.handler import SessionHandler
+from sidekick_testbed.server_stub.http_binding import HttpSessions
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.metrics import Metrics
+from sidekick_testbed.server_stub.session_log import log_session
+from sidekick_testbed.server_stub.storage import Storage
 
 __all__ = ["Address", "ServerAddresses", "SyncServer", "peer_address"]
 
@@ -561,7 +561,7 @@ class SyncServer:
                   admin: Address | None = None,
                   task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on the given addresses until ``shutdown``; ``task_status.started`` gets the addresses."""
-        from server_stub.admin import serve_admin_stream
+        from sidekick_testbed.server_stub.admin import serve_admin_stream
 
         bound: dict[str, Address] = {}
         async with trio.open_nursery() as outer:

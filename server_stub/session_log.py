@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import asdict
 
-from server_stub.handler import SessionSummary
+from sidekick_testbed.server_stub.handler import SessionSummary
 
 __all__ = ["JsonFormatter", "configure_logging", "log_session"]
 

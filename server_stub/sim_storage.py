@@ -15,11 +15,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from protocol.messages import Change
-from protocol.records import Record
-from server_stub.faults import FaultSet
-from server_stub.semantics import apply_changes
-from server_stub.storage import (
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.semantics import apply_changes
+from sidekick_testbed.server_stub.storage import (
     AccountExists,
     AccountInfo,
     AnchorAhead,

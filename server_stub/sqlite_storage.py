@@ -20,14 +20,14 @@ from typing import TypeVar
 
 import trio
 
-from protocol.errors import RemoteProtocolError
-from protocol.messages import Change
-from protocol.records import Record
-from protocol.wire import decode_record, encode_record
-from server_stub.faults import FaultSet
-from server_stub.group_commit import GroupCommitter
-from server_stub.semantics import apply_changes
-from server_stub.storage import (
+from sidekick_testbed.protocol.errors import RemoteProtocolError
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.protocol.wire import decode_record, encode_record
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.group_commit import GroupCommitter
+from sidekick_testbed.server_stub.semantics import apply_changes
+from sidekick_testbed.server_stub.storage import (
     AccountExists,
     AccountInfo,
     AnchorAhead,

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from protocol.messages import Assigned, Change, Conflict
-from protocol.records import Record
-from server_stub.faults import FaultSet
+from sidekick_testbed.protocol.messages import Assigned, Change, Conflict
+from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.server_stub.faults import FaultSet
 
 __all__ = [
     "AccountExists",

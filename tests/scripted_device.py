@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from protocol.auth import device_mac, server_mac, verify
-from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.http import HttpClientBinding, HttpResponse
-from protocol.messages import (
+from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
+from sidekick_testbed.protocol.http import HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.messages import (
     NONCE_LEN,
     Auth,
     BlobAck,
@@ -39,8 +39,8 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Note, Record
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession
+from sidekick_testbed.protocol.records import Note, Record
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession
 
 __all__ = ["HttpStream", "PullResult", "ScriptedDevice", "ServerRefused", "note_change"]
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from hypothesis import strategies as st
 
-from protocol.messages import (
+from sidekick_testbed.protocol.messages import (
     MAC_LEN,
     MESSAGE_TYPES,
     NONCE_LEN,
@@ -41,7 +41,7 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import (
+from sidekick_testbed.protocol.records import (
     BLOB_ID_LEN,
     RECORD_ID_LEN,
     SHA256_LEN,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server_stub.admission import Admission, Holder
-from server_stub.auth_throttle import AuthThrottle, Bucket
+from sidekick_testbed.server_stub.admission import Admission, Holder
+from sidekick_testbed.server_stub.auth_throttle import AuthThrottle, Bucket
 
 ADDRESSES = st.sampled_from(["a", "b", "c", "d", None])
 OPERATIONS = st.lists(st.tuples(st.sampled_from(["admit", "progress", "release"]), ADDRESSES,

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from protocol import auth
-from protocol.messages import Auth
-from protocol.session import DeviceSession, ServerSession
+from sidekick_testbed.protocol import auth
+from sidekick_testbed.protocol.messages import Auth
+from sidekick_testbed.protocol.session import DeviceSession, ServerSession
 from tests.test_session import ACCOUNT, DEVICE_ID, DEVICE_NONCE, SERVER_ID, Pair
 
 keys = st.binary(min_size=1, max_size=64)

@@ -14,11 +14,11 @@ from xml.etree import ElementTree as ET
 import pytest
 import trio
 
-from emulator.certify import pytest_plugin
-from emulator.certify.local_server import free_port
-from emulator.cli import main
+from sidekick_testbed.emulator.certify import pytest_plugin
+from sidekick_testbed.emulator.certify.local_server import free_port
+from sidekick_testbed.emulator.cli import main
 
-PLUGIN_ARGS = ["-p", "no:sidekick", "-p", "emulator.certify.pytest_plugin"]
+PLUGIN_ARGS = ["-p", "no:sidekick", "-p", "sidekick_testbed.emulator.certify.pytest_plugin"]
 """Load the plugin by module name whether or not its entry point is installed."""
 
 
@@ -90,7 +90,7 @@ async def test_cli_against_a_garbage_port_fails_cleanly_with_reports(key_file: P
         listeners = await nursery.start(trio.serve_tcp, _garbage, 0)
         port = listeners[0].socket.getsockname()[1]
         result = await trio.run_process(
-            [sys.executable, "-m", "emulator", "certify", f"127.0.0.1:{port}", "--account", "vendor",
+            [sys.executable, "-m", "sidekick_testbed.emulator", "certify", f"127.0.0.1:{port}", "--account", "vendor",
              "--key-file", str(key_file), "--timeout", "3", "--json", str(tmp_path / "r.json"),
              "--junit", str(tmp_path / "r.xml"), "--html", str(tmp_path / "r.html")],
             capture_stdout=True, capture_stderr=True, check=False)

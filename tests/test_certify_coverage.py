@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.certify import all_checks
-from emulator.certify.coverage import (
+from sidekick_testbed.emulator.certify import all_checks
+from sidekick_testbed.emulator.certify.coverage import (
     BEGIN,
     DEVICE_ONLY,
     END,
@@ -51,7 +51,7 @@ def test_certify_md_holds_the_generated_table() -> None:
 
 
 def test_certify_list_shows_the_coverage(capsys: pytest.CaptureFixture[str]) -> None:
-    from emulator.cli import main
+    from sidekick_testbed.emulator.cli import main
 
     assert main(["certify", "127.0.0.1:9", "--list"]) == 0
     out = capsys.readouterr().out

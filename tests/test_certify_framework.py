@@ -14,17 +14,35 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator.certify import all_checks
-from emulator.certify.checks_framing import VECTORS, reference_verdict, resequence
-from emulator.certify.client import Trace
-from emulator.certify.context import Account, CheckContext, Target
-from emulator.certify.framework import CheckResult, Inconclusive, Level, Outcome, TraceEntry, select
-from emulator.certify.local_server import free_port
-from emulator.certify.report import DISCLAIMER, render_html, render_json, render_junit, render_text
-from emulator.certify.runner import HANDSHAKE_ID, RunResult, load_expected_failures, run_suite
-from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.framing import FrameDecoder, encode_frame
-from protocol.messages import Ping
+from sidekick_testbed.emulator.certify import all_checks
+from sidekick_testbed.emulator.certify.checks_framing import VECTORS, reference_verdict, resequence
+from sidekick_testbed.emulator.certify.client import Trace
+from sidekick_testbed.emulator.certify.context import Account, CheckContext, Target
+from sidekick_testbed.emulator.certify.framework import (
+    CheckResult,
+    Inconclusive,
+    Level,
+    Outcome,
+    TraceEntry,
+    select,
+)
+from sidekick_testbed.emulator.certify.local_server import free_port
+from sidekick_testbed.emulator.certify.report import (
+    DISCLAIMER,
+    render_html,
+    render_json,
+    render_junit,
+    render_text,
+)
+from sidekick_testbed.emulator.certify.runner import (
+    HANDSHAKE_ID,
+    RunResult,
+    load_expected_failures,
+    run_suite,
+)
+from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
+from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
+from sidekick_testbed.protocol.messages import Ping
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 CHECKS = all_checks()

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from emulator.certify import all_checks
-from emulator.certify.blackbox import blackbox_fuzz
-from emulator.certify.context import Account
-from emulator.certify.framework import Need, Outcome, select
-from emulator.certify.local_server import LocalServer
-from emulator.certify.runner import run_suite
-from server_stub.faults import ALL_FAULT_MODES
+from sidekick_testbed.emulator.certify import all_checks
+from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz
+from sidekick_testbed.emulator.certify.context import Account
+from sidekick_testbed.emulator.certify.framework import Need, Outcome, select
+from sidekick_testbed.emulator.certify.local_server import LocalServer
+from sidekick_testbed.emulator.certify.runner import run_suite
+from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +200,8 @@ async def test_blackbox_squat_probe_finds_a_copy_written_over_a_taken_id(fault: 
                                                                         correct: LocalServer) -> None:
     import random
 
-    from emulator.certify.blackbox import BlackboxReport, Commands, _Fuzzer
-    from emulator.certify.context import Target
+    from sidekick_testbed.emulator.certify.blackbox import BlackboxReport, Commands, _Fuzzer
+    from sidekick_testbed.emulator.certify.context import Target
 
     correct.set_faults(() if fault is None else (fault,))
     account = Account("vendor", correct.keys["vendor"])
@@ -229,7 +229,7 @@ def test_the_documented_fault_table_matches() -> None:
 @pytest.mark.parametrize("fault", [None, "duplicate-on-retransmit"])
 def test_fuzz_server_mode_is_clean_on_the_reference_server_and_catches_a_fault(
         server: LocalServer, fault: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from emulator.cli import main
+    from sidekick_testbed.emulator.cli import main
 
     server.set_faults(() if fault is None else (fault,))
     try:

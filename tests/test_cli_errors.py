@@ -8,9 +8,9 @@ import argparse
 import pytest
 import trio
 
-import emulator.cli.frames
-from emulator.cli import main
-from emulator.cli.common import CliError
+import sidekick_testbed.emulator.cli.frames
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.cli.common import CliError
 
 
 def _fail_in_a_nursery(error: BaseException) -> None:
@@ -29,7 +29,7 @@ def _patch_command(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> Non
     def command(args: argparse.Namespace) -> int:
         _fail_in_a_nursery(error)
         return 0
-    monkeypatch.setattr(emulator.cli.frames, "run_decode", command)
+    monkeypatch.setattr(sidekick_testbed.emulator.cli.frames, "run_decode", command)
 
 
 def test_ctrl_c_inside_a_trio_run_is_interrupted_130(monkeypatch: pytest.MonkeyPatch,

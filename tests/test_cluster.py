@@ -21,12 +21,12 @@ from typing import Any
 import distributed  # .[test] installs it: missing, these tests fail rather than skip
 import pytest
 
-from emulator import executor as executor_module
-from emulator.cli import main
-from emulator.executor import ClusterUnavailable, DaskExecutor, WorkerLost
-from emulator.fleet import engine
-from emulator.fleet.engine import FleetConfig, run_fleet
-from emulator.fleet.profiles import NetworkMix, load_workload
+from sidekick_testbed.emulator import executor as executor_module
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.executor import ClusterUnavailable, DaskExecutor, WorkerLost
+from sidekick_testbed.emulator.fleet import engine
+from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
 pytestmark = pytest.mark.xdist_group("dask")  # with --dist loadgroup: one worker, one shared cluster
 

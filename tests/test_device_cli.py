@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from emulator.cli import main
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 
 KEY = bytes(range(32))
 
@@ -255,7 +255,7 @@ def test_a_second_command_on_the_same_image_waits_instead_of_losing_a_change(
     fcntl = pytest.importorskip("fcntl")
     with open(str(image) + ".lock", "a", encoding="ascii") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as a command in progress (a long sync) holds it
-        second = subprocess.Popen([sys.executable, "-m", "emulator", "device", "--image", str(image), "add",
+        second = subprocess.Popen([sys.executable, "-m", "sidekick_testbed.emulator", "device", "--image", str(image), "add",
                                    "note", "queued"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert second.stderr is not None
         said = second.stderr.readline()  # returns once the second command reports that it waits

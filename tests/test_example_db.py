@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from emulator.example_db import example_database
+from sidekick_testbed.emulator.example_db import example_database
 
 PROPERTY = '''
 import os

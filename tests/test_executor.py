@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from emulator.executor import Executor, InlineExecutor, ProcessExecutor, Report, TaskFailed
+from sidekick_testbed.emulator.executor import Executor, InlineExecutor, ProcessExecutor, Report, TaskFailed
 
 
 def _square_with_reports(n: int, report: Report) -> int:

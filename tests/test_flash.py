@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator.flash import (
+from sidekick_testbed.emulator.flash import (
     BadBlockError,
     EraseError,
     FlashFaults,
@@ -23,7 +23,7 @@ from emulator.flash import (
     UncorrectableError,
     UsageError,
 )
-from emulator.flash_image import ImageError
+from sidekick_testbed.emulator.flash_image import ImageError
 
 SMALL = Geometry(page_size=512, spare_size=16, pages_per_block=8, blocks=8)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.cli import main
-from emulator.flash import NandFlash
-from emulator.store import RecordStore
-from protocol.records import Note
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.flash import NandFlash
+from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.protocol.records import Note
 
 SMALL = ["--blocks", "16", "--page-size", "512", "--spare-size", "16", "--pages-per-block", "16"]
 
@@ -89,7 +89,7 @@ def test_missing_image_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_fsck_of_an_image_without_a_store_reports_a_finding(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from emulator.flash import Geometry
+    from sidekick_testbed.emulator.flash import Geometry
 
     image = tmp_path / "blank.img"
     NandFlash(Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=8)).save(image)
@@ -98,7 +98,7 @@ def test_fsck_of_an_image_without_a_store_reports_a_finding(tmp_path: Path,
 
 
 def test_fsck_finds_a_photo_whose_blob_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from protocol.records import Photo
+    from sidekick_testbed.protocol.records import Photo
 
     image = tmp_path / "a.img"
     run(capsys, "format", str(image), *SMALL)
@@ -121,7 +121,7 @@ def test_powerloss_sampled_run_prints_a_json_summary(name: str, capsys: pytest.C
 
 
 def test_powerloss_reruns_one_cut_by_id(capsys: pytest.CaptureFixture[str]) -> None:
-    from emulator.powerloss import PowerLossRunner
+    from sidekick_testbed.emulator.powerloss import PowerLossRunner
 
     k, variant = [cut for cut in PowerLossRunner(n_ops=30).cuts(2) if cut[1] == "torn"][-1]
     code, out, _ = run(capsys, "powerloss", "--ops", "30", "--id", f"2:{k}:{variant}", "--json")

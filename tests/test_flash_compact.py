@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from emulator.flash import (
+from sidekick_testbed.emulator.flash import (
     BadBlockError,
     EraseError,
     FlashError,
@@ -33,9 +33,9 @@ from emulator.flash import (
     ProgramError,
     ProgramOrderError,
 )
-from emulator.flash_image import load_image
-from emulator.store import RecordStore
-from emulator.store_model import random_body
+from sidekick_testbed.emulator.flash_image import load_image
+from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.emulator.store_model import random_body
 
 GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6, nop=3)
 FF = b"\xff"

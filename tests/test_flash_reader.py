@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant
 
-from emulator.flash import FlashFaults, Geometry, NandFlash
-from emulator.mutants import Mutants
-from emulator.sim.flash_reader import ChipView, FlashReader, read_chip
-from emulator.sim.oracle import check_chip
-from emulator.sim.world import SimOptions, run_world
-from emulator.store import RecordStore
-from protocol.records import Note
+from sidekick_testbed.emulator.flash import FlashFaults, Geometry, NandFlash
+from sidekick_testbed.emulator.mutants import Mutants
+from sidekick_testbed.emulator.sim.flash_reader import ChipView, FlashReader, read_chip
+from sidekick_testbed.emulator.sim.oracle import check_chip
+from sidekick_testbed.emulator.sim.world import SimOptions, run_world
+from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.protocol.records import Note
 from tests.test_store_stateful import StoreMachine
 
 
@@ -90,7 +90,7 @@ TestFaultyReaderMachine = FaultyReaderMachine.TestCase
 def test_reader_agrees_with_a_fresh_mount_of_simulated_handsets(seed: int) -> None:
     """After a whole fuzz run (GC, power cuts, torn pages, bad blocks), every handset's chip reads
     the same through the reader as through a fresh mount."""
-    from emulator.sim.world import World  # noqa: PLC0415
+    from sidekick_testbed.emulator.sim.world import World  # noqa: PLC0415
 
     world = World(seed, SimOptions(accounts=1, devices=2, steps=25))
     world.run()
@@ -148,9 +148,9 @@ def test_the_store_refuses_as_full_only_beyond_its_capacity_promise(seed: int, b
     """FLASH.md's promise, checked with the oracle's own accounting: a write is refused as full only
     when the live entry bytes (read from the chip) plus the refused write exceed half the usable
     payload bytes."""
-    from emulator.sim.capacity import blob_bytes, has_room, head_bytes  # noqa: PLC0415
-    from emulator.store import StoreFull  # noqa: PLC0415
-    from protocol.records import Record  # noqa: PLC0415
+    from sidekick_testbed.emulator.sim.capacity import blob_bytes, has_room, head_bytes  # noqa: PLC0415
+    from sidekick_testbed.emulator.store import StoreFull  # noqa: PLC0415
+    from sidekick_testbed.protocol.records import Record  # noqa: PLC0415
 
     rng = random.Random(seed)
     geometry = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=blocks)

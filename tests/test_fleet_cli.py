@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import emulator.cli.common
-import emulator.cli.simulate as simulate_cli
-import emulator.fleet.engine
-from emulator.cli import main
+import sidekick_testbed.emulator.cli.common
+import sidekick_testbed.emulator.cli.simulate as simulate_cli
+import sidekick_testbed.emulator.fleet.engine
+from sidekick_testbed.emulator.cli import main
 
 
 def test_simulate_writes_json_and_report_and_is_deterministic(tmp_path: Path,
@@ -41,14 +41,14 @@ def test_jobs_auto_takes_one_per_core_and_at_most_one_per_account(
         cores: int, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     used: list[int] = []
-    real = emulator.fleet.engine.run_fleet
+    real = sidekick_testbed.emulator.fleet.engine.run_fleet
 
-    def spy(config: emulator.fleet.engine.FleetConfig, **kwargs: Any) -> emulator.fleet.engine.FleetRun:
+    def spy(config: sidekick_testbed.emulator.fleet.engine.FleetConfig, **kwargs: Any) -> sidekick_testbed.emulator.fleet.engine.FleetRun:
         used.append(kwargs["jobs"])
         return real(config, **kwargs)
 
-    monkeypatch.setattr(emulator.cli.common, "usable_cores", lambda: cores)
-    monkeypatch.setattr(emulator.fleet.engine, "run_fleet", spy)
+    monkeypatch.setattr(sidekick_testbed.emulator.cli.common, "usable_cores", lambda: cores)
+    monkeypatch.setattr(sidekick_testbed.emulator.fleet.engine, "run_fleet", spy)
     common = ["simulate", "--devices", "6", "--accounts", "3", "--duration", "2h", "--seed", "2", "--no-progress"]
     assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
     assert main([*common, "--jobs", "auto", "--json", str(tmp_path / "auto.json")]) == 0
@@ -57,7 +57,7 @@ def test_jobs_auto_takes_one_per_core_and_at_most_one_per_account(
 
 
 def test_usable_cores_is_this_process_affinity() -> None:
-    assert emulator.cli.common.usable_cores() == len(os.sched_getaffinity(0)) >= 1
+    assert sidekick_testbed.emulator.cli.common.usable_cores() == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_compare_renders_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

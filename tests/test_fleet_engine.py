@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from emulator.fleet.engine import FleetConfig, derive_rng, run_fleet
-from emulator.fleet.profiles import NetworkMix, load_workload
-from emulator.fleet.scenario import find_scenario, load_scenario
+from sidekick_testbed.emulator.fleet.engine import FleetConfig, derive_rng, run_fleet
+from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
+from sidekick_testbed.emulator.fleet.scenario import find_scenario, load_scenario
 
 LAB_NETWORK = """
 [profile.lab]
@@ -142,7 +142,7 @@ def test_losses_at_a_reboot_are_judged_by_what_the_flash_holds_whatever_the_hand
     """A handset that drops its data when it boots is caught at that boot, with no mutant label:
     the loss accounting reads every handset's chip the same way (here the correct handset's boot
     is made to start from an empty store, as the 2009 firmware did)."""
-    from emulator import handset as handset_module  # noqa: PLC0415
+    from sidekick_testbed.emulator import handset as handset_module  # noqa: PLC0415
 
     real_boot = handset_module.Handset._boot
 

@@ -8,12 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator.fleet.durations import DurationError, format_duration, parse_duration
-from emulator.fleet.ledger import Ledger
-from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
-from emulator.fleet.scenario import find_scenario
-from protocol.messages import Change
-from protocol.records import Note, Record, RecordKind
+from sidekick_testbed.emulator.fleet.durations import DurationError, format_duration, parse_duration
+from sidekick_testbed.emulator.fleet.ledger import Ledger
+from sidekick_testbed.emulator.fleet.profiles import (
+    NETWORKS,
+    WORKLOADS,
+    NetworkMix,
+    ProfileError,
+    load_workload,
+)
+from sidekick_testbed.emulator.fleet.scenario import find_scenario
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.protocol.records import Note, Record, RecordKind
 
 
 @pytest.mark.parametrize("text, seconds", [

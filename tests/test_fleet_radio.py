@@ -9,10 +9,17 @@ import pytest
 import trio
 import trio.testing
 
-from emulator.fleet.profiles import NetworkProfile
-from emulator.fleet.radio import SEND_BUFFER, Coverage, LinkTally, RadioLink, RadioWorld, radio_connector
-from emulator.sim.clock import SimClock
-from emulator.transport import ConnectFailed, TransportError, TransportTimeout
+from sidekick_testbed.emulator.fleet.profiles import NetworkProfile
+from sidekick_testbed.emulator.fleet.radio import (
+    SEND_BUFFER,
+    Coverage,
+    LinkTally,
+    RadioLink,
+    RadioWorld,
+    radio_connector,
+)
+from sidekick_testbed.emulator.sim.clock import SimClock
+from sidekick_testbed.emulator.transport import ConnectFailed, TransportError, TransportTimeout
 
 LAB = NetworkProfile("lab", down_bps=80_000, up_bps=40_000, rtt=0.2)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from emulator.fleet.engine import FleetConfig, run_fleet
-from emulator.fleet.profiles import NetworkMix, load_workload
-from emulator.fleet.report import PLOTS, render_html, write_report
-from emulator.fleet.scenario import find_scenario
+from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
+from sidekick_testbed.emulator.fleet.report import PLOTS, render_html, write_report
+from sidekick_testbed.emulator.fleet.scenario import find_scenario
 
 
 class _Page(HTMLParser):

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from emulator.executor import TaskFailed, WorkerLost
-from emulator.fleet import engine
-from emulator.fleet.engine import FleetConfig, run_fleet, run_shard
-from emulator.fleet.profiles import NetworkMix, load_workload
-from emulator.fleet.scenario import find_scenario, load_scenario
+from sidekick_testbed.emulator.executor import TaskFailed, WorkerLost
+from sidekick_testbed.emulator.fleet import engine
+from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet, run_shard
+from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
+from sidekick_testbed.emulator.fleet.scenario import find_scenario, load_scenario
 
 
 def _config(**changes: Any) -> FleetConfig:

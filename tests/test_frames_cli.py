@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import emulator.cli
 import fixtures
-from protocol.framing import FrameDecoder, encode_frame
-from protocol.messages import Error, Message, Ping
+import sidekick_testbed.emulator.cli
+from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
+from sidekick_testbed.protocol.messages import Error, Message, Ping
 from tests.strategies import messages
 
 GOLDEN = json.loads(fixtures.path("frames", "manifest.json").read_text())
@@ -26,11 +26,11 @@ MALFORMED = json.loads(fixtures.path("malformed", "manifest.json").read_text())
 @pytest.fixture(autouse=True)
 def frames_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the real ``sidekick`` entry point with only the command group under test loaded."""
-    monkeypatch.setattr(emulator.cli, "COMMAND_MODULES", ("emulator.cli.frames",))
+    monkeypatch.setattr(sidekick_testbed.emulator.cli, "COMMAND_MODULES", ("sidekick_testbed.emulator.cli.frames",))
 
 
 def sidekick(*argv: str) -> int:
-    return emulator.cli.main(list(argv))
+    return sidekick_testbed.emulator.cli.main(list(argv))
 
 
 def set_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
@@ -188,7 +188,7 @@ def test_encoded_output_decodes(tmp_path: Path) -> None:
 def test_console_script_prints_no_traceback_on_a_malformed_frame() -> None:
     path = fixtures.path("malformed", "06-bad-crc.bin")
     result = subprocess.run(
-        [sys.executable, "-m", "emulator", "frames", "decode", str(path)],
+        [sys.executable, "-m", "sidekick_testbed.emulator", "frames", "decode", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 2

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fixtures
-from emulator.frame_json import message_from_json, message_to_json
 from fixtures import make_vectors
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.framing import (
+from sidekick_testbed.emulator.frame_json import message_from_json, message_to_json
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.framing import (
     DEFAULT_MAX_FRAME,
     HEADER_LEN,
     MAGIC,
@@ -24,8 +24,8 @@ from protocol.framing import (
     FrameDecoder,
     encode_frame,
 )
-from protocol.messages import BlobChunk, Bye, Message, MessageType, Ping, Pong
-from protocol.records import RecordKind
+from sidekick_testbed.protocol.messages import BlobChunk, Bye, Message, MessageType, Ping, Pong
+from sidekick_testbed.protocol.records import RecordKind
 from tests.strategies import messages
 
 SMALL_MAX = 4096

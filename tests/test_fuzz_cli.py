@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from emulator.cli import main
-from emulator.sim import runner
-from emulator.sim.runner import Budget, parse_budget, seeds
-from emulator.sim.world import ALL_MUTANTS, RunResult, SimOptions
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.sim import runner
+from sidekick_testbed.emulator.sim.runner import Budget, parse_budget, seeds
+from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, RunResult, SimOptions
 
 
 def test_list_mutants_names_device_and_server_bugs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,9 +215,9 @@ def test_two_jobs_run_disjoint_seeds(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_jobs_auto_takes_one_job_per_usable_core(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import emulator.cli.common
+    import sidekick_testbed.emulator.cli.common
 
-    monkeypatch.setattr(emulator.cli.common, "usable_cores", lambda: 2)
+    monkeypatch.setattr(sidekick_testbed.emulator.cli.common, "usable_cores", lambda: 2)
     assert main(["fuzz", "--budget", "2-runs", "--seed", "4", "--jobs", "auto", "--json", "--steps", "10",
                  "--out", str(tmp_path)]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.sim.runner import seeds
-from emulator.sim.signatures import MUTANT_SIGNATURES
-from emulator.sim.trace import load_trace, replay
-from emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
+from sidekick_testbed.emulator.sim.runner import seeds
+from sidekick_testbed.emulator.sim.signatures import MUTANT_SIGNATURES
+from sidekick_testbed.emulator.sim.trace import load_trace, replay
+from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
 
 STARTS = (1, 2, 3)
 RUNS = 100
@@ -68,8 +68,8 @@ def test_every_mutant_has_a_regression_trace() -> None:
 def write_regressions() -> None:
     """Find each mutant from start 1, shrink the failure and keep its trace (``python -m
     tests.test_fuzz_mutants``): run it again when a change of the world makes one stop failing."""
-    from emulator.sim.shrink import shrink  # noqa: PLC0415
-    from emulator.sim.trace import to_trace, write_trace  # noqa: PLC0415
+    from sidekick_testbed.emulator.sim.shrink import shrink  # noqa: PLC0415
+    from sidekick_testbed.emulator.sim.trace import to_trace, write_trace  # noqa: PLC0415
 
     REGRESSIONS.mkdir(exist_ok=True)
     for mutant in sorted(ALL_MUTANTS):

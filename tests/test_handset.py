@@ -17,21 +17,21 @@ import pytest
 import trio
 import trio.testing
 
-from emulator.flash import Geometry, NandFlash, PowerLoss
-from emulator.handset import Handset, HandsetError, PoweredOff, UnknownRecord, UnsyncedData
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.store import SyncState
-from emulator.transport import (
+from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff, UnknownRecord, UnsyncedData
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import SyncState
+from sidekick_testbed.emulator.transport import (
     Connector,
     http_connector,
     http_memory_connector,
     memory_connector,
     tcp_connector,
 )
-from protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordBody, Todo
-from server_stub.faults import FaultSet
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordBody, Todo
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 
 ACCOUNT = "alice"
 KEY = bytes(range(32))
@@ -192,7 +192,7 @@ def test_factory_reset_refuses_while_anything_is_not_durable(caplog: pytest.LogC
     assert len(info.value.at_risk) == 2 and "1 contact" in str(info.value) and "1 note" in str(info.value)
     assert len(device_bodies(phone)) == 2
     meta = phone.store.meta
-    with caplog.at_level(logging.WARNING, logger="emulator.handset"):
+    with caplog.at_level(logging.WARNING, logger="sidekick_testbed.emulator.handset"):
         phone.factory_reset(force=True)
     assert "FORCED FACTORY RESET" in caplog.text and caplog.text.count("lost:") == 2
     assert device_bodies(phone) == {}
@@ -302,8 +302,8 @@ async def test_mutant_restore_from_server_on_reboot_loses_unsynced_data() -> Non
 
 
 async def test_mutant_mark_clean_on_push_ack_loses_data_when_the_connection_drops_before_commit() -> None:
-    from emulator.sync_client import SyncError
-    from emulator.transport import cutting_connector
+    from sidekick_testbed.emulator.sync_client import SyncError
+    from sidekick_testbed.emulator.transport import cutting_connector
 
     for mutants, kept in ((NO_MUTANTS, True), (Mutants(frozenset({"mark-clean-on-push-ack"})), False)):
         world = World(seed=8)

@@ -21,14 +21,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from emulator.flash import PowerLoss
-from emulator.handset import Handset, PoweredOff
-from emulator.store import SyncState
-from emulator.sync_client import SyncError
-from emulator.transport import CuttingChannel, cutting_connector
-from protocol.messages import Durable, Message, PullEnd, PushAck
-from protocol.records import Note, Record, RecordBody
-from server_stub.server import SyncServer
+from sidekick_testbed.emulator.flash import PowerLoss
+from sidekick_testbed.emulator.handset import Handset, PoweredOff
+from sidekick_testbed.emulator.store import SyncState
+from sidekick_testbed.emulator.sync_client import SyncError
+from sidekick_testbed.emulator.transport import CuttingChannel, cutting_connector
+from sidekick_testbed.protocol.messages import Durable, Message, PullEnd, PushAck
+from sidekick_testbed.protocol.records import Note, Record, RecordBody
+from sidekick_testbed.server_stub.server import SyncServer
 from tests.test_handset import World, device_heads
 
 TEXT = st.text(alphabet="abcdefgh ", max_size=12)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.http import (
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError
+from sidekick_testbed.protocol.http import (
     FRAMES_CONTENT_TYPE,
     SESSION_HEADER,
     HttpBindingError,
@@ -16,9 +16,9 @@ from protocol.http import (
     HttpResponse,
     HttpServerBinding,
 )
-from protocol.messages import Bye, Pong
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession, ServerSession
-from protocol.states import Role, SessionState
+from sidekick_testbed.protocol.messages import Bye, Pong
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession, ServerSession
+from sidekick_testbed.protocol.states import Role, SessionState
 from tests.test_session import SCRIPT, drain
 
 # The conversation of test_session without the server's PING: a server cannot initiate over HTTP.

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.http import (
+from sidekick_testbed.protocol.http import (
     FRAMES_CONTENT_TYPE,
     OPENING_BODY_LIMIT,
     HttpBindingError,
     HttpRequest,
     HttpServerBinding,
 )
-from protocol.session import CONNECTION_CLOSED, NEED_DATA
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 CT = f"Content-Type: {FRAMES_CONTENT_TYPE}\r\n".encode()
 LINE = b"POST /sync HTTP/1.1\r\nHost: sync.test\r\n" + CT

@@ -64,9 +64,16 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_ships_packages_and_their_data_not_fixtures(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.startswith("sidekick_testbed-")}
-    assert tops == {"protocol", "emulator", "server_stub"}
-    assert {"emulator/fleet/scenarios/2009-outage.toml", "emulator/fleet/scenarios/bad-day.toml",
-            "emulator/fleet/scenarios/silent-rollback.toml", "emulator/wireshark/sidekick.lua"} <= set(names)
+    assert tops == {"sidekick_testbed"}  # one import name, the distribution's: nothing shadows another's
+    assert not [n for n in names if n.startswith("sidekick_testbed/__init__")]  # a namespace package
+    assert {"sidekick_testbed/emulator/fleet/scenarios/2009-outage.toml",
+            "sidekick_testbed/emulator/fleet/scenarios/bad-day.toml",
+            "sidekick_testbed/emulator/fleet/scenarios/silent-rollback.toml",
+            "sidekick_testbed/emulator/wireshark/sidekick.lua"} <= set(names)
+    folders = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+               for top in ("protocol", "emulator", "server_stub") for init in (ROOT / top).rglob("__init__.py")}
+    shipped = {name.rsplit("/", 1)[0].replace("/", ".") for name in names if name.endswith("/__init__.py")}
+    assert shipped == {f"sidekick_testbed.{folder}" for folder in folders}  # pyproject's list is complete
     assert not [n for n in names if n.startswith(("fixtures/", "tests/", "benchmarks/"))]
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
@@ -76,8 +83,10 @@ def test_the_wheel_ships_packages_and_their_data_not_fixtures(wheel: Path) -> No
 
 def test_wheel_installs_beside_pypi_fixtures_and_both_import(venv: Path, tmp_path: Path) -> None:
     probe = """
-import importlib.metadata as md, fixtures, protocol, emulator, server_stub
-from emulator.fleet.scenario import find_scenario
+import importlib.metadata as md, fixtures
+import importlib.util, sidekick_testbed.protocol, sidekick_testbed.emulator, sidekick_testbed.server_stub
+assert not [n for n in ('protocol', 'emulator', 'server_stub') if importlib.util.find_spec(n)]
+from sidekick_testbed.emulator.fleet.scenario import find_scenario
 assert hasattr(fixtures, "Fixture") and hasattr(fixtures, "MonkeyPatch"), fixtures.__file__
 assert md.distribution("fixtures").locate_file("fixtures/__init__.py") == __import__("pathlib").Path(fixtures.__file__)
 assert find_scenario("2009-outage").events

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from emulator.certify.powercut import durable_cut_line, parse_trace, rebuild
-from protocol.framing import encode_frame
-from protocol.messages import Durable, PushAck
+from sidekick_testbed.emulator.certify.powercut import durable_cut_line, parse_trace, rebuild
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.messages import Durable, PushAck
 
 
 def _hex(data: bytes) -> str:
@@ -82,7 +82,7 @@ def test_files_outside_the_data_directory_are_left_alone(tmp_path: Path) -> None
 
 
 def test_usage_mistakes_are_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from emulator.cli import main
+    from sidekick_testbed.emulator.cli import main
 
     assert main(["powercut", "start", "--state", str(tmp_path / "s")]) == 2
     assert main(["powercut", "cut", "--state", str(tmp_path / "s")]) == 2

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from emulator.flash import Geometry
-from emulator.mutants import Mutants
-from emulator.powerloss import PowerLossRunner, parse_cut_id
+from sidekick_testbed.emulator.flash import Geometry
+from sidekick_testbed.emulator.mutants import Mutants
+from sidekick_testbed.emulator.powerloss import PowerLossRunner, parse_cut_id
 
 TINY = Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=8)
 """So small that garbage collection runs inside short workloads."""

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 import trio
 
-from emulator.endpoint import ProxyURL
-from emulator.flash import Geometry, NandFlash
-from emulator.handset import Handset
-from emulator.sync_client import SyncFailed
-from emulator.transport import http_connector, tcp_connector
-from protocol.records import Note
-from server_stub.limits import Limits
-from server_stub.server import ServerAddresses, SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.emulator.endpoint import ProxyURL
+from sidekick_testbed.emulator.flash import Geometry, NandFlash
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.sync_client import SyncFailed
+from sidekick_testbed.emulator.transport import http_connector, tcp_connector
+from sidekick_testbed.protocol.records import Note
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from tests.proxy_servers import nginx, tinyproxy
 
 KEY = bytes(range(32))
@@ -135,7 +135,7 @@ async def test_through_nginx_upstream_connections_are_reused_and_survive_the_ser
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
-    from emulator.cli import main
+    from sidekick_testbed.emulator.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from emulator.handset import Handset
-from emulator.mutants import NO_MUTANTS, Mutants
-from protocol.records import CalendarEvent, Contact, Note, Record, RecordBody, Todo
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Record, RecordBody, Todo
 from tests.test_handset import World, conflict_copies, device_bodies, device_heads, live_bodies
 
 

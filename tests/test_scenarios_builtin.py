@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.cli import main
-from emulator.cli.common import CliError, require_extra
-from emulator.fleet.profiles import ProfileError
-from emulator.fleet.scenario import builtin_scenarios, find_scenario, load_scenario
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.cli.common import CliError, require_extra
+from sidekick_testbed.emulator.fleet.profiles import ProfileError
+from sidekick_testbed.emulator.fleet.scenario import builtin_scenarios, find_scenario, load_scenario
 
 BUILTIN = ("2009-outage", "bad-day", "silent-rollback")
 

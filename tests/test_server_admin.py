@@ -13,9 +13,9 @@ import h11
 import pytest
 import trio
 
-from server_stub.server import ServerAddresses, SyncServer
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 from tests.scripted_device import ScriptedDevice, note_change
 
 KEY = b"k" * 32

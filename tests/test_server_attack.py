@@ -8,12 +8,12 @@ from typing import Any
 
 import trio
 
-from emulator.flash import Geometry, NandFlash
-from emulator.handset import Handset
-from emulator.transport import http_connector, tcp_connector
-from protocol.records import Note
-from server_stub.server import ServerAddresses, SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.emulator.flash import Geometry, NandFlash
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.transport import http_connector, tcp_connector
+from sidekick_testbed.protocol.records import Note
+from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from tests.attack import HELLO, AttackCounts, hello_flood, http_hello_request, raise_open_files, slowloris
 
 KEY = bytes(range(32))

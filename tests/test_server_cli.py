@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from emulator.cli import main
-from server_stub.faults import ALL_FAULT_MODES
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 from tests.scripted_device import ScriptedDevice, note_change
 
 KEY = bytes(range(32))
@@ -27,7 +27,7 @@ class ServerProcess:
 
     def __init__(self, db: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
+            [sys.executable, "-m", "sidekick_testbed.emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
              "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )

@@ -11,11 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.errors import ErrorCode
-from protocol.session import DeviceSession
-from server_stub.limits import Limits
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.session import DeviceSession
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from tests.scripted_device import ScriptedDevice, ServerRefused
 
 KEY = b"k" * 32

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import trio
 
-from protocol.messages import Change
-from protocol.records import Note, Record
-from server_stub.faults import FAULT_MODES, FaultSet, UnknownFault, describe
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.protocol.records import Note, Record
+from sidekick_testbed.server_stub.faults import FAULT_MODES, FaultSet, UnknownFault, describe
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 from tests.scripted_device import ServerRefused, note_change, open_memory_device
 
 KEY = b"k" * 32

@@ -12,14 +12,14 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.errors import ErrorCode
-from protocol.framing import encode_frame
-from protocol.http import FRAMES_CONTENT_TYPE
-from protocol.messages import Challenge, Error, HelloOk, Ping, Push
-from protocol.session import NEED_DATA, DeviceSession
-from server_stub.limits import Limits
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE
+from sidekick_testbed.protocol.messages import Challenge, Error, HelloOk, Ping, Push
+from sidekick_testbed.protocol.session import NEED_DATA, DeviceSession
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from tests.scripted_device import HttpStream, ScriptedDevice, ServerRefused, note_change
 
 KEY = b"k" * 32
@@ -93,8 +93,8 @@ async def test_a_slow_handshake_within_the_deadline_succeeds(autojump_clock: Any
     await trio.sleep(9.9)
     device = _device(stream)
     device.session = session
-    from protocol.auth import device_mac
-    from protocol.messages import Auth
+    from sidekick_testbed.protocol.auth import device_mac
+    from sidekick_testbed.protocol.messages import Auth
     nonce = b"\x05" * 16
     await device.send(Auth(nonce, device_mac(KEY, server_nonce=challenge.server_nonce, device_nonce=nonce,
                                              account="alice", device_id=D1, server_id=challenge.server_id)))

@@ -12,13 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.errors import ErrorCode
-from protocol.http import FRAMES_CONTENT_TYPE, HttpClientBinding, HttpResponse
-from protocol.session import NEED_DATA
-from server_stub.limits import Limits
-from server_stub.server import ServerAddresses, SyncServer
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE, HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.session import NEED_DATA
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 from tests.scripted_device import HttpStream, ScriptedDevice, ServerClosed, ServerRefused, note_change
 
 KEY = b"k" * 32
@@ -138,7 +138,7 @@ async def test_protocol_error_in_body_is_a_200_with_fatal_error(http_server: Any
     response = await _raw_request(addresses, _request(body=b"garbage that is not a frame"))
     assert response.status == 200
     assert response.body[:2] == b"SK"  # an ERROR frame
-    from protocol.framing import FrameDecoder
+    from sidekick_testbed.protocol.framing import FrameDecoder
     decoder = FrameDecoder()
     decoder.feed(response.body)
     frame = decoder.next_frame()
@@ -194,10 +194,10 @@ async def test_wrong_key_over_http(http_server: Any) -> None:
 
 
 async def test_real_handset_syncs_over_http(http_server: Any) -> None:
-    from emulator.flash import Geometry, NandFlash
-    from emulator.handset import Handset
-    from emulator.transport import http_connector
-    from protocol.records import Todo
+    from sidekick_testbed.emulator.flash import Geometry, NandFlash
+    from sidekick_testbed.emulator.handset import Handset
+    from sidekick_testbed.emulator.transport import http_connector
+    from sidekick_testbed.protocol.records import Todo
 
     _, addresses = http_server
     handset = Handset.create(NandFlash(Geometry(blocks=64)), device_id=D1, account="alice", key=KEY,
@@ -209,12 +209,12 @@ async def test_real_handset_syncs_over_http(http_server: Any) -> None:
 
 async def test_body_ending_inside_a_frame_is_truncated(http_server: Any) -> None:
     _, addresses = http_server
-    from protocol.session import DeviceSession
+    from sidekick_testbed.protocol.session import DeviceSession
     session = DeviceSession()
     hello = session.send(session.hello("alice", D1))
     response = await _raw_request(addresses, _request(body=hello[:-3]))
     assert response.status == 200
-    from protocol.framing import FrameDecoder
+    from sidekick_testbed.protocol.framing import FrameDecoder
     decoder = FrameDecoder()
     decoder.feed(response.body)
     frame = decoder.next_frame()

@@ -13,15 +13,15 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.errors import ErrorCode
-from protocol.framing import FrameDecoder, encode_frame
-from protocol.messages import Auth, Change, Error, Hello, Push
-from protocol.records import Note, Photo, Record
-from protocol.session import DeviceSession
-from server_stub.limits import Limits
-from server_stub.server import ServerAddresses, SyncServer
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
+from sidekick_testbed.protocol.messages import Auth, Change, Error, Hello, Push
+from sidekick_testbed.protocol.records import Note, Photo, Record
+from sidekick_testbed.protocol.session import DeviceSession
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 from tests.scripted_device import ScriptedDevice, ServerClosed, ServerRefused, note_change, open_memory_device
 
 KEY_A = b"a" * 32
@@ -123,7 +123,7 @@ async def test_replayed_auth_fails(tcp_server: Any) -> None:
     stream = await trio.open_tcp_stream(*addresses.tcp)
     await stream.send_all(session.send(session.hello("alice", D1)))
     first = await _read_one(stream, session)
-    from protocol.auth import device_mac
+    from sidekick_testbed.protocol.auth import device_mac
     nonce = b"\x07" * 16
     mac = device_mac(KEY_A, server_nonce=first.server_nonce, device_nonce=nonce, account="alice",
                      device_id=D1, server_id=first.server_id)
@@ -152,7 +152,7 @@ async def _read_frame(stream: trio.abc.Stream) -> Any:
 
 
 async def _read_one(stream: trio.abc.Stream, session: DeviceSession) -> Any:
-    from protocol.session import NEED_DATA
+    from sidekick_testbed.protocol.session import NEED_DATA
     while True:
         event = session.next_event()
         if event is NEED_DATA:
@@ -206,10 +206,10 @@ async def test_malformed_frame_mid_session(tcp_server: Any) -> None:
 
 
 async def test_real_handset_syncs_over_tcp(tcp_server: Any) -> None:
-    from emulator.flash import Geometry, NandFlash
-    from emulator.handset import Handset
-    from emulator.transport import tcp_connector
-    from protocol.records import Contact
+    from sidekick_testbed.emulator.flash import Geometry, NandFlash
+    from sidekick_testbed.emulator.handset import Handset
+    from sidekick_testbed.emulator.transport import tcp_connector
+    from sidekick_testbed.protocol.records import Contact
 
     _, addresses = tcp_server
     one = Handset.create(NandFlash(Geometry(blocks=64)), device_id=D1, account="alice", key=KEY_A,
@@ -346,7 +346,7 @@ async def test_session_log_line_is_json_with_log_json(autojump_clock: Any, nurse
     import json
     import logging
 
-    from server_stub.session_log import JsonFormatter
+    from sidekick_testbed.server_stub.session_log import JsonFormatter
 
     server = await mem_server()
     with caplog.at_level(logging.INFO, logger="sidekick.server"):

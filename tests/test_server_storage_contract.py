@@ -12,12 +12,12 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.messages import Assigned, Change
-from protocol.records import Contact, Note, Record
-from server_stub.semantics import conflict_copy_id
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage
-from server_stub.storage import (
+from sidekick_testbed.protocol.messages import Assigned, Change
+from sidekick_testbed.protocol.records import Contact, Note, Record
+from sidekick_testbed.server_stub.semantics import conflict_copy_id
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.server_stub.storage import (
     AccountExists,
     AnchorAhead,
     BlobError,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import auth
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME, MIN_MAX_FRAME, encode_frame
-from protocol.messages import (
+from sidekick_testbed.protocol import auth
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME, MIN_MAX_FRAME, encode_frame
+from sidekick_testbed.protocol.messages import (
     Assigned,
     Auth,
     BlobAck,
@@ -37,9 +37,15 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Contact, Note, Photo, Record
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession, Event, ServerSession
-from protocol.states import Role, SessionState
+from sidekick_testbed.protocol.records import Contact, Note, Photo, Record
+from sidekick_testbed.protocol.session import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    DeviceSession,
+    Event,
+    ServerSession,
+)
+from sidekick_testbed.protocol.states import Role, SessionState
 
 KEY = b"k" * 32
 ACCOUNT = "alice"

@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulator.sim.clock import Alarm, SimClock, sim_clock
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock, sim_clock
 
 
 @given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), max_size=20))

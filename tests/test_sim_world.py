@@ -11,19 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from emulator.flash import PowerLoss
-from emulator.sim.flash_reader import ChipView, read_chip
-from emulator.sim.ledger import Ledger, key_of
-from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
-from emulator.sim.oracle import check_device, check_heal, check_server_history
-from emulator.sim.shrink import shrink
-from emulator.sim.simflash import SimFlash
-from emulator.sim.story import tell
-from emulator.sim.trace import TraceError, load_trace, replay, to_trace, trace_bytes, write_trace
-from emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, derive, run_world
-from emulator.store import RecordStore
-from protocol.messages import Change, Commit, Durable, HelloOk, Push
-from protocol.records import Note, Photo, Record
+from sidekick_testbed.emulator.flash import PowerLoss
+from sidekick_testbed.emulator.sim.flash_reader import ChipView, read_chip
+from sidekick_testbed.emulator.sim.ledger import Ledger, key_of
+from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
+from sidekick_testbed.emulator.sim.oracle import check_device, check_heal, check_server_history
+from sidekick_testbed.emulator.sim.shrink import shrink
+from sidekick_testbed.emulator.sim.simflash import SimFlash
+from sidekick_testbed.emulator.sim.story import tell
+from sidekick_testbed.emulator.sim.trace import (
+    TraceError,
+    load_trace,
+    replay,
+    to_trace,
+    trace_bytes,
+    write_trace,
+)
+from sidekick_testbed.emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, derive, run_world
+from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.protocol.messages import Change, Commit, Durable, HelloOk, Push
+from sidekick_testbed.protocol.records import Note, Photo, Record
 
 SMALL = SimOptions(accounts=1, devices=2, steps=20)
 
@@ -309,7 +316,7 @@ def test_write_aimed_power_cut_hits_the_nth_write() -> None:
 
 def test_an_exception_nobody_handled_is_a_crash_violation_with_a_trace(monkeypatch: pytest.MonkeyPatch,
                                                                         tmp_path: Path) -> None:
-    from emulator.sim.workload import Workload
+    from sidekick_testbed.emulator.sim.workload import Workload
 
     def broken(self: Workload, live: object) -> object:
         raise RuntimeError("planted")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.messages import (
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.messages import (
     BlobAck,
     BlobChunk,
     BlobQuery,
@@ -27,7 +27,7 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.states import (
+from sidekick_testbed.protocol.states import (
     AUTHENTICATED_STATES,
     SILENT,
     TRANSITIONS,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.flash import FlashFaults, Geometry, NandFlash, PowerLoss
-from emulator.mutants import Mutants
-from emulator.store import (
+from sidekick_testbed.emulator.flash import FlashFaults, Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.mutants import Mutants
+from sidekick_testbed.emulator.store import (
     InvalidRecord,
     RecordStore,
     StoreCorrupt,
@@ -19,9 +19,9 @@ from emulator.store import (
     SyncState,
     UnknownBlob,
 )
-from emulator.store_format import parse_header
-from emulator.store_model import StoreModel, compare, random_body
-from protocol.records import Contact, Note, Record
+from sidekick_testbed.emulator.store_format import parse_header
+from sidekick_testbed.emulator.store_model import StoreModel, compare, random_body
+from sidekick_testbed.protocol.records import Contact, Note, Record
 from tests.strategies import bodies
 
 SMALL = Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=12)

@@ -8,10 +8,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from emulator.flash import CUT_VARIANTS, Geometry, NandFlash, PowerLoss
-from emulator.store import RecordStore, StoreFull, SyncState
-from emulator.store_model import StoreModel, StoreOp, apply_op, compare
-from protocol.records import Record
+from sidekick_testbed.emulator.flash import CUT_VARIANTS, Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.store import RecordStore, StoreFull, SyncState
+from sidekick_testbed.emulator.store_model import StoreModel, StoreOp, apply_op, compare
+from sidekick_testbed.protocol.records import Record
 from tests.strategies import bodies
 
 GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=10)

@@ -13,20 +13,20 @@ import pytest
 import trio
 import trio.testing
 
-from emulator.flash import Geometry, NandFlash, PowerLoss
-from emulator.handset import BACKOFF_BASE, Handset, PoweredOff
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.sync_client import (
+from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.handset import BACKOFF_BASE, Handset, PoweredOff
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.sync_client import (
     AuthRefused,
     GenerationChanged,
     ServerNotAuthentic,
     SyncFailed,
     SyncTimeout,
 )
-from emulator.transport import Channel, HttpChannel, memory_connector
-from protocol import auth
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from sidekick_testbed.emulator.transport import Channel, HttpChannel, memory_connector
+from sidekick_testbed.protocol import auth
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.messages import (
     Assigned,
     Auth,
     BlobAck,
@@ -48,8 +48,8 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Contact, Note, Photo, Record
-from protocol.session import CONNECTION_CLOSED, NEED_DATA, ServerSession
+from sidekick_testbed.protocol.records import Contact, Note, Photo, Record
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, ServerSession
 
 KEY = bytes(range(32))
 ACCOUNT = "alice"
@@ -283,7 +283,7 @@ async def test_regression_marks_everything_dirty_and_pushes_it_all(change: str,
     else:
         lost.durable_lsn = before.durable_lsn
         lost.anchor = before.anchor - 1
-    with caplog.at_level(logging.WARNING, logger="emulator.sync"):
+    with caplog.at_level(logging.WARNING, logger="sidekick_testbed.emulator.sync"):
         report = await sync_with(phone, lost)
     assert report.regression is not None and recorder.regressions == [report.regression]
     assert "REGRESSION" in caplog.text
@@ -418,7 +418,7 @@ async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock(auto
         async def flaky() -> Channel:
             starts.append(trio.current_time())
             if len(starts) <= failures:
-                from emulator.transport import ConnectFailed
+                from sidekick_testbed.emulator.transport import ConnectFailed
                 raise ConnectFailed("refused")
             return await inner()
 
@@ -449,7 +449,7 @@ async def test_a_server_that_takes_nothing_times_the_sync_out(autojump_clock: tr
     nursery.start_soon(deaf)
 
     async def connect() -> Channel:
-        from emulator.transport import StreamChannel
+        from sidekick_testbed.emulator.transport import StreamChannel
         return HttpChannel(device_end, "deaf.invalid") if binding == "http" else StreamChannel(device_end)
 
     phone = new_handset()

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from emulator.flash import PowerLoss
-from emulator.handset import Handset
-from emulator.sync_client import SyncError
-from emulator.transport import cutting_connector
-from protocol.records import Contact, Note, RecordBody, Todo
+from sidekick_testbed.emulator.flash import PowerLoss
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.sync_client import SyncError
+from sidekick_testbed.emulator.transport import cutting_connector
+from sidekick_testbed.protocol.records import Contact, Note, RecordBody, Todo
 from tests.test_handset import World, conflict_copies, device_bodies, live_bodies
 
 SEED = 77

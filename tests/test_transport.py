@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from emulator.endpoint import ProxyURL
-from emulator.transport import (
+from sidekick_testbed.emulator.endpoint import ProxyURL
+from sidekick_testbed.emulator.transport import (
     ConnectFailed,
     HttpChannel,
     HttpStatusError,
@@ -24,8 +24,8 @@ from emulator.transport import (
     memory_connector,
     tcp_connector,
 )
-from protocol.http import HttpBindingError, HttpServerBinding
-from protocol.session import NEED_DATA
+from sidekick_testbed.protocol.http import HttpBindingError, HttpServerBinding
+from sidekick_testbed.protocol.session import NEED_DATA
 
 
 async def test_stream_channel_carries_bytes_both_ways_and_reports_close() -> None:
@@ -359,9 +359,9 @@ async def test_a_refused_or_dropped_connect_is_connect_failed(answer: bytes) -> 
 
 
 async def test_cutting_channel_cuts_at_a_frame_boundary() -> None:
-    from emulator.transport import CuttingChannel
-    from protocol.framing import encode_frame
-    from protocol.messages import Ping, Pong
+    from sidekick_testbed.emulator.transport import CuttingChannel
+    from sidekick_testbed.protocol.framing import encode_frame
+    from sidekick_testbed.protocol.messages import Ping, Pong
 
     left, right = trio.testing.memory_stream_pair()
     channel = CuttingChannel(StreamChannel(left), budget=3)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from protocol.errors import RemoteProtocolError
-from protocol.framing import FrameDecoder
-from protocol.records import Record
+from sidekick_testbed.protocol.errors import RemoteProtocolError
+from sidekick_testbed.protocol.framing import FrameDecoder
+from sidekick_testbed.protocol.records import Record
 from tests.independent_codec import KINDS, SpecError, copy_id, decode_frame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import wire
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.messages import (
+from sidekick_testbed.protocol import wire
+from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.messages import (
     MESSAGE_TYPES,
     Assigned,
     BlobChunk,
@@ -27,7 +27,7 @@ from protocol.messages import (
     Push,
     Records,
 )
-from protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordKind, Todo
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordKind, Todo
 from tests.strategies import message_of, messages, records
 
 RID = bytes(range(16))

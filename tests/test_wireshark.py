@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 
 import fixtures
-from emulator.capture.sim import SimTap
-from emulator.capture.tcp import HTTP_PORT, Capture
-from emulator.cli import main
-from emulator.sim.nemesis import Swarm
-from emulator.sim.story import event_line
-from emulator.sim.trace import to_trace, write_trace
-from emulator.sim.world import SimOptions, World, run_world
-from emulator.wireshark import dissector_path
+from sidekick_testbed.emulator.capture.sim import SimTap
+from sidekick_testbed.emulator.capture.tcp import HTTP_PORT, Capture
+from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.sim.nemesis import Swarm
+from sidekick_testbed.emulator.sim.story import event_line
+from sidekick_testbed.emulator.sim.trace import to_trace, write_trace
+from sidekick_testbed.emulator.sim.world import SimOptions, World, run_world
+from sidekick_testbed.emulator.wireshark import dissector_path
 from tests.server_process import serve_process
 
 GOLDEN = json.loads(fixtures.path("frames", "manifest.json").read_text())
@@ -459,7 +459,7 @@ def test_unknown_event_kinds_become_comments(tshark_env: dict[str, str], tmp_pat
     trace = to_trace(run_world(3, SimOptions(accounts=1, devices=1, steps=6)))
     trace["events"].insert(3, {"t": trace["events"][3]["t"], "kind": "flash.program", "dev": "acct0.d0",
                                "block": 2, "page": 5})
-    from emulator.capture.sim import write_capture
+    from sidekick_testbed.emulator.capture.sim import write_capture
 
     write_capture(tmp_path / "x.pcapng", trace, SimTap())
     out = tshark(tshark_env, "-r", str(tmp_path / "x.pcapng"), "-T", "fields", "-e", "frame.comment")
@@ -475,7 +475,7 @@ def running_server(tmp_path: Path, pcap_dir: Path) -> Iterator[tuple[int, int, P
     db, key = tmp_path / "s.db", tmp_path / "alice.key"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["accounts", "add", "alice", "--db", str(db), "--key-file", str(key)]) == 0
-    with serve_process([sys.executable, "-m", "emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
+    with serve_process([sys.executable, "-m", "sidekick_testbed.emulator", "serve", "--db", str(db), "--tcp", "127.0.0.1:0",
                         "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--pcap", str(pcap_dir)]) as ports:
         yield ports["tcp"], ports["http"], key
 
@@ -523,12 +523,12 @@ def test_wireshark_install_puts_the_dissector_where_tshark_loads_it(
     pcap = tmp_path / "vectors.pcapng"
     golden_capture(pcap)
     env = {**tshark_env, "HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config")}
-    done = subprocess.run([sys.executable, "-m", "emulator", "wireshark", "--install"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "sidekick_testbed.emulator", "wireshark", "--install"], env=env, capture_output=True,
                           text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     installed = Path(done.stdout.split()[1].rstrip(";"))
     assert installed.read_bytes() == dissector_path().read_bytes() and str(tmp_path / "home") in str(installed)
     assert "HELLO seq=0" in tshark(env, "-r", str(pcap), "-Y", "sidekick", lua=False)
-    done = subprocess.run([sys.executable, "-m", "emulator", "wireshark", "--path"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "sidekick_testbed.emulator", "wireshark", "--path"], capture_output=True, text=True,
                           check=False, timeout=60)
     assert Path(done.stdout.strip()) == dissector_path()

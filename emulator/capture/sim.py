@@ -22,9 +22,16 @@ from typing import Any
 
 import trio
 
-from emulator.capture.tcp import HTTP_PORT, RAW_PORT, SERVER_NAME, Capture, Severity, TcpStream
-from emulator.sim.story import event_line
-from emulator.sim.trace_log import Timeline
+from sidekick_testbed.emulator.capture.tcp import (
+    HTTP_PORT,
+    RAW_PORT,
+    SERVER_NAME,
+    Capture,
+    Severity,
+    TcpStream,
+)
+from sidekick_testbed.emulator.sim.story import event_line
+from sidekick_testbed.emulator.sim.trace_log import Timeline
 
 __all__ = ["SimTap", "write_capture"]
 

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import trio
 
-from emulator.capture.tcp import Capture, Severity, TcpStream
+from sidekick_testbed.emulator.capture.tcp import Capture, Severity, TcpStream
 
 __all__ = ["CapturedStream", "ClientRecorder", "ClientStream", "ServerRecorder", "capture_stream", "recording"]
 

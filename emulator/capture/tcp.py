@@ -16,7 +16,7 @@ import struct
 from importlib import metadata
 from typing import BinaryIO, Final
 
-from emulator.capture.pcapng import LINKTYPE_RAW, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
+from sidekick_testbed.emulator.capture.pcapng import LINKTYPE_RAW, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
 
 __all__ = ["HTTP_PORT", "MSS", "RAW_PORT", "SERVER_NAME", "Capture", "Severity", "TcpStream"]
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import importlib
 
-from emulator.certify.framework import REGISTRY, Check
+from sidekick_testbed.emulator.certify.framework import REGISTRY, Check
 
 __all__ = ["CHECK_MODULES", "all_checks"]
 
 CHECK_MODULES = (
-    "emulator.certify.checks_session",
-    "emulator.certify.checks_framing",
-    "emulator.certify.checks_sync",
-    "emulator.certify.checks_limits",
-    "emulator.certify.checks_durability",
-    "emulator.certify.checks_http",
+    "sidekick_testbed.emulator.certify.checks_session",
+    "sidekick_testbed.emulator.certify.checks_framing",
+    "sidekick_testbed.emulator.certify.checks_sync",
+    "sidekick_testbed.emulator.certify.checks_limits",
+    "sidekick_testbed.emulator.certify.checks_durability",
+    "sidekick_testbed.emulator.certify.checks_http",
 )
 
 

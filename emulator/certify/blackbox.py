@@ -45,9 +45,9 @@ from typing import Any
 
 import trio
 
-from emulator.certify.checks_sync import copy_id
-from emulator.certify.client import ServerViolation, Trace
-from emulator.certify.context import (
+from sidekick_testbed.emulator.certify.checks_sync import copy_id
+from sidekick_testbed.emulator.certify.client import ServerViolation, Trace
+from sidekick_testbed.emulator.certify.context import (
     Account,
     CheckContext,
     Device,
@@ -57,10 +57,10 @@ from emulator.certify.context import (
     expect_error,
     note_change,
 )
-from emulator.certify.framework import Fail, Inconclusive, TraceEntry
-from protocol.errors import ErrorCode
-from protocol.messages import Change, Commit, PullAck, Push
-from protocol.records import Note, Record
+from sidekick_testbed.emulator.certify.framework import Fail, Inconclusive, TraceEntry
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.messages import Change, Commit, PullAck, Push
+from sidekick_testbed.protocol.records import Note, Record
 
 __all__ = ["BlackboxReport", "blackbox_fuzz", "load_trace", "write_trace"]
 

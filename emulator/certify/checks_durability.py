@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 
-from emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
-from emulator.certify.context import CheckContext, Device, Session, body_change, note_change
-from emulator.certify.framework import Fail, Level, Need, check, expect
-from protocol.messages import PullAck
-from protocol.records import Photo
+from sidekick_testbed.emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
+from sidekick_testbed.emulator.certify.context import CheckContext, Device, Session, body_change, note_change
+from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.protocol.messages import PullAck
+from sidekick_testbed.protocol.records import Photo
 
 
 @check("durable-survives-restart", "Every change confirmed DURABLE survives a kill -9 at the moment its DURABLE arrives",

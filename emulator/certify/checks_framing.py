@@ -13,13 +13,19 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from emulator.certify.client import CLOSED, Client, HttpRefusal, Received
-from emulator.certify.context import CheckContext, expect_closed, expect_error, note_change, show
-from emulator.certify.framework import CheckFunc, Fail, Level, Need, check, expect
-from emulator.certify.malformed import malformed
-from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.framing import HEADER_LEN, TRAILER_LEN, FrameDecoder, encode_frame
-from protocol.messages import Error, Ping, Pong, Pull, PullAck, PullEnd, Push
+from sidekick_testbed.emulator.certify.client import CLOSED, Client, HttpRefusal, Received
+from sidekick_testbed.emulator.certify.context import (
+    CheckContext,
+    expect_closed,
+    expect_error,
+    note_change,
+    show,
+)
+from sidekick_testbed.emulator.certify.framework import CheckFunc, Fail, Level, Need, check, expect
+from sidekick_testbed.emulator.certify.malformed import malformed
+from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
+from sidekick_testbed.protocol.framing import HEADER_LEN, TRAILER_LEN, FrameDecoder, encode_frame
+from sidekick_testbed.protocol.messages import Error, Ping, Pong, Pull, PullAck, PullEnd, Push
 
 CODE_REQUIREMENTS: dict[ErrorCode, tuple[str, ...]] = {
     ErrorCode.BAD_MAGIC: ("R-FRAME-1",),

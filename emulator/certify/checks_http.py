@@ -5,12 +5,12 @@ from __future__ import annotations
 import h11
 import trio
 
-from emulator.certify.client import HttpRefusal, open_stream
-from emulator.certify.context import CheckContext, show
-from emulator.certify.framework import Fail, Level, Need, check, expect
-from protocol.framing import encode_frame
-from protocol.http import FRAMES_CONTENT_TYPE, SESSION_HEADER
-from protocol.messages import Bye, Hello, Ping
+from sidekick_testbed.emulator.certify.client import HttpRefusal, open_stream
+from sidekick_testbed.emulator.certify.context import CheckContext, show
+from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE, SESSION_HEADER
+from sidekick_testbed.protocol.messages import Bye, Hello, Ping
 
 HTTP_ONLY = (Need.HTTP,)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import trio
 
-from emulator.certify.client import Client, open_stream
-from emulator.certify.context import CheckContext, Refused, Session, note_change, show
-from emulator.certify.framework import Fail, Level, check
-from protocol.errors import ErrorCode
-from protocol.framing import encode_frame
-from protocol.http import FRAMES_CONTENT_TYPE
-from protocol.messages import Error, Hello, HelloOk, Pull, Records
+from sidekick_testbed.emulator.certify.client import Client, open_stream
+from sidekick_testbed.emulator.certify.context import CheckContext, Refused, Session, note_change, show
+from sidekick_testbed.emulator.certify.framework import Fail, Level, check
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE
+from sidekick_testbed.protocol.messages import Error, Hello, HelloOk, Pull, Records
 
 
 async def _useful_work(ctx: CheckContext, session: Session, label: str) -> None:

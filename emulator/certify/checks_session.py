@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from emulator.certify.client import CLOSED, SILENCE, Client, HttpRefusal
-from emulator.certify.context import (
+from sidekick_testbed.emulator.certify.client import CLOSED, SILENCE, Client, HttpRefusal
+from sidekick_testbed.emulator.certify.context import (
     CheckContext,
     Session,
     brief,
@@ -15,10 +15,10 @@ from emulator.certify.context import (
     note_change,
     show,
 )
-from emulator.certify.framework import Fail, Level, Need, check, expect
-from protocol.auth import device_mac
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.protocol.auth import device_mac
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.messages import (
     Assigned,
     Auth,
     BlobAck,
@@ -43,7 +43,7 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.states import TRANSITIONS, Role, SessionState
+from sidekick_testbed.protocol.states import TRANSITIONS, Role, SessionState
 
 ANY_ACCOUNT = "certify-probe"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
-from emulator.certify.context import CheckContext, body_change, brief, note_change, show
-from emulator.certify.framework import Fail, Inconclusive, Level, check, expect
-from protocol.errors import ErrorCode
-from protocol.framing import encode_frame
-from protocol.messages import BlobAck, BlobChunk, Change, Durable, Error, Pull, PullAck, Push
-from protocol.records import Note, Photo, Record
+from sidekick_testbed.emulator.certify.context import CheckContext, body_change, brief, note_change, show
+from sidekick_testbed.emulator.certify.framework import Fail, Inconclusive, Level, check, expect
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.framing import encode_frame
+from sidekick_testbed.protocol.messages import BlobAck, BlobChunk, Change, Durable, Error, Pull, PullAck, Push
+from sidekick_testbed.protocol.records import Note, Photo, Record
 
 
 def copy_id(record_id: bytes, version: int, taken: int = 0) -> bytes:

@@ -17,15 +17,15 @@ from typing import Any, Final
 
 import trio
 
-from emulator.capture.streams import ClientStream, capture_stream
-from emulator.certify.framework import TraceEntry
-from emulator.frame_json import message_to_json
-from emulator.transport import connect_error_reason
-from protocol.errors import ErrorCode, RemoteProtocolError
-from protocol.framing import MIN_MAX_FRAME, FrameDecoder, encode_frame
-from protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
-from protocol.messages import Error, Message, Ping, Pong
-from protocol.session import CONNECTION_CLOSED, NEED_DATA
+from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
+from sidekick_testbed.emulator.certify.framework import TraceEntry
+from sidekick_testbed.emulator.frame_json import message_to_json
+from sidekick_testbed.emulator.transport import connect_error_reason
+from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
+from sidekick_testbed.protocol.framing import MIN_MAX_FRAME, FrameDecoder, encode_frame
+from sidekick_testbed.protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.messages import Error, Message, Ping, Pong
+from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 __all__ = [
     "CLOSED",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from emulator.certify.client import (
+from sidekick_testbed.emulator.certify.client import (
     CLOSED,
     SILENCE,
     Client,
@@ -25,10 +25,10 @@ from emulator.certify.client import (
     Trace,
     describe,
 )
-from emulator.certify.framework import Fail, Inconclusive, Need
-from protocol.auth import device_mac, server_mac, verify
-from protocol.errors import FATAL_CODES, ErrorCode
-from protocol.messages import (
+from sidekick_testbed.emulator.certify.framework import Fail, Inconclusive, Need
+from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
+from sidekick_testbed.protocol.errors import FATAL_CODES, ErrorCode
+from sidekick_testbed.protocol.messages import (
     MESSAGE_TYPES,
     Auth,
     BlobAck,
@@ -53,7 +53,7 @@ from protocol.messages import (
     PushAck,
     Records,
 )
-from protocol.records import Note, Record, RecordBody
+from sidekick_testbed.protocol.records import Note, Record, RecordBody
 
 __all__ = ["Account", "ArmedCommand", "CheckContext", "Device", "Ended", "PullResult", "Refused", "Session", "Target",
            "brief", "challenge_of", "legal_end", "legal_refusal", "note_change", "show"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from emulator.certify.framework import Check
+from sidekick_testbed.emulator.certify.framework import Check
 
 __all__ = ["BEGIN", "DEVICE_ONLY", "END", "EVERY_CHECK", "NOT_OBSERVABLE", "REQUIREMENTS", "Coverage", "coverage",
            "figures", "render_markdown", "render_text"]
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the markdown table, or with a file name, write it between that file's markers."""
     import sys
 
-    from emulator.certify import all_checks
+    from sidekick_testbed.emulator.certify import all_checks
 
     args = sys.argv[1:] if argv is None else argv
     table = render_markdown(coverage(all_checks().values()))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from emulator.certify.context import CheckContext
+    from sidekick_testbed.emulator.certify.context import CheckContext
 
 __all__ = [
     "GROUP_ORDER",

@@ -1,7 +1,7 @@
 """Run the reference server as a separate process, with restart and restore commands for certify.
 
 ``LocalServer`` provisions a store with one or more accounts in a directory, starts
-``python -m emulator serve`` on free local ports, takes a backup, and writes two shell scripts:
+``python -m sidekick_testbed.emulator serve`` on free local ports, takes a backup, and writes two shell scripts:
 ``restart.sh`` (kill -9, then start again on the same ports) and ``restore.sh`` (kill -9, restore
 the backup, start again). Their paths are the ``--restart-cmd`` and ``--restore-cmd`` of a run.
 With ``traced`` the server runs under ``sidekick powercut`` (its store alone in ``data/``) and
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.certify.context import Account, Target
+from sidekick_testbed.emulator.certify.context import Account, Target
 
 __all__ = ["LocalServer", "free_port"]
 
@@ -112,7 +112,7 @@ class LocalServer:
         return f"sh {shlex.quote(str(self.directory / 'restore.sh'))}"
 
     def _cli(self, *args: str) -> list[str]:
-        return [self.python, "-m", "emulator", *args]
+        return [self.python, "-m", "sidekick_testbed.emulator", *args]
 
     @property
     def faults_file(self) -> Path:

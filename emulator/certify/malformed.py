@@ -12,7 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from protocol.errors import ErrorCode
+from sidekick_testbed.protocol.errors import ErrorCode
 
 __all__ = ["DEVICE", "PHOTO_BLOB", "Malformed", "ident", "malformed", "raw_frame", "record_bytes", "text"]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from emulator.certify.context import Target
-    from emulator.certify.framework import Check, CheckResult
+    from sidekick_testbed.emulator.certify.context import Target
+    from sidekick_testbed.emulator.certify.framework import Check, CheckResult
 
 __all__ = ["pytest_addoption", "pytest_collection_modifyitems"]
 
@@ -51,8 +51,8 @@ class CertifyCollector(pytest.Collector):
     """The container of the check items."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from emulator.certify import all_checks
-        from emulator.certify.framework import select
+        from sidekick_testbed.emulator.certify import all_checks
+        from sidekick_testbed.emulator.certify.framework import select
 
         only = self.config.getoption("--sidekick-only")
         for item_check in select(all_checks().values(), only=only):
@@ -71,9 +71,9 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         import trio
 
-        from emulator.certify import all_checks
-        from emulator.certify.framework import PROFILES, Level, Outcome
-        from emulator.certify.runner import HANDSHAKE_ID, is_expected, run_check, unmet_needs
+        from sidekick_testbed.emulator.certify import all_checks
+        from sidekick_testbed.emulator.certify.framework import PROFILES, Level, Outcome
+        from sidekick_testbed.emulator.certify.runner import HANDSHAKE_ID, is_expected, run_check, unmet_needs
 
         config = self.config
         profile = config.getoption("--sidekick-profile")
@@ -151,8 +151,8 @@ def _target(config: pytest.Config) -> Target:
 def _build_target(config: pytest.Config) -> Target:
     import argparse
 
-    from emulator.cli.certify import target_from_args
-    from emulator.cli.common import CliError
+    from sidekick_testbed.emulator.cli.certify import target_from_args
+    from sidekick_testbed.emulator.cli.common import CliError
 
     args = argparse.Namespace(
         address=config.getoption("--sidekick-server"), http=config.getoption("--sidekick-http"),
@@ -173,7 +173,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     import secrets
 
-    from emulator.certify.runner import load_expected_failures
+    from sidekick_testbed.emulator.certify.runner import load_expected_failures
 
     config.stash[_TARGET] = _build_target(config)
     seed = config.getoption("--sidekick-seed")

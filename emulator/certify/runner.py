@@ -15,10 +15,10 @@ from pathlib import Path
 
 import trio
 
-from emulator.certify import all_checks
-from emulator.certify.client import ServerViolation, Trace
-from emulator.certify.context import CheckContext, Target
-from emulator.certify.framework import (
+from sidekick_testbed.emulator.certify import all_checks
+from sidekick_testbed.emulator.certify.client import ServerViolation, Trace
+from sidekick_testbed.emulator.certify.context import CheckContext, Target
+from sidekick_testbed.emulator.certify.framework import (
     PROFILES,
     Check,
     CheckResult,

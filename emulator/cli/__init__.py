@@ -14,18 +14,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from emulator.cli.common import CliError
+from sidekick_testbed.emulator.cli.common import CliError
 
 COMMAND_MODULES = (
-    "emulator.cli.frames",
-    "emulator.cli.flash",
-    "emulator.cli.serve",
-    "emulator.cli.device",
-    "emulator.cli.fuzz",
-    "emulator.cli.certify",
-    "emulator.cli.powercut",
-    "emulator.cli.simulate",
-    "emulator.cli.wireshark",
+    "sidekick_testbed.emulator.cli.frames",
+    "sidekick_testbed.emulator.cli.flash",
+    "sidekick_testbed.emulator.cli.serve",
+    "sidekick_testbed.emulator.cli.device",
+    "sidekick_testbed.emulator.cli.fuzz",
+    "sidekick_testbed.emulator.cli.certify",
+    "sidekick_testbed.emulator.cli.powercut",
+    "sidekick_testbed.emulator.cli.simulate",
+    "sidekick_testbed.emulator.cli.wireshark",
 )
 
 

@@ -10,20 +10,26 @@ from typing import Any
 
 import trio
 
-from emulator.certify import all_checks
-from emulator.certify.context import Account, Target
-from emulator.certify.coverage import coverage
-from emulator.certify.coverage import render_text as coverage_text
-from emulator.certify.framework import PROFILES, CheckResult, select
-from emulator.certify.report import (
+from sidekick_testbed.emulator.certify import all_checks
+from sidekick_testbed.emulator.certify.context import Account, Target
+from sidekick_testbed.emulator.certify.coverage import coverage
+from sidekick_testbed.emulator.certify.coverage import render_text as coverage_text
+from sidekick_testbed.emulator.certify.framework import PROFILES, CheckResult, select
+from sidekick_testbed.emulator.certify.report import (
     DISCLAIMER,
     render_html,
     render_json,
     render_junit,
     render_text,
 )
-from emulator.certify.runner import RunResult, load_expected_failures, run_suite
-from emulator.cli.common import CliError, parse_hostport, pcap_recording, require_reachable, require_writable
+from sidekick_testbed.emulator.certify.runner import RunResult, load_expected_failures, run_suite
+from sidekick_testbed.emulator.cli.common import (
+    CliError,
+    parse_hostport,
+    pcap_recording,
+    require_reachable,
+    require_writable,
+)
 
 __all__ = ["read_key", "register", "target_from_args"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from emulator.capture.streams import ClientRecorder
+    from sidekick_testbed.emulator.capture.streams import ClientRecorder
 
 
 class CliError(Exception):
@@ -71,7 +71,7 @@ def require_reachable(host: str, port: int, timeout: float = 5.0) -> None:
     usage mistake (exit 2), not a failed check or a violation."""
     import trio
 
-    from emulator.certify.client import ConnectFailed, open_stream
+    from sidekick_testbed.emulator.certify.client import ConnectFailed, open_stream
 
     async def probe() -> None:
         stream = await open_stream(host, port, timeout)
@@ -111,7 +111,7 @@ def pcap_recording(path: str | None, *, client: str, comment: str) -> Iterator[C
     if path is None:
         yield None
         return
-    from emulator.capture.streams import recording
+    from sidekick_testbed.emulator.capture.streams import recording
 
     try:
         out = open(path, "wb")  # noqa: SIM115 - closed below, after the recording ends

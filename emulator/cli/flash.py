@@ -11,11 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError
-from emulator.flash import FlashError, Geometry, NandFlash
-from emulator.flash_image import ImageError
-from emulator.store import RecordStore, StoreCorrupt, StoreError, SyncState
-from emulator.store_format import HEADER, parse_header
+from sidekick_testbed.emulator.cli.common import CliError
+from sidekick_testbed.emulator.flash import FlashError, Geometry, NandFlash
+from sidekick_testbed.emulator.flash_image import ImageError
+from sidekick_testbed.emulator.store import RecordStore, StoreCorrupt, StoreError, SyncState
+from sidekick_testbed.emulator.store_format import HEADER, parse_header
 
 DEFAULT_GEOMETRY = Geometry()
 
@@ -117,7 +117,7 @@ def cmd_format(args: argparse.Namespace) -> int:
     device_id = _hex(args.device_id, "--device-id") if args.device_id else rng.randbytes(16)
     if not 1 <= len(device_id) <= 255:
         raise CliError("--device-id must be 1..255 bytes")
-    from emulator.flash import FlashFaults
+    from sidekick_testbed.emulator.flash import FlashFaults
 
     flash = NandFlash(geometry, rng=rng, faults=FlashFaults(factory_bad_rate=args.bad_blocks))
     try:
@@ -286,7 +286,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_powerloss(args: argparse.Namespace) -> int:
     """Run the power-loss campaign; JSON summary; exit 1 on any failed cut."""
-    from emulator.powerloss import PowerLossRunner, parse_cut_id
+    from sidekick_testbed.emulator.powerloss import PowerLossRunner, parse_cut_id
 
     if args.ops < 1 or args.workloads < 1 or args.samples < 1 or args.recovery_every < 1:
         raise CliError("--ops, --workloads, --samples and --recovery-every must be >= 1")

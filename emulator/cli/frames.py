@@ -10,12 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError
-from emulator.frame_json import FrameJsonError, frame_from_json, frame_to_json
-from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME, HEADER_LEN, TRAILER_LEN, Frame, FrameDecoder, encode_frame
-from protocol.messages import Error
-from protocol.records import Record
+from sidekick_testbed.emulator.cli.common import CliError
+from sidekick_testbed.emulator.frame_json import FrameJsonError, frame_from_json, frame_to_json
+from sidekick_testbed.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
+from sidekick_testbed.protocol.framing import (
+    DEFAULT_MAX_FRAME,
+    HEADER_LEN,
+    TRAILER_LEN,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+)
+from sidekick_testbed.protocol.messages import Error
+from sidekick_testbed.protocol.records import Record
 
 READ_CHUNK = 65536
 HEX_SHOWN = 32  # bytes of a long byte string shown in text output

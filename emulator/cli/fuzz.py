@@ -17,14 +17,27 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from emulator.cli.common import CliError, parse_hostport, parse_jobs, require_reachable, require_writable
-from emulator.executor import ExecutorError, open_executor
-from emulator.mutants import DEVICE_MUTANTS
-from emulator.sim.nemesis import FAULT_KINDS, parse_faults
-from emulator.sim.runner import Budget, Campaign, CampaignResult, RunSummary, parse_budget, run_campaign
-from emulator.sim.story import tell
-from emulator.sim.trace import Replay, TraceError, load_trace, replay
-from emulator.sim.world import ALL_MUTANTS, SimOptions
+from sidekick_testbed.emulator.cli.common import (
+    CliError,
+    parse_hostport,
+    parse_jobs,
+    require_reachable,
+    require_writable,
+)
+from sidekick_testbed.emulator.executor import ExecutorError, open_executor
+from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS
+from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, parse_faults
+from sidekick_testbed.emulator.sim.runner import (
+    Budget,
+    Campaign,
+    CampaignResult,
+    RunSummary,
+    parse_budget,
+    run_campaign,
+)
+from sidekick_testbed.emulator.sim.story import tell
+from sidekick_testbed.emulator.sim.trace import Replay, TraceError, load_trace, replay
+from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions
 
 __all__ = ["register"]
 
@@ -169,9 +182,9 @@ def _run_blackbox(args: argparse.Namespace) -> int:
     """``--server``: seeded scripted handsets against a running server over real sockets."""
     import trio
 
-    from emulator.certify.blackbox import blackbox_fuzz, load_trace, write_trace
-    from emulator.certify.context import Account
-    from emulator.cli.certify import read_key
+    from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz, load_trace, write_trace
+    from sidekick_testbed.emulator.certify.context import Account
+    from sidekick_testbed.emulator.cli.certify import read_key
 
     host, port = parse_hostport(args.server)
     if not args.account or not args.key_file:
@@ -305,7 +318,7 @@ def _write_junit(path: Path, summary: dict[str, Any], result: CampaignResult) ->
 
 
 def _replay_to_pcap(trace: dict[str, Any], path: Path) -> Replay:
-    from emulator.capture.sim import SimTap, write_capture
+    from sidekick_testbed.emulator.capture.sim import SimTap, write_capture
 
     require_writable(path, "--pcap", directory=False)
     tap = SimTap()

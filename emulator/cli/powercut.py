@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from emulator.certify.powercut import MODELS, PowerCutError, cut, start, stop
-from emulator.cli.common import CliError
+from sidekick_testbed.emulator.certify.powercut import MODELS, PowerCutError, cut, start, stop
+from sidekick_testbed.emulator.cli.common import CliError
 
 __all__ = ["register"]
 

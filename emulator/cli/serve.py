@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from emulator.cli.common import CliError, parse_hostport, require_writable
-from server_stub.faults import FaultSet, UnknownFault, describe
-from server_stub.limits import Limits
-from server_stub.session_log import configure_logging
-from server_stub.sim_storage import SimulatedStorage
-from server_stub.sqlite_storage import SqliteStorage, backup_file
-from server_stub.storage import AccountExists, StorageError, UnknownAccount
+from sidekick_testbed.emulator.cli.common import CliError, parse_hostport, require_writable
+from sidekick_testbed.server_stub.faults import FaultSet, UnknownFault, describe
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.session_log import configure_logging
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage, backup_file
+from sidekick_testbed.server_stub.storage import AccountExists, StorageError, UnknownAccount
 
 if TYPE_CHECKING:
-    from server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.server import SyncServer
 
 DEFAULT_DB = "sidekick-server.db"
 DEFAULT_TCP = "127.0.0.1:7400"
@@ -226,7 +226,7 @@ def _first(group: BaseExceptionGroup[Any], kind: type[OSError]) -> OSError | Non
 
 async def _serve(args: argparse.Namespace, faults: FaultSet, limits: Limits,
                  addresses: dict[str, tuple[str, int] | None], token: str) -> None:
-    from server_stub.server import SyncServer
+    from sidekick_testbed.server_stub.server import SyncServer
 
     storage: SqliteStorage | SimulatedStorage
     if args.memory:
@@ -262,8 +262,8 @@ def _pcap_folder(folder: Path) -> None:
 
 def _recording_server(folder: Path) -> type[SyncServer]:
     """A ``SyncServer`` that writes each connection it serves into ``folder`` as a pcapng file."""
-    from emulator.capture.streams import ServerRecorder
-    from server_stub.server import SyncServer, peer_address
+    from sidekick_testbed.emulator.capture.streams import ServerRecorder
+    from sidekick_testbed.server_stub.server import SyncServer, peer_address
 
     recorder = ServerRecorder(folder)
 

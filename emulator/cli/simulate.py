@@ -17,11 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError, parse_jobs, require_extra, require_writable
-from emulator.executor import ExecutorError, open_executor
-from emulator.fleet.durations import DurationError, format_duration, parse_duration
-from emulator.fleet.profiles import NETWORKS, WORKLOADS, NetworkMix, ProfileError, load_workload
-from emulator.fleet.scenario import EMPTY, builtin_scenarios, find_scenario, load_scenario
+from sidekick_testbed.emulator.cli.common import CliError, parse_jobs, require_extra, require_writable
+from sidekick_testbed.emulator.executor import ExecutorError, open_executor
+from sidekick_testbed.emulator.fleet.durations import DurationError, format_duration, parse_duration
+from sidekick_testbed.emulator.fleet.profiles import (
+    NETWORKS,
+    WORKLOADS,
+    NetworkMix,
+    ProfileError,
+    load_workload,
+)
+from sidekick_testbed.emulator.fleet.scenario import EMPTY, builtin_scenarios, find_scenario, load_scenario
 
 __all__ = ["register"]
 
@@ -114,7 +120,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _list_scenarios()
     if args.compare:
         return _compare(args)
-    from emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
 
     devices = _int(args.devices, "devices", 1)
     if args.cluster is None:  # a cluster's workers hold the handsets, not this machine
@@ -188,7 +194,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             json_path.write_text(text, encoding="utf-8")
         page = None
         if args.report:
-            from emulator.fleet.report import write_report
+            from sidekick_testbed.emulator.fleet.report import write_report
 
             page = write_report(Path(args.report), [(_label(report), report)])
     except OSError as exc:
@@ -282,7 +288,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not args.report:
         raise CliError("--compare needs --report DIR")
     require_extra("matplotlib", "report", "--compare")
-    from emulator.fleet.report import write_report
+    from sidekick_testbed.emulator.fleet.report import write_report
 
     runs = [_load_run(path) for path in args.compare]
     labels = [_label(run) for run in runs]

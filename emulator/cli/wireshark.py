@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from emulator.cli.common import CliError
+from sidekick_testbed.emulator.cli.common import CliError
 
 __all__ = ["register"]
 
@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_wireshark(args: argparse.Namespace) -> int:
-    from emulator.wireshark import dissector_path, install
+    from sidekick_testbed.emulator.wireshark import dissector_path, install
 
     if args.path:
         if args.dir:

@@ -32,26 +32,34 @@ from typing import Any
 
 import trio
 
-from emulator.executor import Executor, Report, open_executor
-from emulator.flash import MAX_BLOCKS, Geometry, NandFlash, PowerLoss
-from emulator.fleet.durations import format_duration
-from emulator.fleet.ledger import ContentKey, Ledger, content_key
-from emulator.fleet.metrics import FleetMetrics, LossEvent, Sample, SyncRecord
-from emulator.fleet.profiles import NetworkMix, NetworkProfile, WorkloadProfile
-from emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connector
-from emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
-from emulator.handset import Handset, HandsetError
-from emulator.mutants import NO_MUTANTS, Mutants
-from emulator.sim.clock import Alarm, SimClock
-from emulator.sim.flash_reader import FlashReader
-from emulator.store import StoreError, StoreFull
-from emulator.sync_client import SyncError
-from emulator.transport import Connector
-from protocol.messages import Change, Message
-from protocol.records import CalendarEvent, Contact, Note, Photo, RecordBody, RecordKind, Todo
-from server_stub.limits import Limits
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimSnapshot, SimulatedStorage
+from sidekick_testbed.emulator.executor import Executor, Report, open_executor
+from sidekick_testbed.emulator.flash import MAX_BLOCKS, Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.fleet.durations import format_duration
+from sidekick_testbed.emulator.fleet.ledger import ContentKey, Ledger, content_key
+from sidekick_testbed.emulator.fleet.metrics import FleetMetrics, LossEvent, Sample, SyncRecord
+from sidekick_testbed.emulator.fleet.profiles import NetworkMix, NetworkProfile, WorkloadProfile
+from sidekick_testbed.emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connector
+from sidekick_testbed.emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
+from sidekick_testbed.emulator.handset import Handset, HandsetError
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
+from sidekick_testbed.emulator.sim.flash_reader import FlashReader
+from sidekick_testbed.emulator.store import StoreError, StoreFull
+from sidekick_testbed.emulator.sync_client import SyncError
+from sidekick_testbed.emulator.transport import Connector
+from sidekick_testbed.protocol.messages import Change, Message
+from sidekick_testbed.protocol.records import (
+    CalendarEvent,
+    Contact,
+    Note,
+    Photo,
+    RecordBody,
+    RecordKind,
+    Todo,
+)
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimSnapshot, SimulatedStorage
 
 __all__ = ["HANDSETS", "FleetConfig", "FleetPart", "FleetRun", "derive_rng", "fleet_report", "run_fleet",
            "run_shard"]
@@ -777,7 +785,7 @@ def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
     ``a % n == k`` and their handsets, against a server of their own that sees the scenario's
     events. Handsets keep their fleet-wide index, so every generator and time is as in one run."""
     fleet = _Fleet(config, progress, shard)
-    from emulator.sim.world import seed_trio_scheduler
+    from sidekick_testbed.emulator.sim.world import seed_trio_scheduler
 
     seed_trio_scheduler(derive_rng(config.seed, "trio").getrandbits(64))
 

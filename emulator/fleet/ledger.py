@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from protocol.messages import Change
-from protocol.records import Record, RecordBody
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.protocol.records import Record, RecordBody
 
 __all__ = ["ContentKey", "Ledger", "Loss", "UserVersion", "content_key"]
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from emulator.fleet.durations import DurationError, parse_duration
-from protocol.records import RecordKind
+from sidekick_testbed.emulator.fleet.durations import DurationError, parse_duration
+from sidekick_testbed.protocol.records import RecordKind
 
 
 class ProfileError(ValueError):

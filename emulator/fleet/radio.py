@@ -21,9 +21,15 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
-from emulator.fleet.profiles import NetworkProfile
-from emulator.sim.clock import Alarm, SimClock
-from emulator.transport import Channel, ConnectFailed, Connector, TransportError, TransportTimeout
+from sidekick_testbed.emulator.fleet.profiles import NetworkProfile
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
+from sidekick_testbed.emulator.transport import (
+    Channel,
+    ConnectFailed,
+    Connector,
+    TransportError,
+    TransportTimeout,
+)
 
 __all__ = ["Coverage", "LinkTally", "RadioLink", "radio_connector"]
 

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from emulator.fleet.durations import format_duration  # noqa: E402
+from sidekick_testbed.emulator.fleet.durations import format_duration  # noqa: E402
 
 plt.rcParams["svg.hashsalt"] = "sidekick"  # stable element ids: same figures, same SVG
 plt.rcParams["svg.fonttype"] = "none"

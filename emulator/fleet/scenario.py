@@ -24,8 +24,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from emulator.fleet.durations import DurationError, parse_duration
-from emulator.fleet.profiles import ProfileError
+from sidekick_testbed.emulator.fleet.durations import DurationError, parse_duration
+from sidekick_testbed.emulator.fleet.profiles import ProfileError
 
 EVENT_KINDS = ("crash", "outage", "restore", "silent-rollback", "slow-disk", "fleet-reboot")
 
@@ -43,7 +43,7 @@ class ServerEvent:
 
     def describe(self) -> str:
         """A short human description, e.g. ``restore (backup of 1h) at 18h``."""
-        from emulator.fleet.durations import format_duration as fmt
+        from sidekick_testbed.emulator.fleet.durations import format_duration as fmt
 
         extra = {
             "outage": f" for {fmt(self.duration)}",
@@ -93,7 +93,7 @@ def _fraction(table: dict[str, Any], where: str) -> float:
 
 def builtin_scenarios() -> dict[str, Traversable]:
     """The scenarios shipped with the package, by name (file name without ``.toml``), sorted."""
-    folder = resources.files("emulator.fleet").joinpath("scenarios")
+    folder = resources.files("sidekick_testbed.emulator.fleet").joinpath("scenarios")
     files = [entry for entry in folder.iterdir() if entry.name.endswith(".toml")]
     return {entry.name.removesuffix(".toml"): entry for entry in sorted(files, key=lambda e: e.name)}
 

@@ -11,9 +11,9 @@ mount leaves unused. A refusal below that is a ``false-full`` violation.
 
 from __future__ import annotations
 
-from emulator.flash import Geometry
-from protocol.records import Photo, Record
-from protocol.wire import encode_record
+from sidekick_testbed.emulator.flash import Geometry
+from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.protocol.wire import encode_record
 
 __all__ = ["ROOM_FRACTION", "blob_bytes", "has_room", "head_bytes", "usable_bytes"]
 

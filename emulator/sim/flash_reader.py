@@ -18,10 +18,10 @@ import weakref
 import zlib
 from dataclasses import dataclass, field
 
-from emulator.flash import NandFlash
-from protocol.errors import ProtocolError
-from protocol.records import Record
-from protocol.wire import decode_record
+from sidekick_testbed.emulator.flash import NandFlash
+from sidekick_testbed.protocol.errors import ProtocolError
+from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.protocol.wire import decode_record
 
 __all__ = ["DIRTY", "DURABLE", "PUSHED", "ChipView", "FlashHead", "FlashMeta", "FlashReader", "read_chip"]
 

@@ -10,8 +10,8 @@ copy was committed".
 
 from __future__ import annotations
 
-from emulator.flash import NandFlash
-from emulator.sim.flash_reader import ChipView
+from sidekick_testbed.emulator.flash import NandFlash
+from sidekick_testbed.emulator.sim.flash_reader import ChipView
 
 __all__ = ["explain"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from protocol.messages import Commit, Durable, HelloOk, Message, PullAck, Push
-from protocol.records import Record, RecordBody
+from sidekick_testbed.protocol.messages import Commit, Durable, HelloOk, Message, PullAck, Push
+from sidekick_testbed.protocol.records import Record, RecordBody
 
 __all__ = ["DeviceTrack", "Key", "Ledger", "Version", "key_of"]
 

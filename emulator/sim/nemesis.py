@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from emulator.flash import FlashFaults
-from emulator.sim.network import NetworkFaults
+from sidekick_testbed.emulator.flash import FlashFaults
+from sidekick_testbed.emulator.sim.network import NetworkFaults
 
 __all__ = ["FAULT_KINDS", "NETWORK_KINDS", "STEP_KINDS", "WORKLOAD_KINDS", "Swarm", "draw_swarm", "parse_faults"]
 

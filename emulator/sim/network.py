@@ -34,9 +34,9 @@ from typing import Protocol
 
 import trio
 
-from emulator.sim.clock import Alarm, SimClock
-from emulator.sim.trace_log import Timeline
-from emulator.transport import (
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
+from sidekick_testbed.emulator.sim.trace_log import Timeline
+from sidekick_testbed.emulator.transport import (
     RECEIVE_SIZE,
     Channel,
     ConnectFailed,

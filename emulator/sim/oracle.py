@@ -19,10 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from emulator.sim.flash_reader import DURABLE, ChipView
-from emulator.sim.ledger import Key, Ledger, key_of
-from protocol.messages import Durable, HelloOk, Message, PullAck
-from protocol.records import Photo, Record
+from sidekick_testbed.emulator.sim.flash_reader import DURABLE, ChipView
+from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
+from sidekick_testbed.protocol.messages import Durable, HelloOk, Message, PullAck
+from sidekick_testbed.protocol.records import Photo, Record
 
 __all__ = ["INVARIANTS", "Violation", "check_chip", "check_device", "check_heal", "check_server_history",
            "check_wire"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from emulator.sim.nemesis import Swarm
-from emulator.sim.world import RunResult, SimOptions, run_world, with_swarm
+from sidekick_testbed.emulator.sim.nemesis import Swarm
+from sidekick_testbed.emulator.sim.world import RunResult, SimOptions, run_world, with_swarm
 
 __all__ = ["scripted", "shrink"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from emulator.flash import NandFlash, PowerLoss
+from sidekick_testbed.emulator.flash import NandFlash, PowerLoss
 
 __all__ = ["SimFlash"]
 

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server_stub.faults import FaultSet
-from server_stub.sqlite_storage import SqliteStorage
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
 
 __all__ = ["SimSqlite"]
 

@@ -6,8 +6,8 @@ an invariant broke. Hypothesis then shrinks the steps. Run it with your own sett
 database (docs/FUZZING.md shows a shared Redis database for CI)::
 
     from hypothesis import settings
-    from emulator.sim.stateful import machine_for
-    from emulator.sim.world import SimOptions
+    from sidekick_testbed.emulator.sim.stateful import machine_for
+    from sidekick_testbed.emulator.sim.world import SimOptions
 
     Machine = machine_for(SimOptions(accounts=1, devices=3, mutant="mark-clean-on-push-ack"))
     TestMachine = Machine.TestCase
@@ -22,10 +22,10 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from emulator.sim.nemesis import Swarm
-from emulator.sim.story import tell
-from emulator.sim.trace import to_trace
-from emulator.sim.world import SimOptions, World
+from sidekick_testbed.emulator.sim.nemesis import Swarm
+from sidekick_testbed.emulator.sim.story import tell
+from sidekick_testbed.emulator.sim.trace import to_trace
+from sidekick_testbed.emulator.sim.world import SimOptions, World
 
 __all__ = ["NETWORKS", "SidekickMachine", "machine_for"]
 

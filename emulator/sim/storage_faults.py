@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
-from protocol.messages import Change
-from server_stub.storage import CommitResult, StorageError
+from sidekick_testbed.protocol.messages import Change
+from sidekick_testbed.server_stub.storage import CommitResult, StorageError
 
 __all__ = ["FAILURE_KINDS", "MARKER", "FailingStorage"]
 

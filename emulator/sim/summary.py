@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from emulator.sim.ledger import Key, key_of
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from sidekick_testbed.emulator.sim.ledger import Key, key_of
+from sidekick_testbed.protocol.errors import ErrorCode
+from sidekick_testbed.protocol.messages import (
     BlobAck,
     BlobChunk,
     BlobQuery,

@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from emulator.sim.network import ConnectionTap
-from emulator.sim.world import RunResult, SimOptions, World, with_swarm
+from sidekick_testbed.emulator.sim.network import ConnectionTap
+from sidekick_testbed.emulator.sim.world import RunResult, SimOptions, World, with_swarm
 
 __all__ = [
     "TRACE_FORMAT",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from protocol.records import CalendarEvent, Contact, Note, Photo, RecordBody, Todo
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, RecordBody, Todo
 
 __all__ = ["UserOp", "Workload"]
 

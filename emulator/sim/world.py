@@ -22,33 +22,49 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
-from emulator.handset import Handset, HandsetError, PoweredOff
-from emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
-from emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
-from emulator.sim.clock import SimClock
-from emulator.sim.flash_reader import ChipView, FlashReader
-from emulator.sim.flash_story import explain
-from emulator.sim.ledger import Key, Ledger, key_of
-from emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
-from emulator.sim.network import ConnectionTap, SimNetwork
-from emulator.sim.oracle import Violation, check_device, check_heal, check_server_history, check_wire
-from emulator.sim.simflash import SimFlash
-from emulator.sim.sqlite_backend import SimSqlite
-from emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
-from emulator.sim.summary import summarize
-from emulator.sim.trace_log import Timeline
-from emulator.sim.workload import Workload
-from emulator.store import StoreError, StoreFull
-from emulator.sync_client import SyncError, SyncReport
-from protocol.framing import DEFAULT_MAX_FRAME
-from protocol.messages import Bye, Commit, Durable, Hello, HelloOk, Message, Pull, PullAck, Records
-from protocol.records import Photo, Record
-from server_stub.faults import FAULT_MODES, FaultSet
-from server_stub.limits import Limits
-from server_stub.server import SyncServer
-from server_stub.sim_storage import SimSnapshot, SimulatedStorage
-from server_stub.storage import UnknownAccount
+from sidekick_testbed.emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
+from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff
+from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
+from sidekick_testbed.emulator.sim.clock import SimClock
+from sidekick_testbed.emulator.sim.flash_reader import ChipView, FlashReader
+from sidekick_testbed.emulator.sim.flash_story import explain
+from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
+from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
+from sidekick_testbed.emulator.sim.network import ConnectionTap, SimNetwork
+from sidekick_testbed.emulator.sim.oracle import (
+    Violation,
+    check_device,
+    check_heal,
+    check_server_history,
+    check_wire,
+)
+from sidekick_testbed.emulator.sim.simflash import SimFlash
+from sidekick_testbed.emulator.sim.sqlite_backend import SimSqlite
+from sidekick_testbed.emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
+from sidekick_testbed.emulator.sim.summary import summarize
+from sidekick_testbed.emulator.sim.trace_log import Timeline
+from sidekick_testbed.emulator.sim.workload import Workload
+from sidekick_testbed.emulator.store import StoreError, StoreFull
+from sidekick_testbed.emulator.sync_client import SyncError, SyncReport
+from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
+from sidekick_testbed.protocol.messages import (
+    Bye,
+    Commit,
+    Durable,
+    Hello,
+    HelloOk,
+    Message,
+    Pull,
+    PullAck,
+    Records,
+)
+from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.server_stub.faults import FAULT_MODES, FaultSet
+from sidekick_testbed.server_stub.limits import Limits
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimSnapshot, SimulatedStorage
+from sidekick_testbed.server_stub.storage import UnknownAccount
 
 if TYPE_CHECKING:
     import trio.testing

@@ -17,7 +17,7 @@ DISSECTOR = "sidekick.lua"
 
 def dissector_path() -> Path:
     """The shipped dissector file."""
-    return Path(str(resources.files("emulator.wireshark").joinpath(DISSECTOR)))
+    return Path(str(resources.files("sidekick_testbed.emulator.wireshark").joinpath(DISSECTOR)))
 
 
 def _asked_tshark() -> Path | None:
