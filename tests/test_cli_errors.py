@@ -4,6 +4,7 @@ documented exit status, no traceback."""
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 import pytest
 import trio
@@ -61,3 +62,36 @@ def test_sidekick_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> 
     _patch_command(monkeypatch, ZeroDivisionError("a bug"))
     with pytest.raises(ExceptionGroup):
         main(["frames", "decode", "any.bin"])
+
+
+def test_a_command_module_that_does_not_exist_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SIDEKICK_DEBUG", raising=False)
+    monkeypatch.setattr(sidekick_testbed.emulator.cli, "COMMAND_MODULES",
+                        ("sidekick_testbed.emulator.cli.frames", "sidekick_testbed.emulator.cli.no_such_group"))
+    assert main(["frames", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sidekick: error: command module sidekick_testbed.emulator.cli.no_such_group "
+                          "failed to import: ModuleNotFoundError")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_command_module_whose_import_raises_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: pathlib.Path) -> None:
+    monkeypatch.delenv("SIDEKICK_DEBUG", raising=False)
+    broken = tmp_path / "broken_commands.py"
+    broken.write_text("import a_dependency_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sidekick_testbed.emulator.cli, "COMMAND_MODULES", ("broken_commands",))
+    assert main(["--help"]) == 2
+    err = capsys.readouterr().err
+    assert "command module broken_commands failed to import" in err
+    assert "a_dependency_that_is_not_installed" in err
+
+
+def test_every_shipped_command_module_imports() -> None:
+    parser = sidekick_testbed.emulator.cli.build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = set(actions[0].choices)
+    assert {"serve", "device", "fuzz", "replay", "certify", "simulate", "wireshark", "frames", "flash"} <= commands

@@ -3,7 +3,9 @@
 argparse (standard library) is used rather than click or typer: no extra dependency, sub-commands
 and typed options are all this tool needs, and usage errors already exit with status 2.
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands and
-sets ``func`` (a callable taking the parsed namespace, returning the exit status).
+sets ``func`` (a callable taking the parsed namespace, returning the exit status). A module that fails
+to import is an installation error (:class:`CommandModuleError`, exit status 2), never a command that
+silently goes missing.
 """
 
 from __future__ import annotations
@@ -29,8 +31,16 @@ COMMAND_MODULES = (
 )
 
 
+class CommandModuleError(Exception):
+    """A subcommand's module could not be imported: the installation is broken."""
+
+    def __init__(self, module: str, cause: BaseException) -> None:
+        super().__init__(f"command module {module} failed to import: {type(cause).__name__}: {cause}")
+        self.module = module
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Return the full ``sidekick`` parser."""
+    """Return the full ``sidekick`` parser; :class:`CommandModuleError` if a command module is broken."""
     parser = argparse.ArgumentParser(
         prog="sidekick",
         description="Sidekick-class handset emulator, reference sync server and durability fuzzer.",
@@ -39,17 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+        except Exception as exc:
+            raise CommandModuleError(name, exc) from exc
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sidekick`` console script."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandModuleError as exc:
+        if os.environ.get("SIDEKICK_DEBUG"):
+            raise
+        print(f"sidekick: error: {exc} (a broken installation; set SIDEKICK_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
