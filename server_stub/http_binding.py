@@ -22,7 +22,8 @@ import trio
 
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import HEADER_LEN, TRAILER_LEN
-from sidekick_testbed.protocol.http import HttpBindingError, HttpRequest, HttpServerBinding
+from sidekick_testbed.protocol.http_common import HttpBindingError
+from sidekick_testbed.protocol.http_server import HttpRequest, HttpServerBinding
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 from sidekick_testbed.protocol.wire import HEADER_STRUCT
 from sidekick_testbed.server_stub.admission import Holder
