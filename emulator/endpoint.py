@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from sidekick_testbed.protocol.http import DEFAULT_PATH, basic_credentials
+from sidekick_testbed.protocol.http_client import basic_credentials
+from sidekick_testbed.protocol.http_common import DEFAULT_PATH
 
 __all__ = [
     "DEFAULT_PROXY_PORT",

@@ -22,14 +22,13 @@ import trio
 from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
 from sidekick_testbed.emulator.endpoint import ProxyURL
 from sidekick_testbed.protocol.errors import ErrorCode
-from sidekick_testbed.protocol.http import (
-    DEFAULT_PATH,
-    HttpBindingError,
+from sidekick_testbed.protocol.http_client import (
     HttpClientBinding,
     HttpResponse,
     HttpTunnelClient,
     TunnelOpen,
 )
+from sidekick_testbed.protocol.http_common import DEFAULT_PATH, HttpBindingError
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 __all__ = [
@@ -347,7 +346,7 @@ def _closed_while_idle(stream: trio.abc.Stream) -> bool:
 
 
 def http_connector(host: str, port: int, path: str = DEFAULT_PATH, *, proxy: ProxyURL | None = None) -> Connector:
-    """HTTP binding over TCP: frames POSTed per request (``protocol.http``) to ``path``; through
+    """HTTP binding over TCP: frames POSTed per request (``protocol.http_client``) to ``path``; through
     ``proxy`` (requests in absolute form) if given."""
 
     async def reopen() -> trio.abc.Stream:

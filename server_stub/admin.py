@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import h11
@@ -29,10 +29,8 @@ import trio
 from sidekick_testbed.protocol.records import Record
 from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES, UnknownFault
 from sidekick_testbed.server_stub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sidekick_testbed.server_stub.state import ServerState
 from sidekick_testbed.server_stub.storage import AccountExists, StorageError, UnknownAccount
-
-if TYPE_CHECKING:
-    from sidekick_testbed.server_stub.server import SyncServer
 
 __all__ = ["record_json", "serve_admin_stream"]
 
@@ -87,7 +85,7 @@ def record_json(record: Record) -> dict[str, Any]:
     }
 
 
-async def serve_admin_stream(server: SyncServer, stream: trio.abc.Stream) -> None:
+async def serve_admin_stream(server: ServerState, stream: trio.abc.Stream) -> None:
     """Serve one admin connection (keep-alive, one request at a time)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
     try:
@@ -156,7 +154,7 @@ def _json(value: Any, status: int = 200) -> tuple[int, str, bytes]:
     return status, "application/json", (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _authorized(server: SyncServer, request: h11.Request) -> bool:
+def _authorized(server: ServerState, request: h11.Request) -> bool:
     token = server.admin_token
     if not token:
         return False
@@ -168,7 +166,7 @@ def _authorized(server: SyncServer, request: h11.Request) -> bool:
     return False
 
 
-async def _route(server: SyncServer, request: h11.Request, body: bytes) -> tuple[int, str, bytes]:
+async def _route(server: ServerState, request: h11.Request, body: bytes) -> tuple[int, str, bytes]:
     method = request.method.decode()
     path = unquote(request.target.decode("latin-1").split("?", 1)[0])
     parts = [p for p in path.split("/") if p]
@@ -238,7 +236,7 @@ def _body_json(body: bytes) -> dict[str, Any]:
     return value
 
 
-async def _add_account(server: SyncServer, args: dict[str, Any]) -> dict[str, Any]:
+async def _add_account(server: ServerState, args: dict[str, Any]) -> dict[str, Any]:
     name, key_hex = args.get("account"), args.get("key")
     if not isinstance(name, str) or not name or not isinstance(key_hex, str):
         raise _HttpError(400, 'needs {"account": NAME, "key": HEX}')
@@ -259,7 +257,7 @@ async def _blocking(storage: Any, fn: Any, *args: Any) -> Any:
     return fn(*args)
 
 
-async def _backup(server: SyncServer, args: dict[str, Any]) -> dict[str, Any]:
+async def _backup(server: ServerState, args: dict[str, Any]) -> dict[str, Any]:
     storage = server.storage
     path = args.get("path")
     if path is not None:
@@ -274,7 +272,7 @@ async def _backup(server: SyncServer, args: dict[str, Any]) -> dict[str, Any]:
     return {"snapshot": snapshot_id, "generation": storage.generation}
 
 
-async def _restore(server: SyncServer, args: dict[str, Any]) -> dict[str, Any]:
+async def _restore(server: ServerState, args: dict[str, Any]) -> dict[str, Any]:
     storage = server.storage
     if "path" in args:
         from_file = getattr(storage, "restore_from_file", None)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +45,8 @@ from sidekick_testbed.protocol.records import Photo, Record
 from sidekick_testbed.protocol.session import ServerSession
 from sidekick_testbed.protocol.states import SessionState
 from sidekick_testbed.protocol.wire import encode_record
+from sidekick_testbed.server_stub.session_log import SessionSummary
+from sidekick_testbed.server_stub.state import ServerState
 from sidekick_testbed.server_stub.storage import (
     AnchorAhead,
     BlobError,
@@ -55,10 +55,7 @@ from sidekick_testbed.server_stub.storage import (
     UnknownAccount,
 )
 
-if TYPE_CHECKING:
-    from sidekick_testbed.server_stub.server import SyncServer
-
-__all__ = ["SessionHandler", "SessionSummary"]
+__all__ = ["SessionHandler"]
 
 log = logging.getLogger("sidekick.server")
 
@@ -77,27 +74,10 @@ class _Fatal(Exception):
         self.text = text
 
 
-@dataclass
-class SessionSummary:
-    """What one session did: the fields of its log line."""
-
-    binding: str
-    account: str = ""
-    device: str = ""
-    pushed: int = 0
-    committed: int = 0
-    pulled: int = 0
-    conflicts: int = 0
-    durable_lsn: int = 0
-    outcome: str = "open"
-    started: float = 0.0
-    duration: float = 0.0
-
-
 class SessionHandler:
     """Server side of one session (see the module docstring)."""
 
-    def __init__(self, server: SyncServer, write: Callable[[bytes], Awaitable[None]], *, binding: str,
+    def __init__(self, server: ServerState, write: Callable[[bytes], Awaitable[None]], *, binding: str,
                  over_capacity: bool = False, address: str | None = None) -> None:
         self.server = server
         self.address = address  # the client's, for the failed-authentication throttle (R-AUTH-9)

@@ -1,4 +1,7 @@
-"""HTTP binding sessions: one protocol session spread over many POSTs (and connections).
+"""The HTTP binding: connections that carry POSTs, sessions spread over many POSTs and connections.
+
+A connection (``HttpSessions.serve_connection``) reads requests one at a time, each within its
+deadlines, and answers each from its session.
 
 A request without a session token starts a session; the token (128 bits from the server's RNG,
 hex) names it in every later request. Each request's frames are fed to the session's handler and
@@ -11,23 +14,25 @@ past the bounds may take its place (its token then gets 410 too).
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import HEADER_LEN, TRAILER_LEN
-from sidekick_testbed.protocol.http import HttpRequest
+from sidekick_testbed.protocol.http_common import HttpBindingError
+from sidekick_testbed.protocol.http_server import HttpRequest, HttpServerBinding
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 from sidekick_testbed.protocol.wire import HEADER_STRUCT
 from sidekick_testbed.server_stub.admission import Holder
 from sidekick_testbed.server_stub.handler import SessionHandler
-
-if TYPE_CHECKING:
-    from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.state import RECEIVE_SIZE, STREAM_ERRORS, ServerState
 
 __all__ = ["HttpAnswer", "HttpSessions"]
+
+log = logging.getLogger("sidekick.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,19 @@ class HttpAnswer:
     text: str = ""
     authenticated: bool = False
     retry_after: int | None = None
+
+
+class _HttpLink:
+    """Times of one HTTP connection: its start, its last traffic, the first byte of the request
+    head under way (infinity between requests)."""
+
+    __slots__ = ("started", "at", "head_at", "evicted")
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self.at = now
+        self.head_at = math.inf
+        self.evicted = False
 
 
 @dataclass(eq=False)
@@ -65,9 +83,9 @@ def whole_frames(body: bytes) -> bool:
 
 
 class HttpSessions:
-    """The HTTP sessions of one server."""
+    """The HTTP connections and sessions of one server."""
 
-    def __init__(self, server: SyncServer) -> None:
+    def __init__(self, server: ServerState) -> None:
         self.server = server
         self._sessions: dict[str, _Entry] = {}
 
@@ -199,3 +217,111 @@ class HttpSessions:
         """Forget every session (server shutdown)."""
         for token, entry in list(self._sessions.items()):
             self._end(token, entry, "shutdown")
+
+    async def serve_connection(self, stream: trio.abc.Stream, address: str | None) -> None:
+        """Serve one HTTP/1.1 connection (any number of requests, of any sessions). ``address`` is
+        the client's: until the connection has carried a request of an authenticated session it
+        holds a place before authentication."""
+        limits = self.server.limits
+        binding = HttpServerBinding(max_body=limits.max_http_body, max_header=limits.max_http_header)
+        scope = trio.CancelScope()
+        link = _HttpLink(trio.current_time())
+
+        def evict() -> None:
+            link.evicted = True
+            scope.cancel()
+            self.server.evicted("HTTP connection")
+
+        holder = self.server.admit(address, evict)
+        self.server.metrics.http_connections += 1
+        try:
+            with scope:
+                while True:
+                    request = await self._next_request(binding, stream, link, holder)
+                    if request is None:
+                        return
+                    answer = await self.answer(request, address)
+                    self.server.metrics.http_status[answer.status] += 1
+                    if holder.holding:
+                        if answer.authenticated:
+                            self.server.release(holder)  # the connection carries an authenticated session
+                        else:
+                            self.server.admission.progress(holder, trio.current_time())
+                    body = answer.body if answer.status == 200 else answer.text.encode()
+                    content_type = "application/x-sidekick-frames" if answer.status == 200 else "text/plain"
+                    out = binding.respond(answer.status, body, session_token=answer.token, content_type=content_type,
+                                          retry_after=answer.retry_after)
+                    with trio.fail_after(limits.idle_timeout):
+                        await stream.send_all(out)
+                    link.at = trio.current_time()
+                    if binding.closing:
+                        return
+        except (*STREAM_ERRORS, trio.TooSlowError):
+            return
+        except Exception:
+            log.exception("HTTP connection failed")
+        finally:
+            self.server.release(holder)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _next_request(self, binding: HttpServerBinding, stream: trio.abc.Stream, link: _HttpLink,
+                            holder: Holder) -> HttpRequest | None:
+        """The next request, or None when the connection is to close (an error or a timeout was
+        answered, the peer closed, the server stops). Waits at most: ``idle_timeout`` of silence;
+        ``handshake_timeout`` from a request head's first byte to its end; and, while the
+        connection holds a place before authentication, ``handshake_timeout`` from its start."""
+        limits = self.server.limits
+        while True:
+            try:
+                request = binding.next_request()
+            except HttpBindingError as exc:
+                status = exc.status or 400
+                self.server.metrics.http_status[status] += 1
+                if status in (413, 431) or exc.code == ErrorCode.FRAME_TOO_LARGE:
+                    self.server.metrics.refusals["http_size"] += 1
+                elif status in (400, 411, 501, 505):
+                    self.server.metrics.refusals["http_framing"] += 1
+                with trio.fail_after(limits.idle_timeout):
+                    await stream.send_all(binding.respond(status, str(exc).encode()[:200], content_type="text/plain"))
+                return None
+            if request is CONNECTION_CLOSED:
+                return None
+            if request is not NEED_DATA:
+                assert isinstance(request, HttpRequest)
+                link.head_at = math.inf
+                return request
+            phase = binding.receiving
+            if phase == "head" and link.head_at == math.inf:  # a pipelined head already here
+                link.head_at = trio.current_time()
+            deadline = link.at + limits.idle_timeout
+            if phase == "head":
+                deadline = min(deadline, link.head_at + limits.handshake_timeout)
+            if holder.holding:
+                deadline = min(deadline, link.started + limits.handshake_timeout)
+            with trio.CancelScope(deadline=deadline) as waiting:
+                self.server.wait_scopes.add(waiting)
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.server.wait_scopes.discard(waiting)
+            if waiting.cancelled_caught:
+                if self.server.shutting_down:
+                    return None
+                if holder.holding and trio.current_time() >= link.started + limits.handshake_timeout:
+                    self.server.metrics.refusals["handshake_timeout"] += 1
+                elif phase == "nothing":
+                    self.server.metrics.refusals["http_idle"] += 1
+                else:
+                    self.server.metrics.refusals["http_request_timeout"] += 1
+                if phase != "nothing":  # a request was on its way: say why it is not answered
+                    self.server.metrics.http_status[408] += 1
+                    with trio.move_on_after(limits.error_linger):
+                        await stream.send_all(binding.timed_out())
+                return None
+            now = trio.current_time()
+            if data:
+                link.at = now
+            binding.receive_data(bytes(data))
+            if link.head_at == math.inf and binding.receiving == "head":
+                link.head_at = now

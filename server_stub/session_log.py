@@ -1,17 +1,32 @@
-"""One log line per session, readable or JSON (``sidekick serve --log-json``)."""
+"""One log line per session, readable or JSON (``sidekick serve --log-json``); ``SessionSummary``, its fields."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
-from sidekick_testbed.server_stub.handler import SessionSummary
-
-__all__ = ["JsonFormatter", "configure_logging", "log_session"]
+__all__ = ["JsonFormatter", "SessionSummary", "configure_logging", "log_session"]
 
 log = logging.getLogger("sidekick.server")
+
+
+@dataclass
+class SessionSummary:
+    """What one session did: the fields of its log line."""
+
+    binding: str
+    account: str = ""
+    device: str = ""
+    pushed: int = 0
+    committed: int = 0
+    pulled: int = 0
+    conflicts: int = 0
+    durable_lsn: int = 0
+    outcome: str = "open"
+    started: float = 0.0
+    duration: float = 0.0
 
 
 def log_session(summary: SessionSummary) -> None:

@@ -1,13 +1,12 @@
 """SQLite store: WAL, ``synchronous=FULL``, every write through the group-commit writer.
 
 DURABLE is reported only for changes whose transaction has committed (``GroupCommitter``). Reads
-use their own connection in a worker thread (WAL lets them run beside the writer). The schema is
-versioned with ``PRAGMA user_version`` and migrated on open (``MIGRATIONS``).
+use their own connection in a worker thread (WAL lets them run beside the writer). The file, its
+schema and migrations are ``sqlite_schema``'s; the rows a commit writes, ``sqlite_commit``'s.
 
 Backups use SQLite's online backup API; a restore copies the backup in with a NEW generation
 (under the ``silent-rollback`` fault: the current one), in one step, so no crash can leave the
-restored data under the old generation. ``lose-tail-on-crash``: on opening a store that was not
-closed cleanly, the versions of the last committed batch are dropped and the generation is kept.
+restored data under the old generation.
 """
 
 from __future__ import annotations
@@ -23,10 +22,19 @@ import trio
 from sidekick_testbed.protocol.errors import RemoteProtocolError
 from sidekick_testbed.protocol.messages import Change
 from sidekick_testbed.protocol.records import Record
-from sidekick_testbed.protocol.wire import decode_record, encode_record
+from sidekick_testbed.protocol.wire import decode_record
 from sidekick_testbed.server_stub.faults import FaultSet
 from sidekick_testbed.server_stub.group_commit import GroupCommitter
 from sidekick_testbed.server_stub.semantics import apply_changes
+from sidekick_testbed.server_stub.sqlite_commit import SqlTx
+from sidekick_testbed.server_stub.sqlite_schema import (
+    connect,
+    meta,
+    migrate,
+    new_generation,
+    set_meta,
+    stored_generation,
+)
 from sidekick_testbed.server_stub.storage import (
     AccountExists,
     AccountInfo,
@@ -41,151 +49,9 @@ from sidekick_testbed.server_stub.storage import (
     UnknownAccount,
 )
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
+__all__ = ["SqliteStorage", "backup_file"]
 
 T = TypeVar("T")
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
-        "CREATE TABLE accounts (name TEXT PRIMARY KEY, key BLOB NOT NULL, version INTEGER NOT NULL DEFAULT 0)",
-        "CREATE TABLE heads (account TEXT NOT NULL, record_id BLOB NOT NULL, version INTEGER NOT NULL,"
-        " data BLOB NOT NULL, PRIMARY KEY (account, record_id)) WITHOUT ROWID",
-        "CREATE INDEX heads_by_version ON heads (account, version)",
-        "CREATE TABLE versions (account TEXT NOT NULL, version INTEGER NOT NULL, record_id BLOB NOT NULL,"
-        " device_id BLOB, lsn INTEGER, batch INTEGER NOT NULL, data BLOB NOT NULL,"
-        " PRIMARY KEY (account, version)) WITHOUT ROWID",
-        "CREATE INDEX versions_by_lsn ON versions (account, device_id, lsn)",
-        "CREATE TABLE devices (account TEXT NOT NULL, device_id BLOB NOT NULL, applied_lsn INTEGER NOT NULL,"
-        " anchor INTEGER NOT NULL, PRIMARY KEY (account, device_id)) WITHOUT ROWID",
-        "CREATE TABLE blobs (account TEXT NOT NULL, blob_id BLOB NOT NULL, total INTEGER NOT NULL,"
-        " have INTEGER NOT NULL, PRIMARY KEY (account, blob_id))",
-        "CREATE TABLE blob_chunks (account TEXT NOT NULL, blob_id BLOB NOT NULL, offset INTEGER NOT NULL,"
-        " data BLOB NOT NULL, PRIMARY KEY (account, blob_id, offset))",
-    ),
-)
-"""Schema migrations: entry ``i`` takes ``user_version`` from ``i`` to ``i + 1``."""
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    return conn
-
-
-def _meta(conn: sqlite3.Connection, key: str) -> object:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else row[0]
-
-
-def _generation(conn: sqlite3.Connection) -> int:
-    value = _meta(conn, "generation")
-    assert isinstance(value, int)
-    return value
-
-
-def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-
-def _new_generation(rng: random.Random) -> int:
-    return (rng.getrandbits(63) or 1)  # SQLite integers are signed 64-bit
-
-
-class _SqlTx:
-    """``semantics.Tx`` over one account inside the writer's transaction.
-
-    Heads are read once per batch (``prefetch``) and written back with ``flush``.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, account: str, batch: int,
-                 volatile: dict[tuple[str, bytes], int] | None = None) -> None:
-        self.conn = conn
-        self.account = account
-        self.batch = batch
-        self.volatile = volatile
-        row = conn.execute("SELECT version FROM accounts WHERE name = ?", (account,)).fetchone()
-        if row is None:
-            raise UnknownAccount(account)
-        self.version = self._stored_version = int(row[0])
-        self._heads: dict[bytes, Record | None] = {}
-        self._head_rows: dict[bytes, tuple[str, bytes, int, bytes]] = {}
-        self._version_rows: list[tuple[str, int, bytes, bytes | None, int | None, int, bytes]] = []
-
-    def prefetch(self, record_ids: Sequence[bytes]) -> None:
-        """Read the heads of ``record_ids`` in one query."""
-        wanted = [rid for rid in dict.fromkeys(record_ids) if rid not in self._heads]
-        for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            marks = ",".join("?" * len(part))
-            rows = self.conn.execute(
-                f"SELECT record_id, data FROM heads WHERE account = ? AND record_id IN ({marks})",
-                (self.account, *part),
-            ).fetchall()
-            found = {bytes(r[0]): decode_record(r[1]) for r in rows}
-            for rid in part:
-                self._heads[rid] = found.get(rid)
-
-    def head(self, record_id: bytes) -> Record | None:
-        if record_id not in self._heads:
-            self.prefetch([record_id])
-        return self._heads[record_id]
-
-    def server_version(self) -> int:
-        return self.version
-
-    def put(self, record: Record, device_id: bytes | None, lsn: int | None) -> None:
-        data = encode_record(record)
-        self._heads[record.record_id] = record
-        self._head_rows[record.record_id] = (self.account, record.record_id, record.version, data)
-        self._version_rows.append((self.account, record.version, record.record_id, device_id, lsn, self.batch, data))
-        self.version = max(self.version, record.version)
-
-    def flush(self) -> None:
-        """Write the heads, history rows and version counter of this batch."""
-        if self._head_rows:
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO heads (account, record_id, version, data) VALUES (?, ?, ?, ?)",
-                list(self._head_rows.values()),
-            )
-            self.conn.executemany(
-                "INSERT INTO versions (account, version, record_id, device_id, lsn, batch, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                self._version_rows,
-            )
-        if self.version != self._stored_version:
-            self.conn.execute("UPDATE accounts SET version = ? WHERE name = ?", (self.version, self.account))
-        self._head_rows.clear()
-        self._version_rows.clear()
-        self._stored_version = self.version
-
-    def applied_lsn(self, device_id: bytes) -> int:
-        if self.volatile is not None:  # fault volatile-dedup: what this process has seen, nothing else
-            return self.volatile.get((self.account, device_id), 0)
-        row = self.conn.execute(
-            "SELECT applied_lsn FROM devices WHERE account = ? AND device_id = ?", (self.account, device_id)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def set_applied_lsn(self, device_id: bytes, lsn: int) -> None:
-        if self.volatile is not None:
-            self.volatile[(self.account, device_id)] = lsn
-        self.conn.execute(
-            "INSERT INTO devices (account, device_id, applied_lsn, anchor) VALUES (?, ?, ?, 0)"
-            " ON CONFLICT (account, device_id) DO UPDATE SET applied_lsn = MAX(applied_lsn, excluded.applied_lsn)",
-            (self.account, device_id, lsn),
-        )
-
-    def applied_version(self, device_id: bytes, lsn: int) -> tuple[bytes, int] | None:
-        row = self.conn.execute(
-            "SELECT record_id, version FROM versions WHERE account = ? AND device_id = ? AND lsn = ?"
-            " ORDER BY version LIMIT 1",
-            (self.account, device_id, lsn),
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), int(row[1]))
 
 
 class SqliteStorage:
@@ -200,78 +66,19 @@ class SqliteStorage:
         self._faults = faults if faults is not None else FaultSet()
         self._volatile_dedup: dict[tuple[str, bytes], int] = {}
         try:
-            self._conn = _connect(self.path)
-            self._migrate(self._conn)
-            self._reader = _connect(self.path)
-            self._meta_conn = _connect(self.path)
+            self._conn = connect(self.path)
+            migrate(self._conn, self._rng, self._faults)
+            self._reader = connect(self.path)
+            self._meta_conn = connect(self.path)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {self.path}: {exc}") from exc
         self._read_lock = trio.Lock()
         self._writer = GroupCommitter(self._conn, group=group_commit, faults=self._faults, inline=inline)
-        server_id = _meta(self._meta_conn, "server_id")
+        server_id = meta(self._meta_conn, "server_id")
         assert isinstance(server_id, bytes)
         self._server_id = server_id
 
-    # ------------------------------------------------------------------ open, migrate, identity
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if current > SCHEMA_VERSION:
-                raise StorageError(f"store schema {current} is newer than this server's {SCHEMA_VERSION}")
-            for index in range(current, SCHEMA_VERSION):
-                for statement in MIGRATIONS[index]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            if _meta(conn, "server_id") is None:
-                _set_meta(conn, "server_id", self._rng.randbytes(16))
-                _set_meta(conn, "generation", _new_generation(self._rng))
-                _set_meta(conn, "batch", 0)
-            elif _meta(conn, "clean") == 0 and self.faults.on("lose-tail-on-crash"):
-                self._drop_last_batch(conn)
-            _set_meta(conn, "clean", 0)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _drop_last_batch(conn: sqlite3.Connection) -> None:
-        """Fault ``lose-tail-on-crash``: forget the versions of the last batch, keep the generation."""
-        row = conn.execute("SELECT MAX(batch) FROM versions").fetchone()
-        if row is None or row[0] is None:
-            return
-        batch = int(row[0])
-        touched = conn.execute(
-            "SELECT DISTINCT account, record_id FROM versions WHERE batch = ?", (batch,)
-        ).fetchall()
-        devices = conn.execute(
-            "SELECT DISTINCT account, device_id FROM versions WHERE batch = ? AND device_id IS NOT NULL", (batch,)
-        ).fetchall()
-        conn.execute("DELETE FROM versions WHERE batch = ?", (batch,))
-        for account, record_id in touched:
-            last = conn.execute(
-                "SELECT version, data FROM versions WHERE account = ? AND record_id = ? ORDER BY version DESC LIMIT 1",
-                (account, record_id),
-            ).fetchone()
-            if last is None:
-                conn.execute("DELETE FROM heads WHERE account = ? AND record_id = ?", (account, record_id))
-            else:
-                conn.execute(
-                    "UPDATE heads SET version = ?, data = ? WHERE account = ? AND record_id = ?",
-                    (last[0], last[1], account, record_id),
-                )
-        for account, device_id in devices:
-            conn.execute(
-                "UPDATE devices SET applied_lsn = COALESCE((SELECT MAX(lsn) FROM versions WHERE account = ?"
-                " AND device_id = ?), 0) WHERE account = ? AND device_id = ?",
-                (account, device_id, account, device_id),
-            )
-        conn.execute(
-            "UPDATE accounts SET version = COALESCE((SELECT MAX(version) FROM versions"
-            " WHERE versions.account = accounts.name), 0)"
-        )
+    # ------------------------------------------------------------------ identity
 
     @property
     def faults(self) -> FaultSet:
@@ -291,7 +98,7 @@ class SqliteStorage:
     @property
     def generation(self) -> int:
         """Current generation (read from the store: another process may have restored it)."""
-        return _generation(self._meta_conn)
+        return stored_generation(self._meta_conn)
 
     @property
     def transactions(self) -> int:
@@ -386,7 +193,7 @@ class SqliteStorage:
         """Watermark, anchor and generation, read together."""
         def fn(conn: sqlite3.Connection) -> DeviceState:
             self._require_account(conn, account)
-            generation = _generation(conn)
+            generation = stored_generation(conn)
             row = conn.execute(
                 "SELECT applied_lsn, anchor FROM devices WHERE account = ? AND device_id = ?", (account, device_id)
             ).fetchone()
@@ -398,7 +205,7 @@ class SqliteStorage:
         """Every device of the account."""
         def fn(conn: sqlite3.Connection) -> list[DeviceState]:
             self._require_account(conn, account)
-            generation = _generation(conn)
+            generation = stored_generation(conn)
             rows = conn.execute(
                 "SELECT device_id, applied_lsn, anchor FROM devices WHERE account = ? ORDER BY device_id", (account,)
             ).fetchall()
@@ -411,11 +218,11 @@ class SqliteStorage:
 
         def op(conn: sqlite3.Connection, batch: int) -> CommitResult:
             volatile = self._volatile_dedup if faults.on("volatile-dedup") else None
-            tx = _SqlTx(conn, account, batch, volatile)
+            tx = SqlTx(conn, account, batch, volatile)
             tx.prefetch([change.record.record_id for change in changes])
             applied = apply_changes(tx, device_id, changes, faults)
             tx.flush()
-            generation = _generation(conn)
+            generation = stored_generation(conn)
             return CommitResult(generation, applied.durable_lsn, applied.assigned, applied.conflicts)
         return await self._write(op)
 
@@ -583,17 +390,17 @@ class SqliteStorage:
             source.close()
 
     def _restore_from(self, source: sqlite3.Connection) -> int:
-        if _meta(source, "server_id") is None:
+        if meta(source, "server_id") is None:
             raise StorageError("the backup is not a store (no server id)")
-        live = _connect(self.path)
+        live = connect(self.path)
         try:
             generation = self.generation
-            new = generation if self.faults.on("silent-rollback") else _new_generation(self._rng)
+            new = generation if self.faults.on("silent-rollback") else new_generation(self._rng)
             while new == generation and not self.faults.on("silent-rollback"):
-                new = _new_generation(self._rng)
-            _set_meta(source, "generation", new)
-            _set_meta(source, "server_id", self._server_id)
-            _set_meta(source, "clean", 0)
+                new = new_generation(self._rng)
+            set_meta(source, "generation", new)
+            set_meta(source, "server_id", self._server_id)
+            set_meta(source, "clean", 0)
             source.commit()
             source.backup(live)
             return new
@@ -611,7 +418,7 @@ class SqliteStorage:
         """Drain the writer, mark the store cleanly closed, close the connections."""
         await self._writer.aclose()
         try:
-            _set_meta(self._conn, "clean", 1)
+            set_meta(self._conn, "clean", 1)
         except sqlite3.Error:
             pass
         for conn in (self._conn, self._reader, self._meta_conn):
@@ -624,7 +431,7 @@ def backup_file(db: str | os.PathLike[str], out: str | os.PathLike[str]) -> None
         raise StorageError(f"no store at {os.fspath(db)}")
     src = sqlite3.connect(os.fspath(db), timeout=30.0)
     try:
-        if _meta(src, "server_id") is None:
+        if meta(src, "server_id") is None:
             raise StorageError(f"{os.fspath(db)} is not a store")
         dst = sqlite3.connect(os.fspath(out))
         try:

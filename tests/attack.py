@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sidekick_testbed.protocol.framing import encode_frame
-from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
 from sidekick_testbed.protocol.messages import Hello
 
 __all__ = ["AttackCounts", "hello_flood", "raise_open_files", "slowloris"]

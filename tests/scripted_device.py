@@ -14,7 +14,7 @@ import trio
 
 from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
-from sidekick_testbed.protocol.http import HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
 from sidekick_testbed.protocol.messages import (
     NONCE_LEN,
     Auth,

@@ -7,15 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError
-from sidekick_testbed.protocol.http import (
-    FRAMES_CONTENT_TYPE,
-    SESSION_HEADER,
-    HttpBindingError,
-    HttpClientBinding,
-    HttpRequest,
-    HttpResponse,
-    HttpServerBinding,
-)
+from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE, SESSION_HEADER, HttpBindingError
+from sidekick_testbed.protocol.http_server import HttpRequest, HttpServerBinding
 from sidekick_testbed.protocol.messages import Bye, Pong
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession, ServerSession
 from sidekick_testbed.protocol.states import Role, SessionState

@@ -7,13 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidekick_testbed.protocol.http import (
-    FRAMES_CONTENT_TYPE,
-    OPENING_BODY_LIMIT,
-    HttpBindingError,
-    HttpRequest,
-    HttpServerBinding,
-)
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE, HttpBindingError
+from sidekick_testbed.protocol.http_server import OPENING_BODY_LIMIT, HttpRequest, HttpServerBinding
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
 CT = f"Content-Type: {FRAMES_CONTENT_TYPE}\r\n".encode()

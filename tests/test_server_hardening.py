@@ -14,7 +14,7 @@ import trio.testing
 
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import encode_frame
-from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
 from sidekick_testbed.protocol.messages import Challenge, Error, HelloOk, Ping, Push
 from sidekick_testbed.protocol.session import NEED_DATA, DeviceSession
 from sidekick_testbed.server_stub.limits import Limits

@@ -13,7 +13,8 @@ import trio
 import trio.testing
 
 from sidekick_testbed.protocol.errors import ErrorCode
-from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE, HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
 from sidekick_testbed.protocol.session import NEED_DATA
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer

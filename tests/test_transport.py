@@ -24,7 +24,8 @@ from sidekick_testbed.emulator.transport import (
     memory_connector,
     tcp_connector,
 )
-from sidekick_testbed.protocol.http import HttpBindingError, HttpServerBinding
+from sidekick_testbed.protocol.http_common import HttpBindingError
+from sidekick_testbed.protocol.http_server import HttpServerBinding
 from sidekick_testbed.protocol.session import NEED_DATA
 
 

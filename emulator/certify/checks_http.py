@@ -9,7 +9,7 @@ from sidekick_testbed.emulator.certify.client import HttpRefusal, open_stream
 from sidekick_testbed.emulator.certify.context import CheckContext, show
 from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
 from sidekick_testbed.protocol.framing import encode_frame
-from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE, SESSION_HEADER
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE, SESSION_HEADER
 from sidekick_testbed.protocol.messages import Bye, Hello, Ping
 
 HTTP_ONLY = (Need.HTTP,)

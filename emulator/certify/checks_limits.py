@@ -9,7 +9,7 @@ from sidekick_testbed.emulator.certify.context import CheckContext, Refused, Ses
 from sidekick_testbed.emulator.certify.framework import Fail, Level, check
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import encode_frame
-from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE
+from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
 from sidekick_testbed.protocol.messages import Error, Hello, HelloOk, Pull, Records
 
 

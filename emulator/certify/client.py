@@ -23,7 +23,8 @@ from sidekick_testbed.emulator.frame_json import message_to_json
 from sidekick_testbed.emulator.transport import connect_error_reason
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import MIN_MAX_FRAME, FrameDecoder, encode_frame
-from sidekick_testbed.protocol.http import HttpBindingError, HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
+from sidekick_testbed.protocol.http_common import HttpBindingError
 from sidekick_testbed.protocol.messages import Error, Message, Ping, Pong
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA
 
