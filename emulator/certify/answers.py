@@ -3,7 +3,7 @@
 ``show`` and ``brief`` render what was received for a failure message; ``legal_refusal`` and
 ``legal_end`` tell a refusal or an end the spec allows (``Refused``, ``Ended``: Inconclusive, not
 Fail) from a violation; ``expect_error`` and ``expect_closed`` check an ERROR and the end of a
-session; ``assigned_version`` reads a DURABLE.
+session; ``assigned_version`` reads a DURABLE and ``note_title`` a pulled record.
 """
 
 from __future__ import annotations
