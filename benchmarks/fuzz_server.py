@@ -21,8 +21,8 @@ from pathlib import Path
 import trio
 
 from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz
-from sidekick_testbed.emulator.certify.context import Account
 from sidekick_testbed.emulator.certify.local_server import LocalServer
+from sidekick_testbed.emulator.certify.target import Account
 from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
 
 POWER_CUT_ONLY = ("skip-fsync", "write-behind-2ms", "write-behind-10ms")

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import trio
 
+from sidekick_testbed.emulator.certify.changes import note_change
 from sidekick_testbed.emulator.certify.client import Trace
-from sidekick_testbed.emulator.certify.context import CheckContext, note_change
+from sidekick_testbed.emulator.certify.context import CheckContext
 from sidekick_testbed.emulator.certify.local_server import LocalServer
 
 

@@ -118,6 +118,22 @@ def test_plugin_adds_nothing_without_the_option() -> None:
     assert pytest_plugin.pytest_report_header(config) is None  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["nohost:port"], "bad address 'nohost:port': expected HOST:PORT"),
+    (["127.0.0.1:0"], "bad address '127.0.0.1:0': port 0"),
+    (["127.0.0.1:1", "--sidekick-account", "vendor"], "give one --key-file for each --account, in the same order"),
+    (["127.0.0.1:1", "--sidekick-account", "vendor", "--sidekick-key-file", "NOTHEX"], "does not hold a hex key"),
+])
+def test_plugin_option_mistakes_are_pytest_usage_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.key").write_text("not hex at all", encoding="utf-8")
+    (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
+    args = [str(tmp_path / "bad.key") if a == "NOTHEX" else a for a in args]
+    result = _pytest(["test_one.py", "--sidekick-server", *args], tmp_path)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --sidekick-server: " in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_plugin_items_run_beside_other_tests_and_fail_against_a_down_server(tmp_path: Path, key_file: Path) -> None:
     (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
     result = _pytest(["-v", "test_one.py", "--sidekick-server", f"127.0.0.1:{free_port()}", "--sidekick-account",

@@ -17,15 +17,8 @@ from hypothesis import strategies as st
 from sidekick_testbed.emulator.certify import all_checks
 from sidekick_testbed.emulator.certify.checks_framing import VECTORS, reference_verdict, resequence
 from sidekick_testbed.emulator.certify.client import Trace
-from sidekick_testbed.emulator.certify.context import Account, CheckContext, Target
-from sidekick_testbed.emulator.certify.framework import (
-    CheckResult,
-    Inconclusive,
-    Level,
-    Outcome,
-    TraceEntry,
-    select,
-)
+from sidekick_testbed.emulator.certify.context import CheckContext
+from sidekick_testbed.emulator.certify.framework import CheckResult, select
 from sidekick_testbed.emulator.certify.local_server import free_port
 from sidekick_testbed.emulator.certify.report import (
     DISCLAIMER,
@@ -40,6 +33,8 @@ from sidekick_testbed.emulator.certify.runner import (
     load_expected_failures,
     run_suite,
 )
+from sidekick_testbed.emulator.certify.target import Account, Target
+from sidekick_testbed.emulator.certify.verdicts import Inconclusive, Level, Outcome, TraceEntry
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
 from sidekick_testbed.protocol.messages import Ping

@@ -14,10 +14,11 @@ import trio
 
 from sidekick_testbed.emulator.certify import all_checks
 from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz
-from sidekick_testbed.emulator.certify.context import Account
-from sidekick_testbed.emulator.certify.framework import Need, Outcome, select
+from sidekick_testbed.emulator.certify.framework import select
 from sidekick_testbed.emulator.certify.local_server import LocalServer
 from sidekick_testbed.emulator.certify.runner import run_suite
+from sidekick_testbed.emulator.certify.target import Account
+from sidekick_testbed.emulator.certify.verdicts import Need, Outcome
 from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
 
 
@@ -201,7 +202,7 @@ async def test_blackbox_squat_probe_finds_a_copy_written_over_a_taken_id(fault: 
     import random
 
     from sidekick_testbed.emulator.certify.blackbox import BlackboxReport, Commands, _Fuzzer
-    from sidekick_testbed.emulator.certify.context import Target
+    from sidekick_testbed.emulator.certify.target import Target
 
     correct.set_faults(() if fault is None else (fault,))
     account = Account("vendor", correct.keys["vendor"])

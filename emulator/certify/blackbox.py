@@ -45,19 +45,12 @@ from typing import Any
 
 import trio
 
-from sidekick_testbed.emulator.certify.checks_sync import copy_id
+from sidekick_testbed.emulator.certify.answers import Refused, expect_error
+from sidekick_testbed.emulator.certify.changes import copy_id, note_change
 from sidekick_testbed.emulator.certify.client import ServerViolation, Trace
-from sidekick_testbed.emulator.certify.context import (
-    Account,
-    CheckContext,
-    Device,
-    Refused,
-    Session,
-    Target,
-    expect_error,
-    note_change,
-)
-from sidekick_testbed.emulator.certify.framework import Fail, Inconclusive, TraceEntry
+from sidekick_testbed.emulator.certify.context import CheckContext, Device, Session
+from sidekick_testbed.emulator.certify.target import Account, Target
+from sidekick_testbed.emulator.certify.verdicts import Fail, Inconclusive, TraceEntry
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import Change, Commit, PullAck, Push
 from sidekick_testbed.protocol.records import Note, Record

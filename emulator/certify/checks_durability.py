@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
-from sidekick_testbed.emulator.certify.checks_sync import assigned_version, copy_id, retransmit_of_confirmed
-from sidekick_testbed.emulator.certify.context import CheckContext, Device, Session, body_change, note_change
-from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.emulator.certify.answers import assigned_version
+from sidekick_testbed.emulator.certify.changes import body_change, copy_id, note_change
+from sidekick_testbed.emulator.certify.checks_sync import retransmit_of_confirmed
+from sidekick_testbed.emulator.certify.context import CheckContext, Device, Session
+from sidekick_testbed.emulator.certify.framework import check
+from sidekick_testbed.emulator.certify.verdicts import Fail, Level, Need, expect
 from sidekick_testbed.protocol.messages import PullAck
 from sidekick_testbed.protocol.records import Photo
 

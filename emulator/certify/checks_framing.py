@@ -13,16 +13,13 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from sidekick_testbed.emulator.certify.answers import expect_closed, expect_error, show
+from sidekick_testbed.emulator.certify.changes import note_change
 from sidekick_testbed.emulator.certify.client import CLOSED, Client, HttpRefusal, Received
-from sidekick_testbed.emulator.certify.context import (
-    CheckContext,
-    expect_closed,
-    expect_error,
-    note_change,
-    show,
-)
-from sidekick_testbed.emulator.certify.framework import CheckFunc, Fail, Level, Need, check, expect
+from sidekick_testbed.emulator.certify.context import CheckContext
+from sidekick_testbed.emulator.certify.framework import CheckFunc, check
 from sidekick_testbed.emulator.certify.malformed import malformed
+from sidekick_testbed.emulator.certify.verdicts import Fail, Level, Need, expect
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import HEADER_LEN, TRAILER_LEN, FrameDecoder, encode_frame
 from sidekick_testbed.protocol.messages import Error, Ping, Pong, Pull, PullAck, PullEnd, Push

@@ -5,9 +5,11 @@ from __future__ import annotations
 import h11
 import trio
 
+from sidekick_testbed.emulator.certify.answers import show
 from sidekick_testbed.emulator.certify.client import HttpRefusal, open_stream
-from sidekick_testbed.emulator.certify.context import CheckContext, show
-from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.emulator.certify.context import CheckContext
+from sidekick_testbed.emulator.certify.framework import check
+from sidekick_testbed.emulator.certify.verdicts import Fail, Level, Need, expect
 from sidekick_testbed.protocol.framing import encode_frame
 from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE, SESSION_HEADER
 from sidekick_testbed.protocol.messages import Bye, Hello, Ping

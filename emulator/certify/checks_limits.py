@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import trio
 
+from sidekick_testbed.emulator.certify.answers import Refused, show
+from sidekick_testbed.emulator.certify.changes import note_change
 from sidekick_testbed.emulator.certify.client import Client, open_stream
-from sidekick_testbed.emulator.certify.context import CheckContext, Refused, Session, note_change, show
-from sidekick_testbed.emulator.certify.framework import Fail, Level, check
+from sidekick_testbed.emulator.certify.context import CheckContext, Session
+from sidekick_testbed.emulator.certify.framework import check
+from sidekick_testbed.emulator.certify.verdicts import Fail, Level
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import encode_frame
 from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE

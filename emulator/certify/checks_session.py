@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import base64
 
+from sidekick_testbed.emulator.certify.answers import brief, challenge_of, expect_closed, expect_error, show
+from sidekick_testbed.emulator.certify.changes import note_change
 from sidekick_testbed.emulator.certify.client import CLOSED, SILENCE, Client, HttpRefusal
-from sidekick_testbed.emulator.certify.context import (
-    CheckContext,
-    Session,
-    brief,
-    challenge_of,
-    expect_closed,
-    expect_error,
-    note_change,
-    show,
-)
-from sidekick_testbed.emulator.certify.framework import Fail, Level, Need, check, expect
+from sidekick_testbed.emulator.certify.context import CheckContext, Session
+from sidekick_testbed.emulator.certify.framework import check
+from sidekick_testbed.emulator.certify.verdicts import Fail, Level, Need, expect
 from sidekick_testbed.protocol.auth import device_mac
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import (

@@ -18,7 +18,7 @@ from typing import Any, Final
 import trio
 
 from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
-from sidekick_testbed.emulator.certify.framework import TraceEntry
+from sidekick_testbed.emulator.certify.verdicts import TraceEntry
 from sidekick_testbed.emulator.frame_json import message_to_json
 from sidekick_testbed.emulator.transport import connect_error_reason
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError

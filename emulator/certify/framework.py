@@ -1,97 +1,26 @@
-"""The check framework: a registry of checks, their results, and what a check may say.
+"""The check framework: the registry of checks, their results, profiles and selection.
 
 A check is an async function taking a ``CheckContext``; it returns normally to pass, raises
 ``Fail`` to fail and ``Inconclusive`` when it cannot decide (a prerequisite is missing, e.g. no
-restart command). Every check names the requirement ids of docs/PROTOCOL.md it verifies, its level
+restart command); those verdicts live in ``verdicts``. The ``check`` decorator registers a check
+under its id. Every check names the requirement ids of docs/PROTOCOL.md it verifies, its level
 (MUST, SHOULD, MAY) and its group. The evidence of a result is the trace of frames exchanged,
 decoded, up to the point where the check ended.
 """
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sidekick_testbed.emulator.certify.verdicts import Level, Need, Outcome, TraceEntry
+
 if TYPE_CHECKING:
     from sidekick_testbed.emulator.certify.context import CheckContext
 
-__all__ = [
-    "GROUP_ORDER",
-    "REGISTRY",
-    "Check",
-    "CheckFunc",
-    "CheckResult",
-    "Fail",
-    "Inconclusive",
-    "Level",
-    "Need",
-    "Outcome",
-    "TraceEntry",
-    "check",
-    "expect",
-    "select",
-]
-
-
-class Level(enum.Enum):
-    """Requirement level of the requirement a check verifies (RFC 2119)."""
-
-    MUST = "MUST"
-    SHOULD = "SHOULD"
-    MAY = "MAY"
-
-
-class Outcome(enum.Enum):
-    """Result of one check."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-    SKIPPED = "skipped"
-
-
-class Need(enum.Enum):
-    """What a check needs from the run's configuration; missing means Inconclusive (or not applicable)."""
-
-    SESSION = "an account and key (--account, --key-file)"
-    SECOND_ACCOUNT = "a second account (--account and --key-file given twice)"
-    RESTART = "a restart command (--restart-cmd)"
-    RESTORE = "a restore command (--restore-cmd)"
-    POWER_CUT = "a power-cut command (--power-cut-cmd)"
-    TCP = "the TCP binding"
-    HTTP = "the HTTP binding (--http)"
-
-
-class Fail(Exception):
-    """Raised by a check: the server broke the requirement; the message says how."""
-
-
-class Inconclusive(Exception):
-    """Raised by a check: the check could not decide (prerequisite missing or precondition unmet)."""
-
-
-def expect(condition: bool, message: str) -> None:
-    """Fail the check with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise Fail(message)
-
-
-@dataclass(frozen=True, slots=True)
-class TraceEntry:
-    """One line of evidence: a frame sent (``>``), received (``<``), or a note (``#``)."""
-
-    time: float
-    conn: str
-    direction: str
-    text: str
-
-    def render(self) -> str:
-        """One line: ``+0.012s c1 > PUSH seq 2 {...}``."""
-        return f"+{self.time:.3f}s {self.conn} {self.direction} {self.text}"
-
+__all__ = ["GROUP_ORDER", "PROFILES", "REGISTRY", "Check", "CheckFunc", "CheckResult", "check", "select"]
 
 CheckFunc = Callable[["CheckContext"], Awaitable[None]]
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidekick_testbed.emulator.certify.context import Account, Target
+from sidekick_testbed.emulator.certify.target import Account, Target
 
 __all__ = ["LocalServer", "free_port"]
 

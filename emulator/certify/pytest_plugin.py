@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from sidekick_testbed.emulator.certify.context import Target
     from sidekick_testbed.emulator.certify.framework import Check, CheckResult
+    from sidekick_testbed.emulator.certify.target import Target
 
 __all__ = ["pytest_addoption", "pytest_collection_modifyitems"]
 
@@ -72,8 +72,9 @@ class CheckItem(pytest.Item):
         import trio
 
         from sidekick_testbed.emulator.certify import all_checks
-        from sidekick_testbed.emulator.certify.framework import PROFILES, Level, Outcome
+        from sidekick_testbed.emulator.certify.framework import PROFILES
         from sidekick_testbed.emulator.certify.runner import HANDSHAKE_ID, is_expected, run_check, unmet_needs
+        from sidekick_testbed.emulator.certify.verdicts import Level, Outcome
 
         config = self.config
         profile = config.getoption("--sidekick-profile")
@@ -149,21 +150,18 @@ def _target(config: pytest.Config) -> Target:
 
 
 def _build_target(config: pytest.Config) -> Target:
-    import argparse
+    from sidekick_testbed.emulator.certify.target import TargetError, target_from_options
 
-    from sidekick_testbed.emulator.cli.certify import target_from_args
-    from sidekick_testbed.emulator.cli.common import CliError
-
-    args = argparse.Namespace(
-        address=config.getoption("--sidekick-server"), http=config.getoption("--sidekick-http"),
-        account=config.getoption("--sidekick-account"), key_file=config.getoption("--sidekick-key-file"),
-        restart_cmd=config.getoption("--sidekick-restart-cmd"), restore_cmd=config.getoption("--sidekick-restore-cmd"),
-        power_cut_cmd=config.getoption("--sidekick-power-cut-cmd"),
-        timeout=config.getoption("--sidekick-timeout"), ready_timeout=30.0,
-    )
     try:
-        return target_from_args(args)
-    except CliError as exc:
+        return target_from_options(
+            config.getoption("--sidekick-server"), http=config.getoption("--sidekick-http"),
+            accounts=config.getoption("--sidekick-account"), key_files=config.getoption("--sidekick-key-file"),
+            restart_cmd=config.getoption("--sidekick-restart-cmd"),
+            restore_cmd=config.getoption("--sidekick-restore-cmd"),
+            power_cut_cmd=config.getoption("--sidekick-power-cut-cmd"),
+            timeout=config.getoption("--sidekick-timeout"), ready_timeout=30.0,
+        )
+    except TargetError as exc:
         raise pytest.UsageError(f"--sidekick-server: {exc.message}") from None
 
 

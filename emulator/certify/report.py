@@ -7,8 +7,9 @@ import json
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from sidekick_testbed.emulator.certify.framework import CheckResult, Level, Outcome
+from sidekick_testbed.emulator.certify.framework import CheckResult
 from sidekick_testbed.emulator.certify.runner import RunResult
+from sidekick_testbed.emulator.certify.verdicts import Level, Outcome
 
 __all__ = ["DISCLAIMER", "render_html", "render_json", "render_junit", "render_text", "summary_lines", "to_dict",
            "unchecked_musts"]

@@ -17,16 +17,10 @@ import trio
 
 from sidekick_testbed.emulator.certify import all_checks
 from sidekick_testbed.emulator.certify.client import ServerViolation, Trace
-from sidekick_testbed.emulator.certify.context import CheckContext, Target
-from sidekick_testbed.emulator.certify.framework import (
-    PROFILES,
-    Check,
-    CheckResult,
-    Fail,
-    Inconclusive,
-    Need,
-    Outcome,
-)
+from sidekick_testbed.emulator.certify.context import CheckContext
+from sidekick_testbed.emulator.certify.framework import PROFILES, Check, CheckResult
+from sidekick_testbed.emulator.certify.target import Target
+from sidekick_testbed.emulator.certify.verdicts import Fail, Inconclusive, Need, Outcome
 
 __all__ = ["HANDSHAKE_ID", "RunResult", "is_expected", "load_expected_failures", "run_check", "run_suite", "unmet_needs"]
 

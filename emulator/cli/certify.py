@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from sidekick_testbed.emulator.certify import all_checks
-from sidekick_testbed.emulator.certify.context import Account, Target
+from sidekick_testbed.emulator.certify import target as certify_target
 from sidekick_testbed.emulator.certify.coverage import coverage
 from sidekick_testbed.emulator.certify.coverage import render_text as coverage_text
 from sidekick_testbed.emulator.certify.framework import PROFILES, CheckResult, select
@@ -23,9 +23,9 @@ from sidekick_testbed.emulator.certify.report import (
     render_text,
 )
 from sidekick_testbed.emulator.certify.runner import RunResult, load_expected_failures, run_suite
+from sidekick_testbed.emulator.certify.target import Target, TargetError
 from sidekick_testbed.emulator.cli.common import (
     CliError,
-    parse_hostport,
     pcap_recording,
     require_reachable,
     require_writable,
@@ -79,33 +79,20 @@ def register(subparsers: Any) -> None:
 def read_key(path: str) -> bytes:
     """The key in ``path``, written as hex; CliError if unreadable or not hex."""
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CliError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"key file {path} is not text; it must hold the key as hex") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise CliError(f"key file {path} does not hold a hex key") from None
-    if not key:
-        raise CliError(f"key file {path} is empty")
-    return key
+        return certify_target.read_key(path)
+    except TargetError as exc:
+        raise CliError(exc.message) from None
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
     """The ``Target`` the arguments describe; CliError on a usage mistake."""
-    host, port = parse_hostport(args.address)
-    if port == 0:
-        raise CliError(f"bad address {args.address!r}: port 0")
-    if len(args.account) != len(args.key_file):
-        raise CliError("give one --key-file for each --account, in the same order")
-    if args.timeout <= 0 or args.ready_timeout <= 0:
-        raise CliError("--timeout and --ready-timeout must be positive")
-    accounts = tuple(Account(name, read_key(path)) for name, path in zip(args.account, args.key_file, strict=True))
-    return Target(host, port, http=args.http, accounts=accounts, restart_cmd=args.restart_cmd,
-                  restore_cmd=args.restore_cmd, power_cut_cmd=args.power_cut_cmd, timeout=args.timeout,
-                  ready_timeout=args.ready_timeout)
+    try:
+        return certify_target.target_from_options(
+            args.address, http=args.http, accounts=args.account, key_files=args.key_file,
+            restart_cmd=args.restart_cmd, restore_cmd=args.restore_cmd, power_cut_cmd=args.power_cut_cmd,
+            timeout=args.timeout, ready_timeout=args.ready_timeout)
+    except TargetError as exc:
+        raise CliError(exc.message) from None
 
 
 def _write(path: str | None, text: str) -> None:

@@ -25,17 +25,12 @@ class CliError(Exception):
 
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """Parse ``HOST:PORT`` or ``PORT``; raise CliError on anything else."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = default_host, text
-    host = host.strip("[]") or default_host
+    from sidekick_testbed.emulator.certify.target import TargetError, parse_address
+
     try:
-        port = int(port_text)
-    except ValueError:
-        raise CliError(f"bad address {text!r}: expected HOST:PORT") from None
-    if not 0 <= port <= 65535:
-        raise CliError(f"bad address {text!r}: port out of range")
-    return host, port
+        return parse_address(text, default_host)
+    except TargetError as exc:
+        raise CliError(exc.message) from None
 
 
 def require_extra(module: str, extra: str, what: str) -> None:

@@ -183,7 +183,7 @@ def _run_blackbox(args: argparse.Namespace) -> int:
     import trio
 
     from sidekick_testbed.emulator.certify.blackbox import blackbox_fuzz, load_trace, write_trace
-    from sidekick_testbed.emulator.certify.context import Account
+    from sidekick_testbed.emulator.certify.target import Account
     from sidekick_testbed.emulator.cli.certify import read_key
 
     host, port = parse_hostport(args.server)
