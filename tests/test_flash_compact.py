@@ -32,8 +32,9 @@ from sidekick_testbed.emulator.flash import (
     PowerLoss,
     ProgramError,
     ProgramOrderError,
+    load_image,
+    save_image,
 )
-from sidekick_testbed.emulator.flash_image import load_image
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.emulator.store_model import random_body
 
@@ -294,7 +295,7 @@ class CompactChipMachine(RuleBasedStateMachine):
     def image_round_trip(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "chip.img"
-            self.chip.save(path)
+            save_image(self.chip, path)
             loaded = load_image(path)
         g = GEOMETRY
         for index in range(g.pages):

@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from sidekick_testbed.emulator.cli.common import CliError
-from sidekick_testbed.emulator.flash import FlashError, Geometry, NandFlash
-from sidekick_testbed.emulator.flash_image import ImageError
+from sidekick_testbed.emulator.flash import (
+    FlashError,
+    Geometry,
+    ImageError,
+    NandFlash,
+    load_image,
+    save_image,
+)
 from sidekick_testbed.emulator.store import RecordStore, StoreCorrupt, StoreError, SyncState
 from sidekick_testbed.emulator.store_format import HEADER, parse_header
 
@@ -86,7 +92,7 @@ def _load(path: Path) -> NandFlash:
     if not path.exists():
         raise CliError(f"{path}: no such file")
     try:
-        return NandFlash.load(path)
+        return load_image(path)
     except ImageError as exc:
         raise CliError(str(exc)) from None
 
@@ -123,7 +129,7 @@ def cmd_format(args: argparse.Namespace) -> int:
     try:
         store = RecordStore.format(flash, device_id=device_id, account=args.account,
                                    key=_hex(args.key, "--key"))
-        flash.save(path)
+        save_image(flash, path)
     except (StoreError, FlashError) as exc:
         raise CliError(f"format failed: {exc}") from None
     except OSError as exc:
