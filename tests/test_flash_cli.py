@@ -121,7 +121,7 @@ def test_powerloss_sampled_run_prints_a_json_summary(name: str, capsys: pytest.C
 
 
 def test_powerloss_reruns_one_cut_by_id(capsys: pytest.CaptureFixture[str]) -> None:
-    from sidekick_testbed.emulator.powerloss import PowerLossRunner
+    from sidekick_testbed.emulator.store.powerloss import PowerLossRunner
 
     k, variant = [cut for cut in PowerLossRunner(n_ops=30).cuts(2) if cut[1] == "torn"][-1]
     code, out, _ = run(capsys, "powerloss", "--ops", "30", "--id", f"2:{k}:{variant}", "--json")

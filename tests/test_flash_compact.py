@@ -36,7 +36,7 @@ from sidekick_testbed.emulator.flash import (
     save_image,
 )
 from sidekick_testbed.emulator.store import RecordStore
-from sidekick_testbed.emulator.store_model import random_body
+from sidekick_testbed.emulator.store.model import random_body
 
 GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6, nop=3)
 FF = b"\xff"

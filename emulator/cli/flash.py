@@ -21,7 +21,7 @@ from sidekick_testbed.emulator.flash import (
     save_image,
 )
 from sidekick_testbed.emulator.store import RecordStore, StoreCorrupt, StoreError, SyncState
-from sidekick_testbed.emulator.store_format import HEADER, parse_header
+from sidekick_testbed.emulator.store.format import HEADER, parse_header
 
 DEFAULT_GEOMETRY = Geometry()
 
@@ -292,7 +292,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_powerloss(args: argparse.Namespace) -> int:
     """Run the power-loss campaign; JSON summary; exit 1 on any failed cut."""
-    from sidekick_testbed.emulator.powerloss import PowerLossRunner, parse_cut_id
+    from sidekick_testbed.emulator.store.powerloss import PowerLossRunner, parse_cut_id
 
     if args.ops < 1 or args.workloads < 1 or args.samples < 1 or args.recovery_every < 1:
         raise CliError("--ops, --workloads, --samples and --recovery-every must be >= 1")

@@ -38,7 +38,7 @@ from sidekick_testbed.emulator.flash import (
     UncorrectableError,
 )
 from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.store_format import (
+from sidekick_testbed.emulator.store.format import (
     CHECKPOINT,
     COMMIT,
     E_BLOB,
