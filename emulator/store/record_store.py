@@ -90,6 +90,7 @@ class RecordStore:
         """True if the last mount started from an index checkpoint (else it replayed the whole log)."""
 
     def _wire(self, index: Index, log: Log, checkpointer: Checkpointer, collector: Collector) -> None:
+        """Keep the parts; the log's requests for space and for retiring a block go to the collector."""
         self._index = index
         self._log = log
         self._checkpointer = checkpointer
