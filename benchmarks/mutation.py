@@ -39,12 +39,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {
-    "store": "emulator/store.py",
+    "store": "emulator/store",
     "sync_client": "emulator/sync_client.py",
     "handler": "server_stub/handler.py",
     "sim_storage": "server_stub/sim_storage.py",
     "sqlite_storage": "server_stub/sqlite_storage.py",
 }
+EXCLUDED = {"store": ["emulator/store/model.py", "emulator/store/powerloss.py"]}
+"""Modules under a mutated package that are test machinery, not the code under test."""
 TESTS = {
     "store": ["tests/test_store.py", "tests/test_store_stateful.py", "tests/test_powerloss.py",
               "tests/test_flash_reader.py", "tests/test_flash_compact.py"],
@@ -83,12 +85,12 @@ def _command(killer: str, key: str, args: argparse.Namespace, work: Path) -> str
     return f"{python} -m pytest -x -q -p no:cacheprovider -p no:randomly {' '.join(TESTS[key])}"
 
 
-def _config(path: Path, module: str, command: str, timeout: float) -> None:
+def _config(path: Path, module: str, excluded: list[str], command: str, timeout: float) -> None:
     path.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(module)}\n"
         f"timeout = {timeout}\n"
-        "excluded-modules = []\n"
+        f"excluded-modules = {json.dumps(excluded)}\n"
         f"test-command = {json.dumps(command)}\n"
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
@@ -116,7 +118,7 @@ def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dic
     module = FILES[key]
     config = work / f"{key}-{args.killer}.toml"
     session = work / f"{key}-{args.killer}.sqlite"
-    _config(config, module, _command(args.killer, key, args, work), args.timeout)
+    _config(config, module, EXCLUDED.get(key, []), _command(args.killer, key, args, work), args.timeout)
     if not (args.resume and session.exists()):
         session.unlink(missing_ok=True)
         subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, env=env, check=True,

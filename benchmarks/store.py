@@ -24,10 +24,10 @@ import tracemalloc
 from typing import Any
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
-from sidekick_testbed.emulator.powerloss import PowerLossRunner
 from sidekick_testbed.emulator.store import RecordStore
-from sidekick_testbed.emulator.store_format import E_HEAD, HEAD_PREFIX, HEADER, iter_entries, parse_header
-from sidekick_testbed.emulator.store_model import apply_op, make_workload, random_body
+from sidekick_testbed.emulator.store.format import E_HEAD, HEAD_PREFIX, HEADER, iter_entries, parse_header
+from sidekick_testbed.emulator.store.model import apply_op, make_workload, random_body
+from sidekick_testbed.emulator.store.powerloss import PowerLossRunner
 from sidekick_testbed.protocol.records import Photo, Record
 from sidekick_testbed.protocol.wire import decode_record
 

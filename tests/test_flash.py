@@ -15,6 +15,7 @@ from sidekick_testbed.emulator.flash import (
     EraseError,
     FlashFaults,
     Geometry,
+    ImageError,
     NandFlash,
     NopExceeded,
     PowerLoss,
@@ -22,8 +23,9 @@ from sidekick_testbed.emulator.flash import (
     ProgramOrderError,
     UncorrectableError,
     UsageError,
+    load_image,
+    save_image,
 )
-from sidekick_testbed.emulator.flash_image import ImageError
 
 SMALL = Geometry(page_size=512, spare_size=16, pages_per_block=8, blocks=8)
 
@@ -239,8 +241,8 @@ def test_image_round_trip(tmp_path: Path) -> None:
     flash.program_page(0, 0, b"hello", b"\x01")
     flash.program_page(0, 0, b"hallo")
     flash.erase_block(2)
-    flash.save(tmp_path / "x.img")
-    again = NandFlash.load(tmp_path / "x.img")
+    save_image(flash, tmp_path / "x.img")
+    again = load_image(tmp_path / "x.img")
     assert again.geometry == SMALL and again.ops == flash.ops
     assert again.read_raw(0, 0) == flash.read_raw(0, 0)
     assert again.bad_blocks() == flash.bad_blocks() and again.erase_count(2) == 1
@@ -257,15 +259,15 @@ def test_image_round_trip(tmp_path: Path) -> None:
 def test_corrupt_or_foreign_images_raise_image_error(tmp_path: Path, mangle: object) -> None:
     flash = chip()
     flash.program_page(0, 0, b"data")
-    flash.save(tmp_path / "ok.img")
+    save_image(flash, tmp_path / "ok.img")
     (tmp_path / "bad.img").write_bytes(mangle((tmp_path / "ok.img").read_bytes()))  # type: ignore[operator]
     with pytest.raises(ImageError):
-        NandFlash.load(tmp_path / "bad.img")
+        load_image(tmp_path / "bad.img")
 
 
 def test_missing_image_raises_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
-        NandFlash.load(tmp_path / "nope.img")
+        load_image(tmp_path / "nope.img")
 
 
 def test_sequential_read_stops_after_the_first_erased_page_and_counts_each_read() -> None:

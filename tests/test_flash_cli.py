@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidekick_testbed.emulator.cli import main
-from sidekick_testbed.emulator.flash import NandFlash
+from sidekick_testbed.emulator.flash import NandFlash, load_image, save_image
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.protocol.records import Note
 
@@ -39,21 +39,21 @@ def test_default_format_is_a_sparse_64_mib_chip(tmp_path: Path, capsys: pytest.C
     image = tmp_path / "big.img"
     assert run(capsys, "format", str(image))[0] == 0
     assert image.stat().st_size < 64 * 1024
-    assert NandFlash.load(image).geometry.capacity == 64 << 20
+    assert load_image(image).geometry.capacity == 64 << 20
 
 
 def test_inspect_shows_records_by_kind_state_and_what_is_at_risk(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "a.img"
     run(capsys, "format", str(image), *SMALL)
-    flash = NandFlash.load(image)
+    flash = load_image(image)
     store = RecordStore.mount(flash)
     first = store.write_local(b"\x01" * 16, Note("one"))
     store.write_local(b"\x02" * 16, Note("two"))
     store.mark_pushed(first.lsn)
     store.mark_durable(4, first.lsn, [])
     store.set_meta(generation=4)
-    flash.save(image)
+    save_image(flash, image)
     code, out, _ = run(capsys, "inspect", str(image))
     assert code == 0
     assert "note" in out and "1 durable" in out and "1 dirty" in out
@@ -92,7 +92,7 @@ def test_fsck_of_an_image_without_a_store_reports_a_finding(tmp_path: Path,
     from sidekick_testbed.emulator.flash import Geometry
 
     image = tmp_path / "blank.img"
-    NandFlash(Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=8)).save(image)
+    save_image(NandFlash(Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=8)), image)
     code, out, _ = run(capsys, "fsck", str(image))
     assert code == 1 and "not mountable" in out
 
@@ -102,10 +102,10 @@ def test_fsck_finds_a_photo_whose_blob_is_missing(tmp_path: Path, capsys: pytest
 
     image = tmp_path / "a.img"
     run(capsys, "format", str(image), *SMALL)
-    flash = NandFlash.load(image)
+    flash = load_image(image)
     store = RecordStore.mount(flash)
     store.write_local(b"\x05" * 16, Photo("cat", b"\x07" * 16, 10, b"\x00" * 32))
-    flash.save(image)
+    save_image(flash, image)
     code, out, _ = run(capsys, "fsck", str(image), "--json")
     report = json.loads(out)
     assert code == 1 and not report["clean"] and "blob" in report["findings"][0]
@@ -121,7 +121,7 @@ def test_powerloss_sampled_run_prints_a_json_summary(name: str, capsys: pytest.C
 
 
 def test_powerloss_reruns_one_cut_by_id(capsys: pytest.CaptureFixture[str]) -> None:
-    from sidekick_testbed.emulator.powerloss import PowerLossRunner
+    from sidekick_testbed.emulator.store.powerloss import PowerLossRunner
 
     k, variant = [cut for cut in PowerLossRunner(n_ops=30).cuts(2) if cut[1] == "torn"][-1]
     code, out, _ = run(capsys, "powerloss", "--ops", "30", "--id", f"2:{k}:{variant}", "--json")

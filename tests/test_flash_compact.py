@@ -32,10 +32,11 @@ from sidekick_testbed.emulator.flash import (
     PowerLoss,
     ProgramError,
     ProgramOrderError,
+    load_image,
+    save_image,
 )
-from sidekick_testbed.emulator.flash_image import load_image
 from sidekick_testbed.emulator.store import RecordStore
-from sidekick_testbed.emulator.store_model import random_body
+from sidekick_testbed.emulator.store.model import random_body
 
 GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6, nop=3)
 FF = b"\xff"
@@ -294,7 +295,7 @@ class CompactChipMachine(RuleBasedStateMachine):
     def image_round_trip(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "chip.img"
-            self.chip.save(path)
+            save_image(self.chip, path)
             loaded = load_image(path)
         g = GEOMETRY
         for index in range(g.pages):

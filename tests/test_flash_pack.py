@@ -9,8 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
-from sidekick_testbed.emulator.flash_image import load_image, save_image
+from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss, load_image, save_image
 
 GEOMETRY = Geometry(page_size=2048, spare_size=64, pages_per_block=4, blocks=4)
 

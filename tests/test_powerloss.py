@@ -10,7 +10,7 @@ import pytest
 
 from sidekick_testbed.emulator.flash import Geometry
 from sidekick_testbed.emulator.mutants import Mutants
-from sidekick_testbed.emulator.powerloss import PowerLossRunner, parse_cut_id
+from sidekick_testbed.emulator.store.powerloss import PowerLossRunner, parse_cut_id
 
 TINY = Geometry(page_size=512, spare_size=16, pages_per_block=16, blocks=8)
 """So small that garbage collection runs inside short workloads."""

@@ -19,8 +19,9 @@ from sidekick_testbed.emulator.store import (
     SyncState,
     UnknownBlob,
 )
-from sidekick_testbed.emulator.store_format import parse_header
-from sidekick_testbed.emulator.store_model import StoreModel, compare, random_body
+from sidekick_testbed.emulator.store.format import parse_header
+from sidekick_testbed.emulator.store.model import StoreModel, compare, random_body
+from sidekick_testbed.emulator.store.mount import scan
 from sidekick_testbed.protocol.records import Contact, Note, Record
 from tests.strategies import bodies
 
@@ -258,7 +259,7 @@ def test_mount_from_a_checkpoint_equals_a_full_replay() -> None:
     fast = remount(store)
     assert fast.mounted_from_checkpoint and compare(fast, model) == []
     full = RecordStore(store.flash)
-    full._load(full._scan(), None)
+    full._replay(scan(full._reader, full.flash), None)  # no checkpoint: the whole log
     assert not full.mounted_from_checkpoint and full.digest() == fast.digest()
 
 
@@ -383,8 +384,7 @@ def test_a_power_cut_while_moving_data_off_a_failing_block_loses_nothing(variant
         store.write_local(b"A" * 16, Note("committed before the failure", "x" * 200))
         store.write_local(b"B" * 16, Note("also committed"))
         flash = store.flash
-        active = store._active  # the block that will fail under the next program
-        assert active is not None
+        [active] = store.block_map()["active"]  # the block that will fail under the next program
         flash._failing.add(active)
         flash.arm_power_cut(flash.ops + k, variant)
         try:

@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sidekick_testbed.emulator.flash import CUT_VARIANTS, Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.store import RecordStore, StoreFull, SyncState
-from sidekick_testbed.emulator.store_model import StoreModel, StoreOp, apply_op, compare
+from sidekick_testbed.emulator.store.model import StoreModel, StoreOp, apply_op, compare
 from sidekick_testbed.protocol.records import Record
 from tests.strategies import bodies
 

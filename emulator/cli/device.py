@@ -26,8 +26,15 @@ import trio
 
 from sidekick_testbed.emulator.cli.common import CliError, pcap_recording, require_writable
 from sidekick_testbed.emulator.endpoint import EndpointError, choose_proxy, parse_server
-from sidekick_testbed.emulator.flash import FlashError, Geometry, NandFlash, PowerLoss
-from sidekick_testbed.emulator.flash_image import ImageError
+from sidekick_testbed.emulator.flash import (
+    FlashError,
+    Geometry,
+    ImageError,
+    NandFlash,
+    PowerLoss,
+    load_image,
+    save_image,
+)
 from sidekick_testbed.emulator.handset import Handset, HandsetError, UnknownRecord, UnsyncedData
 from sidekick_testbed.emulator.store import StoredVersion, StoreError, SyncState
 from sidekick_testbed.emulator.sync_client import SyncError
@@ -182,7 +189,7 @@ class _Image:
             raise CliError(f"no image at {self.path}: create one with 'sidekick device --image "
                            f"{self.path} init --account A --key-file F'")
         try:
-            self.flash = NandFlash.load(self.path)
+            self.flash = load_image(self.path)
         except (OSError, ValueError, FlashError, ImageError) as exc:
             raise CliError(f"cannot read image {self.path}: {exc}") from None
         try:
@@ -209,7 +216,7 @@ class _Image:
         assert self.flash is not None
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.flash.save(tmp)
+            save_image(self.flash, tmp)
             os.replace(tmp, self.path)
         except OSError as exc:
             raise CliError(f"cannot write image {self.path}: {exc}") from None
@@ -287,7 +294,7 @@ def _init(args: argparse.Namespace) -> int:
     Handset.create(flash, device_id=device_id, account=args.account, key=key, rng=rng, name=path.name)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        flash.save(tmp)
+        save_image(flash, tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise CliError(f"cannot write image {path}: {exc}") from None

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from sidekick_testbed.emulator.cli.common import CliError
-from sidekick_testbed.emulator.flash import FlashError, Geometry, NandFlash
-from sidekick_testbed.emulator.flash_image import ImageError
+from sidekick_testbed.emulator.flash import (
+    FlashError,
+    Geometry,
+    ImageError,
+    NandFlash,
+    load_image,
+    save_image,
+)
 from sidekick_testbed.emulator.store import RecordStore, StoreCorrupt, StoreError, SyncState
-from sidekick_testbed.emulator.store_format import HEADER, parse_header
+from sidekick_testbed.emulator.store.format import HEADER, parse_header
 
 DEFAULT_GEOMETRY = Geometry()
 
@@ -86,7 +92,7 @@ def _load(path: Path) -> NandFlash:
     if not path.exists():
         raise CliError(f"{path}: no such file")
     try:
-        return NandFlash.load(path)
+        return load_image(path)
     except ImageError as exc:
         raise CliError(str(exc)) from None
 
@@ -123,7 +129,7 @@ def cmd_format(args: argparse.Namespace) -> int:
     try:
         store = RecordStore.format(flash, device_id=device_id, account=args.account,
                                    key=_hex(args.key, "--key"))
-        flash.save(path)
+        save_image(flash, path)
     except (StoreError, FlashError) as exc:
         raise CliError(f"format failed: {exc}") from None
     except OSError as exc:
@@ -286,7 +292,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_powerloss(args: argparse.Namespace) -> int:
     """Run the power-loss campaign; JSON summary; exit 1 on any failed cut."""
-    from sidekick_testbed.emulator.powerloss import PowerLossRunner, parse_cut_id
+    from sidekick_testbed.emulator.store.powerloss import PowerLossRunner, parse_cut_id
 
     if args.ops < 1 or args.workloads < 1 or args.samples < 1 or args.recovery_every < 1:
         raise CliError("--ops, --workloads, --samples and --recovery-every must be >= 1")

@@ -1,7 +1,7 @@
 """The oracle's own reader of a handset's chip: what a mount would find, read from the raw pages.
 
 Written from the on-flash format of docs/FLASH.md alone; it shares no code with the record store
-it judges (``emulator.store``, ``emulator.store_format``). It reads the array through
+it judges (``emulator.store``, its on-flash ``format`` included). It reads the array through
 ``NandFlash.held_block`` (a chip programmer's dump, like ``peek``: no operation counted, no ECC
 draw, no power cut, no random number), so checking a handset never changes what happens next. It replays the whole log
 (FLASH.md, "Full replay"); index checkpoints change no logical content and are skipped.

@@ -1,4 +1,4 @@
-"""A NAND flash chip model: SLC geometry, program/erase rules, ECC, bad blocks, wear and power loss.
+"""A NAND flash chip model (``NandFlash``): program/erase rules, ECC, bad blocks, wear and power loss.
 
 Semantics enforced (each with a typed error):
 
@@ -15,7 +15,7 @@ wrong data), factory and grown bad blocks, wear-out past ``endurance`` erase cyc
 Memory is sparse: only programmed pages are held, each as one immutable ``bytes`` holding the raw
 page (``page_size + spare_size``) without its trailing 0xFF bytes (a small page costs its content,
 not the whole page; every read pads it back); ``snapshot()`` is a shallow copy of that dict.
-The image file format is in ``emulator.flash_image`` (documented in docs/FLASH.md).
+The image file format is in ``emulator.flash.image`` (documented in docs/FLASH.md).
 """
 
 from __future__ import annotations
@@ -24,141 +24,27 @@ import random
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Literal
 
-__all__ = [
-    "BadBlockError",
-    "EraseError",
-    "FlashError",
-    "FlashFaults",
-    "FlashSnapshot",
-    "FlashStats",
-    "Geometry",
-    "NandFlash",
-    "NopExceeded",
-    "PowerLoss",
-    "ProgramError",
-    "ProgramOrderError",
-    "UncorrectableError",
-    "UsageError",
-    "CUT_VARIANTS",
-]
+from sidekick_testbed.emulator.flash.faults import (
+    CUT_VARIANTS,
+    BadBlockError,
+    EraseError,
+    FlashFaults,
+    NopExceeded,
+    PowerLoss,
+    ProgramError,
+    ProgramOrderError,
+    UncorrectableError,
+    UsageError,
+)
+from sidekick_testbed.emulator.flash.geometry import SECTOR, Geometry
 
-SECTOR = 512
-CUT_VARIANTS: tuple[str, ...] = ("clean", "torn")
+__all__ = ["FlashSnapshot", "FlashStats", "NandFlash"]
+
 OpKind = Literal["read", "program", "erase"]
-
-
-class FlashError(Exception):
-    """Base of every flash error."""
-
-
-class PowerLoss(FlashError):
-    """Power was cut during an operation; the chip keeps what it had (plus the torn op)."""
-
-    def __init__(self, op: int, kind: str, variant: str) -> None:
-        super().__init__(f"power lost at operation {op} ({kind}, {variant})")
-        self.op = op
-        self.kind = kind
-        self.variant = variant
-
-
-class UncorrectableError(FlashError):
-    """A read found more flipped bits in a sector than the ECC corrects."""
-
-
-class BadBlockError(FlashError):
-    """Program or erase of a block that is marked bad."""
-
-
-class ProgramError(FlashError):
-    """The chip reported a program failure; the block is now bad (grown bad block)."""
-
-
-class EraseError(FlashError):
-    """The chip reported an erase failure; the block is now bad (grown bad block or worn out)."""
-
-
-class UsageError(FlashError):
-    """Illegal use of the chip: address out of range, wrong data length."""
-
-
-class ProgramOrderError(UsageError):
-    """First program of a page below a page already programmed in the same block."""
-
-
-class NopExceeded(UsageError):
-    """More partial programs of one page than the part allows (NOP) between erases."""
-
-
-MAX_BLOCKS = 1 << 20
-"""The most erase blocks a chip may have."""
-
-
-@dataclass(frozen=True, slots=True)
-class Geometry:
-    """Chip geometry; the default is a 64 MiB SLC part (2 KiB + 64 B pages, 128 KiB blocks)."""
-
-    page_size: int = 2048
-    spare_size: int = 64
-    pages_per_block: int = 64
-    blocks: int = 512
-    nop: int = 4
-    endurance: int = 100_000
-    ecc_bits_per_512: int = 1
-
-    def __post_init__(self) -> None:
-        if not 512 <= self.page_size <= 65536 or self.page_size % SECTOR:
-            raise ValueError(f"page_size must be a multiple of 512 in 512..65536, not {self.page_size}")
-        if not 1 <= self.spare_size <= 4096:
-            raise ValueError(f"spare_size must be in 1..4096, not {self.spare_size}")
-        if not 2 <= self.pages_per_block <= 4096:
-            raise ValueError(f"pages_per_block must be in 2..4096, not {self.pages_per_block}")
-        if not 4 <= self.blocks <= MAX_BLOCKS:
-            raise ValueError(f"blocks must be in 4..{MAX_BLOCKS}, not {self.blocks}")
-        if not 1 <= self.nop <= 255 or self.endurance < 1 or not 0 <= self.ecc_bits_per_512 <= 64:
-            raise ValueError("nop must be in 1..255, endurance >= 1, ecc_bits_per_512 in 0..64")
-
-    @property
-    def raw_page(self) -> int:
-        """Bytes per page including the spare area."""
-        return self.page_size + self.spare_size
-
-    @property
-    def pages(self) -> int:
-        """Pages on the chip."""
-        return self.blocks * self.pages_per_block
-
-    @property
-    def capacity(self) -> int:
-        """Data bytes on the chip (spare areas excluded)."""
-        return self.pages * self.page_size
-
-
-@dataclass(frozen=True, slots=True)
-class FlashFaults:
-    """Fault switches; all off by default. Rates are probabilities drawn from the chip's RNG."""
-
-    factory_bad_rate: float = 0.0
-    """Fraction of blocks marked bad at manufacture (spare byte 0 of page 0 != 0xFF)."""
-    read_flip_rate: float = 0.0
-    """Per sector read: probability of bit flips within the ECC limit (corrected, counted)."""
-    read_uncorrectable_rate: float = 0.0
-    """Per sector read: probability of one flip more than the ECC corrects."""
-    program_fail_rate: float = 0.0
-    """Per program: probability the chip reports failure (the block grows bad)."""
-    erase_fail_rate: float = 0.0
-    """Per erase: probability the chip reports failure (the block grows bad)."""
-    wear_out: bool = True
-    """Past ``endurance`` erase cycles an erase fails with probability ``wear_fail_rate``."""
-    wear_fail_rate: float = 0.5
-
-    @classmethod
-    def realistic(cls) -> FlashFaults:
-        """Rates in the spirit of a 2009 SLC part: 2% factory bad blocks, rare read disturb."""
-        return cls(factory_bad_rate=0.02, read_flip_rate=1e-4, read_uncorrectable_rate=1e-7,
-                   program_fail_rate=1e-6, erase_fail_rate=1e-5)
+DEFAULT_GEOMETRY = Geometry()
+"""A 64 MiB SLC part, the geometry of a chip made without one."""
 
 
 @dataclass(slots=True)
@@ -200,7 +86,7 @@ class NandFlash:
 
     OP_LOG_LEN = 256
 
-    def __init__(self, geometry: Geometry = Geometry(), *, rng: random.Random | None = None,
+    def __init__(self, geometry: Geometry = DEFAULT_GEOMETRY, *, rng: random.Random | None = None,
                  faults: FlashFaults | None = None, op_log_len: int = OP_LOG_LEN,
                  pack_pages: bool = False) -> None:
         if op_log_len < 0:
@@ -464,7 +350,7 @@ class NandFlash:
             raise EraseError(f"erase failure on block {block}{' (worn out)' if worn else ''}; now bad")
         self._erase(block)
 
-    # ------------------------------------------------------------------ snapshot, image
+    # ------------------------------------------------------------------ snapshot
 
     def snapshot(self) -> FlashSnapshot:
         """A cheap copy of the chip's state (pages are shared immutable bytes)."""
@@ -484,20 +370,6 @@ class NandFlash:
         if snap.rng_state is not None:
             self.rng.setstate(snap.rng_state)  # type: ignore[arg-type]
         self._cut_at = None
-
-    def save(self, path: str | PathLike[str]) -> None:
-        """Write the chip to an image file (format in docs/FLASH.md)."""
-        from sidekick_testbed.emulator.flash_image import save_image
-
-        save_image(self, path)
-
-    @classmethod
-    def load(cls, path: str | PathLike[str], *, rng: random.Random | None = None,
-             faults: FlashFaults | None = None) -> NandFlash:
-        """Read an image file; ImageError if it is not a valid flash image."""
-        from sidekick_testbed.emulator.flash_image import load_image
-
-        return load_image(path, rng=rng, faults=faults)
 
     # ------------------------------------------------------------------ internals
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sidekick_testbed.emulator.store import DeviceMeta, RecordStore, StoredVersion, SyncState
+from sidekick_testbed.emulator.store.record_store import RecordStore
+from sidekick_testbed.emulator.store.values import DeviceMeta, StoredVersion, SyncState
 from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Record, RecordBody, Todo
 
 __all__ = ["StoreModel", "StoreOp", "apply_op", "compare", "make_workload", "random_body"]

@@ -1,5 +1,7 @@
 """The flash image file: a sparse, checksummed dump of a ``NandFlash`` (layout in docs/FLASH.md).
 
+``save_image(flash, path)`` writes one, ``load_image(path)`` makes a ``NandFlash`` from one.
+
 Layout (all integers big-endian):
 
     header (60 bytes): magic b"SKNAND\\r\\n", version u16 = 1, flags u16 = 0,
@@ -20,7 +22,9 @@ import struct
 import zlib
 from os import PathLike
 
-from sidekick_testbed.emulator.flash import FlashFaults, Geometry, NandFlash
+from sidekick_testbed.emulator.flash.chip import NandFlash
+from sidekick_testbed.emulator.flash.faults import FlashFaults
+from sidekick_testbed.emulator.flash.geometry import Geometry
 
 __all__ = ["IMAGE_MAGIC", "IMAGE_VERSION", "ImageError", "load_image", "save_image"]
 

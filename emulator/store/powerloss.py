@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 from sidekick_testbed.emulator.flash import FlashSnapshot, Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.store import PageCache, RecordStore, StoreFull
-from sidekick_testbed.emulator.store_model import StoreModel, StoreOp, apply_op, compare, make_workload
+from sidekick_testbed.emulator.store.model import StoreModel, StoreOp, apply_op, compare, make_workload
+from sidekick_testbed.emulator.store.reading import PageCache
+from sidekick_testbed.emulator.store.record_store import RecordStore
+from sidekick_testbed.emulator.store.values import StoreFull
 from sidekick_testbed.protocol.records import Note
 
 __all__ = ["CutResult", "PowerLossRunner", "RUNNER_GEOMETRY", "parse_cut_id"]
