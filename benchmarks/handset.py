@@ -27,8 +27,8 @@ import trio
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.sync_client import SyncReport
-from sidekick_testbed.emulator.transport import Connector, memory_connector, tcp_connector
+from sidekick_testbed.emulator.handset.sync_client import SyncReport
+from sidekick_testbed.emulator.handset.transport import Connector, memory_connector, tcp_connector
 from sidekick_testbed.protocol.framing import encode_frame
 from sidekick_testbed.protocol.messages import Change, Push
 from sidekick_testbed.protocol.records import Contact, Note

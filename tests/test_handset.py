@@ -21,7 +21,7 @@ from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff, UnknownRecord, UnsyncedData
 from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.emulator.store import SyncState
-from sidekick_testbed.emulator.transport import (
+from sidekick_testbed.emulator.handset.transport import (
     Connector,
     http_connector,
     http_memory_connector,
@@ -302,8 +302,8 @@ async def test_mutant_restore_from_server_on_reboot_loses_unsynced_data() -> Non
 
 
 async def test_mutant_mark_clean_on_push_ack_loses_data_when_the_connection_drops_before_commit() -> None:
-    from sidekick_testbed.emulator.sync_client import SyncError
-    from sidekick_testbed.emulator.transport import cutting_connector
+    from sidekick_testbed.emulator.handset.sync_client import SyncError
+    from sidekick_testbed.emulator.handset.transport import cutting_connector
 
     for mutants, kept in ((NO_MUTANTS, True), (Mutants(frozenset({"mark-clean-on-push-ack"})), False)):
         world = World(seed=8)

@@ -196,7 +196,7 @@ async def test_wrong_key_over_http(http_server: Any) -> None:
 async def test_real_handset_syncs_over_http(http_server: Any) -> None:
     from sidekick_testbed.emulator.flash import Geometry, NandFlash
     from sidekick_testbed.emulator.handset import Handset
-    from sidekick_testbed.emulator.transport import http_connector
+    from sidekick_testbed.emulator.handset.transport import http_connector
     from sidekick_testbed.protocol.records import Todo
 
     _, addresses = http_server

@@ -208,7 +208,7 @@ async def test_malformed_frame_mid_session(tcp_server: Any) -> None:
 async def test_real_handset_syncs_over_tcp(tcp_server: Any) -> None:
     from sidekick_testbed.emulator.flash import Geometry, NandFlash
     from sidekick_testbed.emulator.handset import Handset
-    from sidekick_testbed.emulator.transport import tcp_connector
+    from sidekick_testbed.emulator.handset.transport import tcp_connector
     from sidekick_testbed.protocol.records import Contact
 
     _, addresses = tcp_server

@@ -9,8 +9,8 @@ import pytest
 
 from sidekick_testbed.emulator.flash import PowerLoss
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import cutting_connector
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.handset.transport import cutting_connector
 from sidekick_testbed.protocol.records import Contact, Note, RecordBody, Todo
 from tests.test_handset import World, conflict_copies, device_bodies, live_bodies
 

@@ -45,8 +45,8 @@ from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 from sidekick_testbed.emulator.sim.flash_reader import FlashReader
 from sidekick_testbed.emulator.store import StoreError, StoreFull
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import Connector
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.handset.transport import Connector
 from sidekick_testbed.protocol.messages import Change, Message
 from sidekick_testbed.protocol.records import (
     CalendarEvent,

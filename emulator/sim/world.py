@@ -46,7 +46,7 @@ from sidekick_testbed.emulator.sim.summary import summarize
 from sidekick_testbed.emulator.sim.trace_log import Timeline
 from sidekick_testbed.emulator.sim.workload import Workload
 from sidekick_testbed.emulator.store import StoreError, StoreFull
-from sidekick_testbed.emulator.sync_client import SyncError, SyncReport
+from sidekick_testbed.emulator.handset.sync_client import SyncError, SyncReport
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
 from sidekick_testbed.protocol.messages import (
     Bye,
