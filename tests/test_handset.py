@@ -19,8 +19,6 @@ import trio.testing
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff, UnknownRecord, UnsyncedData
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.store import SyncState
 from sidekick_testbed.emulator.handset.transport import (
     Connector,
     http_connector,
@@ -28,6 +26,8 @@ from sidekick_testbed.emulator.handset.transport import (
     memory_connector,
     tcp_connector,
 )
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import SyncState
 from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordBody, Todo
 from sidekick_testbed.server_stub.faults import FaultSet
 from sidekick_testbed.server_stub.server import SyncServer

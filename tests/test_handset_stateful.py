@@ -23,9 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sidekick_testbed.emulator.flash import PowerLoss
 from sidekick_testbed.emulator.handset import Handset, PoweredOff
-from sidekick_testbed.emulator.store import SyncState
 from sidekick_testbed.emulator.handset.sync_client import SyncError
 from sidekick_testbed.emulator.handset.transport import CuttingChannel, cutting_connector
+from sidekick_testbed.emulator.store import SyncState
 from sidekick_testbed.protocol.messages import Durable, Message, PullEnd, PushAck
 from sidekick_testbed.protocol.records import Note, Record, RecordBody
 from sidekick_testbed.server_stub.server import SyncServer

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import trio
 
-from sidekick_testbed.emulator.handset.endpoint import ProxyURL
 from sidekick_testbed.emulator.flash import Geometry, NandFlash
 from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.handset.endpoint import ProxyURL
 from sidekick_testbed.emulator.handset.sync_client import SyncFailed
 from sidekick_testbed.emulator.handset.transport import http_connector, tcp_connector
 from sidekick_testbed.protocol.records import Note

@@ -27,7 +27,7 @@ from sidekick_testbed.emulator.sim.trace import (
     trace_bytes,
     write_trace,
 )
-from sidekick_testbed.emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, derive, run_world
+from sidekick_testbed.emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, run_world
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.protocol.messages import Change, Commit, Durable, HelloOk, Push
 from sidekick_testbed.protocol.records import Note, Photo, Record
@@ -58,12 +58,6 @@ def test_another_process_with_other_hash_seeds_writes_the_same_trace() -> None:
 
 def test_different_seeds_give_different_runs() -> None:
     assert to_trace(run_world(1, SMALL))["events"] != to_trace(run_world(2, SMALL))["events"]
-
-
-def test_component_seeds_are_derived_and_distinct() -> None:
-    assert derive(1, "network") == derive(1, "network")
-    assert len({derive(1, name) for name in ("network", "workload", "nemesis", "storage")}) == 4
-    assert derive(1, "network") != derive(2, "network")
 
 
 def test_correct_system_raises_no_false_alarm() -> None:

@@ -15,7 +15,6 @@ import trio.testing
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.handset import BACKOFF_BASE, Handset, PoweredOff
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.emulator.handset.sync_client import (
     AuthRefused,
     GenerationChanged,
@@ -24,6 +23,7 @@ from sidekick_testbed.emulator.handset.sync_client import (
     SyncTimeout,
 )
 from sidekick_testbed.emulator.handset.transport import Channel, HttpChannel, memory_connector
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.protocol import auth
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import (

@@ -22,7 +22,6 @@ import trio
 import trio.lowlevel
 
 from sidekick_testbed.emulator.fleet.profiles import NetworkProfile
-from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 from sidekick_testbed.emulator.handset.transport import (
     Channel,
     ConnectFailed,
@@ -30,6 +29,7 @@ from sidekick_testbed.emulator.handset.transport import (
     TransportError,
     TransportTimeout,
 )
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 
 __all__ = ["Coverage", "LinkTally", "RadioLink", "radio_connector"]
 

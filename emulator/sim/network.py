@@ -34,8 +34,6 @@ from typing import Protocol
 
 import trio
 
-from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
-from sidekick_testbed.emulator.sim.trace_log import Timeline
 from sidekick_testbed.emulator.handset.transport import (
     RECEIVE_SIZE,
     Channel,
@@ -46,6 +44,8 @@ from sidekick_testbed.emulator.handset.transport import (
     TransportError,
     TransportTimeout,
 )
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
+from sidekick_testbed.emulator.sim.trace_log import Timeline
 
 __all__ = ["FAULT_KINDS", "Binding", "ConnectionTap", "NetworkFaults", "ServerSpawner", "SimNetwork"]
 

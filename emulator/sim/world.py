@@ -1,7 +1,7 @@
 """The deterministic simulation world: accounts of handsets, the reference server, a faulty network.
 
 One ``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)`` (``sim_clock``); every component draws from
-its own RNG derived from the root seed (``derive``), so a seed gives the same run, event for event.
+its own RNG derived from the root seed (``emulator.seeding``), so a seed gives the same run, event for event.
 A run has two phases. *Faults*: ``steps`` steps of user edits, syncs and nemesis actions (the
 swarm says which fault kinds are on). *Heal*: faults off, every handset powered, then rounds of
 syncs until a round in which no handset pushed or pulled anything. The oracle
@@ -11,12 +11,10 @@ every server fault, and at the end; the first violation stops the run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +22,9 @@ import trio
 
 from sidekick_testbed.emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff
+from sidekick_testbed.emulator.handset.sync_client import SyncError, SyncReport
 from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.seeding import derive_rng, derive_seed, seeded_trio_scheduler
 from sidekick_testbed.emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
 from sidekick_testbed.emulator.sim.clock import SimClock
 from sidekick_testbed.emulator.sim.flash_reader import ChipView, FlashReader
@@ -46,7 +46,6 @@ from sidekick_testbed.emulator.sim.summary import summarize
 from sidekick_testbed.emulator.sim.trace_log import Timeline
 from sidekick_testbed.emulator.sim.workload import Workload
 from sidekick_testbed.emulator.store import StoreError, StoreFull
-from sidekick_testbed.emulator.handset.sync_client import SyncError, SyncReport
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
 from sidekick_testbed.protocol.messages import (
     Bye,
@@ -69,7 +68,7 @@ from sidekick_testbed.server_stub.storage import UnknownAccount
 if TYPE_CHECKING:
     import trio.testing
 
-__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "derive", "run_world",
+__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "run_world",
            "with_swarm"]
 
 _T = TypeVar("_T")
@@ -96,11 +95,6 @@ STEP_MEAN = 3.0
 _USER_WEIGHT = 10.0
 _SYNC_WEIGHT = 7.0
 _BACKUP_WEIGHT = 1.0
-
-
-def derive(seed: int, name: str) -> int:
-    """A component's seed: SHA-256 of the root seed and the component's name."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big")
 
 
 @dataclass(frozen=True)
@@ -239,30 +233,6 @@ class _LogCatcher(logging.Handler):
 
 
 
-def seed_trio_scheduler(value: int) -> None:
-    """Seed Trio's tie-breaking RNG (which of several ready tasks runs first), so that one seed gives
-    one schedule. Trio keeps it private (``trio._core._run._r``); this is the one place we reach it."""
-    import trio._core._run as trio_run  # noqa: PLC0415
-
-    trio_run._r.seed(value)
-
-
-@contextmanager
-def seeded_trio_scheduler(value: int) -> Iterator[None]:
-    """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
-    pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
-    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test."""
-    import trio._core._run as trio_run  # noqa: PLC0415
-
-    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False  # type: ignore[misc]
-    seed_trio_scheduler(value)
-    try:
-        yield
-    finally:
-        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved  # type: ignore[misc]
-
-
 class World:
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
@@ -323,7 +293,7 @@ class World:
         """The oracle's reader of the handsets' chips (never through their stores)."""
 
     def _rng(self, name: str) -> random.Random:
-        return random.Random(derive(self.seed, name))
+        return derive_rng(self.seed, name)
 
     # ------------------------------------------------------------------ running
 
@@ -336,7 +306,7 @@ class World:
             lg.addHandler(self._catcher)
             lg.propagate = False
         try:
-            with seeded_trio_scheduler(derive(self.seed, "trio-scheduler")):
+            with seeded_trio_scheduler(derive_seed(self.seed, "trio-scheduler")):
                 trio.run(self._main, clock=self.clock)
         except Exception as exc:  # an exception no part handled: invariant 4, with the trace so far
             leaf = _innermost(exc)
