@@ -12,6 +12,13 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import (
+    HttpStream,
+    ScriptedDevice,
+    ServerClosed,
+    ServerRefused,
+    note_change,
+)
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.http import FRAMES_CONTENT_TYPE, HttpClientBinding, HttpResponse
 from sidekick_testbed.protocol.session import NEED_DATA
@@ -19,7 +26,6 @@ from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import HttpStream, ScriptedDevice, ServerClosed, ServerRefused, note_change
 
 KEY = b"k" * 32
 D1 = b"\x01" * 16

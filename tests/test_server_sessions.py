@@ -13,6 +13,13 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import (
+    ScriptedDevice,
+    ServerClosed,
+    ServerRefused,
+    note_change,
+    open_memory_device,
+)
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
 from sidekick_testbed.protocol.messages import Auth, Change, Error, Hello, Push
@@ -22,7 +29,6 @@ from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import ScriptedDevice, ServerClosed, ServerRefused, note_change, open_memory_device
 
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
