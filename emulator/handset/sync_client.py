@@ -1,7 +1,8 @@
 """The handset's sync client: one Trio task driving a ``DeviceSession`` over a ``Channel``.
 
-It syncs any ``SyncDevice`` (the store, RNG and hooks it needs; ``Handset`` is one) and raises the
-errors of ``sync_errors`` (re-exported here).
+It syncs any ``SyncDevice`` (the store, RNG and hooks it needs; ``Handset`` is one), returns a
+``SyncReport`` (both in ``sync_contract``) and raises the errors of ``sync_errors``; all are
+re-exported here.
 
 One sync, in order (docs/HANDSET.md explains the reasons):
 
@@ -27,11 +28,11 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from sidekick_testbed.emulator.handset.sync_contract import SyncDevice, SyncReport
 from sidekick_testbed.emulator.handset.sync_errors import (
     AuthRefused,
     ConnectionLost,
@@ -82,9 +83,6 @@ from sidekick_testbed.protocol.session import (
 )
 
 if TYPE_CHECKING:
-    import random
-
-    from sidekick_testbed.emulator.mutants import Mutants
     from sidekick_testbed.emulator.store import RecordStore, StoredVersion
 
 __all__ = [
@@ -112,60 +110,6 @@ MAX_BLOB = 64 << 20
 DEFAULT_TIMEOUT = 30.0
 """Seconds (Trio clock) to wait for any one answer from the server."""
 _CHUNK_OVERHEAD = OVERHEAD + 16 + 8 + 8 + 4 + 64  # frame + blob id, offset, total, length; margin
-
-
-# ---------------------------------------------------------------------------------------- report
-
-
-class SyncDevice(Protocol):
-    """What the sync client needs of the device it syncs (``Handset`` is one)."""
-
-    @property
-    def store(self) -> RecordStore:
-        """The device's store, looked up on every use: after a power cut it raises."""
-        ...
-
-    @property
-    def mutants(self) -> Mutants:
-        """The planted bugs the device runs with."""
-        ...
-
-    @property
-    def rng(self) -> random.Random:
-        """The device's RNG: nonces, new device ids, pings."""
-        ...
-
-    @property
-    def name(self) -> str:
-        """The device's name in the log ("" for none)."""
-        ...
-
-    def on_sync_message(self, direction: str, message: Message) -> None:
-        """Every message of the session, ``"sent"`` or ``"received"``, as it goes."""
-
-    def on_sync_regression(self, reason: str) -> None:
-        """The session detected a server regression (``reason`` says which)."""
-
-
-@dataclass
-class SyncReport:
-    """What one sync did (``attempts`` counts the tries ``Handset.sync`` needed)."""
-
-    pushed: int = 0
-    durable: int = 0
-    pulled: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
-    blob_bytes_sent: int = 0
-    blob_bytes_received: int = 0
-    regression: str | None = None
-    generation: int = 0
-    durable_lsn: int = 0
-    anchor: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    attempts: int = 1
 
 
 # ---------------------------------------------------------------------------------------- driver
