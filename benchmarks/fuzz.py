@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sidekick_testbed.emulator.sim.options import ALL_MUTANTS, SimOptions
 from sidekick_testbed.emulator.sim.signatures import MUTANT_SIGNATURES
-from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
+from sidekick_testbed.emulator.sim.world import run_world
 
 
 def throughput(runs: int, options: SimOptions, start: int = 1000) -> dict[str, Any]:

@@ -27,8 +27,9 @@ import trio
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.sync_client import SyncReport
-from sidekick_testbed.emulator.transport import Connector, memory_connector, tcp_connector
+from sidekick_testbed.emulator.handset.sync_client import SyncReport
+from sidekick_testbed.emulator.handset.transport import Connector, tcp_connector
+from sidekick_testbed.emulator.testing import MemoryWorld
 from sidekick_testbed.protocol.framing import encode_frame
 from sidekick_testbed.protocol.messages import Change, Push
 from sidekick_testbed.protocol.records import Contact, Note
@@ -89,20 +90,14 @@ def encode_baseline(handset: Handset, max_batch: int = 256) -> dict[str, Any]:
 
 
 async def in_memory(records: int) -> dict[str, Any]:
-    from sidekick_testbed.server_stub.server import SyncServer
-    from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
-
-    storage = SimulatedStorage(random.Random(0))
-    await storage.add_account(ACCOUNT, KEY)
-    server = SyncServer(storage, rng=random.Random(1))
+    world = MemoryWorld(seed=0, accounts={ACCOUNT: KEY})
     handset = make_handset(records)
     baseline = encode_baseline(handset)
-    async with trio.open_nursery() as nursery:
-        connect = memory_connector(server.serve_stream, nursery)
+    async with world.running():
+        connect = world.connector()
         first = await timed_sync(handset, connect)
         edit_ten(handset)
         incremental = await timed_sync(handset, connect)
-        nursery.cancel_scope.cancel()
     return {"first_sync": first, "incremental_10": incremental, "baseline_encode_push_frames": baseline}
 
 

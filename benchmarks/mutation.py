@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {
     "store": "emulator/store",
-    "sync_client": "emulator/sync_client.py",
+    "sync_client": "emulator/handset/sync_client.py",
     "handler": "server_stub/handler.py",
     "sim_storage": "server_stub/sim_storage.py",
     "sqlite_storage": "server_stub/sqlite_storage.py",

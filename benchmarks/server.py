@@ -40,9 +40,7 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.scripted_device import HttpStream, ScriptedDevice, note_change  # noqa: E402
+from sidekick_testbed.emulator.testing import HttpStream, ScriptedDevice, note_change
 
 KEY = bytes(range(32))
 ACCOUNTS = 10

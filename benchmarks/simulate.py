@@ -54,8 +54,9 @@ def _children_cpu() -> float:
 def _child(devices: int, duration: str, workload: str, network: str, seed: int, jobs: int) -> dict[str, Any]:
     """One run in this process; returns its figures."""
     logging.disable(logging.CRITICAL)
+    from sidekick_testbed.emulator.fleet.config import FleetConfig
     from sidekick_testbed.emulator.fleet.durations import parse_duration
-    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.engine import run_fleet
     from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
     seconds = parse_duration(duration)
@@ -155,8 +156,9 @@ def _scaling(args: argparse.Namespace) -> dict[str, Any]:
     from cluster import Busy, cpu_seconds, local_cluster
 
     from sidekick_testbed.emulator.executor import DaskExecutor
+    from sidekick_testbed.emulator.fleet.config import FleetConfig
     from sidekick_testbed.emulator.fleet.durations import parse_duration
-    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.engine import run_fleet
     from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
     logging.disable(logging.CRITICAL)

@@ -25,7 +25,8 @@ from sidekick_testbed.emulator import executor as executor_module
 from sidekick_testbed.emulator.cli import main
 from sidekick_testbed.emulator.executor import ClusterUnavailable, DaskExecutor, WorkerLost
 from sidekick_testbed.emulator.fleet import engine
-from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+from sidekick_testbed.emulator.fleet.config import FleetConfig
+from sidekick_testbed.emulator.fleet.engine import run_fleet
 from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 
 pytestmark = pytest.mark.xdist_group("dask")  # with --dist loadgroup: one worker, one shared cluster

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidekick_testbed.emulator.endpoint import (
+from sidekick_testbed.emulator.handset.endpoint import (
     EndpointError,
     ProxyURL,
     ServerURL,

@@ -14,8 +14,9 @@ from hypothesis.stateful import invariant
 from sidekick_testbed.emulator.flash import FlashFaults, Geometry, NandFlash
 from sidekick_testbed.emulator.mutants import Mutants
 from sidekick_testbed.emulator.sim.flash_reader import ChipView, FlashReader, read_chip
+from sidekick_testbed.emulator.sim.options import SimOptions
 from sidekick_testbed.emulator.sim.oracle import check_chip
-from sidekick_testbed.emulator.sim.world import SimOptions, run_world
+from sidekick_testbed.emulator.sim.world import run_world
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.protocol.records import Note
 from tests.test_store_stateful import StoreMachine

@@ -13,6 +13,7 @@ import sidekick_testbed.emulator.cli.common
 import sidekick_testbed.emulator.cli.simulate as simulate_cli
 import sidekick_testbed.emulator.fleet.engine
 from sidekick_testbed.emulator.cli import main
+from sidekick_testbed.emulator.fleet.config import FleetConfig, FleetRun
 
 
 def test_simulate_writes_json_and_report_and_is_deterministic(tmp_path: Path,
@@ -43,7 +44,7 @@ def test_jobs_auto_takes_one_per_core_and_at_most_one_per_account(
     used: list[int] = []
     real = sidekick_testbed.emulator.fleet.engine.run_fleet
 
-    def spy(config: sidekick_testbed.emulator.fleet.engine.FleetConfig, **kwargs: Any) -> sidekick_testbed.emulator.fleet.engine.FleetRun:
+    def spy(config: FleetConfig, **kwargs: Any) -> FleetRun:
         used.append(kwargs["jobs"])
         return real(config, **kwargs)
 

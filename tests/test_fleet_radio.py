@@ -18,8 +18,8 @@ from sidekick_testbed.emulator.fleet.radio import (
     RadioWorld,
     radio_connector,
 )
+from sidekick_testbed.emulator.handset.transport import ConnectFailed, TransportError, TransportTimeout
 from sidekick_testbed.emulator.sim.clock import SimClock
-from sidekick_testbed.emulator.transport import ConnectFailed, TransportError, TransportTimeout
 
 LAB = NetworkProfile("lab", down_bps=80_000, up_bps=40_000, rtt=0.2)
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+from sidekick_testbed.emulator.fleet.config import FleetConfig
+from sidekick_testbed.emulator.fleet.engine import run_fleet
 from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 from sidekick_testbed.emulator.fleet.report import PLOTS, render_html, write_report
 from sidekick_testbed.emulator.fleet.scenario import find_scenario

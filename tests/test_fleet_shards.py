@@ -13,7 +13,8 @@ import pytest
 
 from sidekick_testbed.emulator.executor import TaskFailed, WorkerLost
 from sidekick_testbed.emulator.fleet import engine
-from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet, run_shard
+from sidekick_testbed.emulator.fleet.config import FleetConfig
+from sidekick_testbed.emulator.fleet.engine import run_fleet, run_shard
 from sidekick_testbed.emulator.fleet.profiles import NetworkMix, load_workload
 from sidekick_testbed.emulator.fleet.scenario import find_scenario, load_scenario
 

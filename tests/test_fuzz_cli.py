@@ -15,8 +15,8 @@ import pytest
 
 from sidekick_testbed.emulator.cli import main
 from sidekick_testbed.emulator.sim import runner
+from sidekick_testbed.emulator.sim.options import ALL_MUTANTS, RunResult, SimOptions
 from sidekick_testbed.emulator.sim.runner import Budget, parse_budget, seeds
-from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, RunResult, SimOptions
 
 
 def test_list_mutants_names_device_and_server_bugs(capsys: pytest.CaptureFixture[str]) -> None:

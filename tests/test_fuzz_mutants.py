@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from sidekick_testbed.emulator.sim.options import ALL_MUTANTS, SimOptions
 from sidekick_testbed.emulator.sim.runner import seeds
 from sidekick_testbed.emulator.sim.signatures import MUTANT_SIGNATURES
 from sidekick_testbed.emulator.sim.trace import load_trace, replay
-from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions, run_world
+from sidekick_testbed.emulator.sim.world import run_world
 
 STARTS = (1, 2, 3)
 RUNS = 100

@@ -1,8 +1,6 @@
 """The handset: user operations, power, factory reset, status; and end to end against the reference
-server in-process (raw and HTTP bindings over memory streams) and over real TCP sockets.
-
-``World`` (an in-process reference server on the simulated storage, plus handsets of one account)
-is shared by the other handset test modules.
+server in-process (raw and HTTP bindings over memory streams, ``emulator.testing.MemoryWorld``) and
+over real TCP sockets.
 """
 
 from __future__ import annotations
@@ -10,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -19,96 +15,22 @@ import trio.testing
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff, UnknownRecord, UnsyncedData
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.store import SyncState
-from sidekick_testbed.emulator.transport import (
-    Connector,
+from sidekick_testbed.emulator.handset.transport import (
     http_connector,
-    http_memory_connector,
-    memory_connector,
     tcp_connector,
 )
-from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordBody, Todo
-from sidekick_testbed.server_stub.faults import FaultSet
-from sidekick_testbed.server_stub.server import SyncServer
-from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
-
-ACCOUNT = "alice"
-KEY = bytes(range(32))
-
-
-# ---------------------------------------------------------------------------------------- world
-
-
-class World:
-    """One account on an in-process reference server (simulated storage), and its handsets."""
-
-    def __init__(self, seed: int = 0, *, faults: tuple[str, ...] = (), blocks: int = 64) -> None:
-        self.seed = seed
-        self.blocks = blocks
-        self.storage = SimulatedStorage(random.Random(seed))
-        self.faults = FaultSet(faults)
-        self.server = SyncServer(self.storage, faults=self.faults, rng=random.Random(seed + 1))
-        self.handsets: list[Handset] = []
-        self.accounts: dict[str, bytes] = {ACCOUNT: KEY}
-        self.nursery: trio.Nursery | None = None
-
-    def handset(self, name: str, mutants: Mutants = NO_MUTANTS, *, account: str = ACCOUNT) -> Handset:
-        index = len(self.handsets)
-        self.accounts.setdefault(account, hashlib.sha256(account.encode()).digest())
-        rng = random.Random(f"{self.seed}/{name}")
-        flash = NandFlash(Geometry(blocks=self.blocks), rng=random.Random(f"{self.seed}/{name}/flash"))
-        handset = Handset.create(flash, device_id=bytes([index + 1]) * 16, account=account,
-                                 key=self.accounts[account], rng=rng, mutants=mutants, name=name)
-        self.handsets.append(handset)
-        return handset
-
-    def connector(self, *, http: bool = False) -> Connector:
-        assert self.nursery is not None, "use 'async with world.running()'"
-        if http:
-            return http_memory_connector(self.server.serve_http_stream, self.nursery)
-        return memory_connector(self.server.serve_stream, self.nursery)
-
-    async def provision(self) -> None:
-        for account, key in self.accounts.items():
-            if await self.storage.account_key(account) is None:
-                await self.storage.add_account(account, key)
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[World]:
-        await self.provision()
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
-                self.nursery = None
-
-    async def sync(self, handset: Handset, *, http: bool = False, attempts: int = 5):  # type: ignore[no-untyped-def]
-        return await handset.sync(self.connector(http=http), attempts=attempts)
-
-    async def server_heads(self, account: str = ACCOUNT) -> dict[bytes, Record]:
-        """Every record head the server holds for the account."""
-        return {r.record_id: r for r in await self.storage.records(account)}
-
-
-def live_bodies(heads: dict[bytes, Record]) -> dict[bytes, RecordBody]:
-    """Live records that are not conflict copies."""
-    return {rid: r.body for rid, r in heads.items() if not r.deleted and not r.conflict_of}
-
-
-def conflict_copies(heads: dict[bytes, Record]) -> dict[bytes, Record]:
-    """Live conflict copies."""
-    return {rid: r for rid, r in heads.items() if not r.deleted and r.conflict_of}
-
-
-def device_heads(handset: Handset) -> dict[bytes, Record]:
-    return {v.record.record_id: v.record for v in handset.store.records()}
-
-
-def device_bodies(handset: Handset) -> dict[bytes, RecordBody]:
-    return live_bodies(device_heads(handset))
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import SyncState
+from sidekick_testbed.emulator.testing import (
+    ACCOUNT,
+    KEY,
+    MemoryWorld,
+    conflict_copies,
+    device_bodies,
+    device_heads,
+    live_bodies,
+)
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Todo
 
 
 def new_handset(seed: int = 0, mutants: Mutants = NO_MUTANTS) -> Handset:
@@ -221,7 +143,7 @@ def test_status_counts_per_kind() -> None:
 
 @pytest.mark.parametrize("http", [False, True], ids=["raw", "http"])
 async def test_phone_and_desktop_converge_through_the_reference_server(http: bool) -> None:
-    world = World(seed=3)
+    world = MemoryWorld(seed=3)
     phone, desktop = world.handset("phone"), world.handset("desktop")
     async with world.running():
         ada = phone.add(Contact("Ada", ("+1",)))
@@ -247,7 +169,7 @@ async def test_phone_and_desktop_converge_through_the_reference_server(http: boo
 
 
 async def test_concurrent_edits_keep_both_versions_as_a_conflict_copy() -> None:
-    world = World(seed=4)
+    world = MemoryWorld(seed=4)
     phone, desktop = world.handset("phone"), world.handset("desktop")
     async with world.running():
         rid = phone.add(Note("plan", "v0"))
@@ -269,7 +191,7 @@ async def test_concurrent_edits_keep_both_versions_as_a_conflict_copy() -> None:
 
 
 async def test_sync_over_real_tcp_sockets_both_bindings() -> None:
-    world = World(seed=5)
+    world = MemoryWorld(seed=5)
     phone, desktop = world.handset("phone"), world.handset("desktop")
     await world.provision()
     async with trio.open_nursery() as nursery:
@@ -287,7 +209,7 @@ async def test_sync_over_real_tcp_sockets_both_bindings() -> None:
 
 async def test_mutant_restore_from_server_on_reboot_loses_unsynced_data() -> None:
     for mutants, survives in ((NO_MUTANTS, True), (Mutants(frozenset({"restore-from-server-on-reboot"})), False)):
-        world = World(seed=6)
+        world = MemoryWorld(seed=6)
         phone = world.handset("phone", mutants)
         async with world.running():
             synced = phone.add(Note("synced"))
@@ -302,11 +224,11 @@ async def test_mutant_restore_from_server_on_reboot_loses_unsynced_data() -> Non
 
 
 async def test_mutant_mark_clean_on_push_ack_loses_data_when_the_connection_drops_before_commit() -> None:
-    from sidekick_testbed.emulator.sync_client import SyncError
-    from sidekick_testbed.emulator.transport import cutting_connector
+    from sidekick_testbed.emulator.handset.sync_client import SyncError
+    from sidekick_testbed.emulator.handset.transport import cutting_connector
 
     for mutants, kept in ((NO_MUTANTS, True), (Mutants(frozenset({"mark-clean-on-push-ack"})), False)):
-        world = World(seed=8)
+        world = MemoryWorld(seed=8)
         phone = world.handset("phone", mutants)
         async with world.running():
             rid = phone.add(Note("only here"))

@@ -23,13 +23,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sidekick_testbed.emulator.flash import PowerLoss
 from sidekick_testbed.emulator.handset import Handset, PoweredOff
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.handset.transport import CuttingChannel, cutting_connector
 from sidekick_testbed.emulator.store import SyncState
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import CuttingChannel, cutting_connector
+from sidekick_testbed.emulator.testing import MemoryWorld, device_heads
 from sidekick_testbed.protocol.messages import Durable, Message, PullEnd, PushAck
 from sidekick_testbed.protocol.records import Note, Record, RecordBody
 from sidekick_testbed.server_stub.server import SyncServer
-from tests.test_handset import World, device_heads
 
 TEXT = st.text(alphabet="abcdefgh ", max_size=12)
 
@@ -68,7 +68,7 @@ class _CutOn:
 class HandsetFleet(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.world = World(seed=1)
+        self.world = MemoryWorld(seed=1)
         self.devices = [self.world.handset("phone"), self.world.handset("desktop")]
         self.latest: dict[bytes, RecordBody | None] = {}
         self.owner: dict[bytes, int] = {}

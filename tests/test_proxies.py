@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from sidekick_testbed.emulator.endpoint import ProxyURL
 from sidekick_testbed.emulator.flash import Geometry, NandFlash
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.sync_client import SyncFailed
-from sidekick_testbed.emulator.transport import http_connector, tcp_connector
+from sidekick_testbed.emulator.handset.endpoint import ProxyURL
+from sidekick_testbed.emulator.handset.sync_client import SyncFailed
+from sidekick_testbed.emulator.handset.transport import http_connector, tcp_connector
 from sidekick_testbed.protocol.records import Note
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer

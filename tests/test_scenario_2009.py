@@ -18,8 +18,14 @@ import pytest
 
 from sidekick_testbed.emulator.handset import Handset
 from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.testing import (
+    MemoryWorld,
+    conflict_copies,
+    device_bodies,
+    device_heads,
+    live_bodies,
+)
 from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Record, RecordBody, Todo
-from tests.test_handset import World, conflict_copies, device_bodies, device_heads, live_bodies
 
 
 @dataclass
@@ -78,7 +84,7 @@ def _delete(ledger: Ledger, handset: Handset, rid: bytes) -> None:
 
 async def run_2009(*, faults: tuple[str, ...] = (), mutants: Mutants = NO_MUTANTS,
                    seed: int = 2009) -> Outcome:
-    world = World(seed=seed, faults=faults)
+    world = MemoryWorld(seed=seed, faults=faults)
     phone = world.handset("alice-phone", mutants)
     desktop = world.handset("alice-desktop", mutants)
     bob = world.handset("bob-phone", mutants, account="bob")
@@ -174,7 +180,7 @@ async def test_2009_with_silent_rollback_what_devices_detect() -> None:
 async def test_silent_rollback_a_device_with_nothing_after_the_backup_cannot_tell() -> None:
     """A handset that neither pushed nor pulled after the backup holds an intact watermark and
     anchor: it sees nothing (the spec says so); the others repair the server for it."""
-    world = World(seed=11, faults=("silent-rollback",))
+    world = MemoryWorld(seed=11, faults=("silent-rollback",))
     quiet, busy = world.handset("quiet"), world.handset("busy")
     async with world.running():
         mine = quiet.add(Note("quiet's note"))
@@ -207,7 +213,7 @@ async def test_2009_catches_each_device_mutant(mutant: str) -> None:
 
 async def test_keep_anchor_after_restore_misses_records_recreated_below_the_old_anchor() -> None:
     for mutants, converges in ((NO_MUTANTS, True), (Mutants(frozenset({"keep-anchor-after-restore"})), False)):
-        world = World(seed=12)
+        world = MemoryWorld(seed=12)
         phone, desktop = world.handset("phone", mutants), world.handset("desktop", mutants)
         async with world.running():
             phone.add(Note("n0"))
@@ -225,7 +231,7 @@ async def test_keep_anchor_after_restore_misses_records_recreated_below_the_old_
 
 
 async def test_silent_rollback_a_device_that_only_pulled_sees_its_anchor_go_back() -> None:
-    world = World(seed=13, faults=("silent-rollback",))
+    world = MemoryWorld(seed=13, faults=("silent-rollback",))
     writer, reader = world.handset("writer"), world.handset("reader")
     async with world.running():
         writer.add(Note("before the backup"))

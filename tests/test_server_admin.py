@@ -13,10 +13,10 @@ import h11
 import pytest
 import trio
 
+from sidekick_testbed.emulator.testing import ScriptedDevice, note_change
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import ScriptedDevice, note_change
 
 KEY = b"k" * 32
 TOKEN = "s3cret"

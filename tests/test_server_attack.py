@@ -10,7 +10,7 @@ import trio
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.transport import http_connector, tcp_connector
+from sidekick_testbed.emulator.handset.transport import http_connector, tcp_connector
 from sidekick_testbed.protocol.records import Note
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from sidekick_testbed.emulator.testing import ScriptedDevice, note_change
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import ScriptedDevice, note_change
 
 KEY = bytes(range(32))
 DEVICES = 16

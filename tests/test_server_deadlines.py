@@ -11,12 +11,12 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import ScriptedDevice, ServerRefused
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.session import DeviceSession
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
-from tests.scripted_device import ScriptedDevice, ServerRefused
 
 KEY = b"k" * 32
 DEVICE = b"\x01" * 16

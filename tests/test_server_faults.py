@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import trio
 
+from sidekick_testbed.emulator.testing import ServerRefused, note_change, open_memory_device
 from sidekick_testbed.protocol.messages import Change
 from sidekick_testbed.protocol.records import Note, Record
 from sidekick_testbed.server_stub.faults import FAULT_MODES, FaultSet, UnknownFault, describe
 from sidekick_testbed.server_stub.server import SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import ServerRefused, note_change, open_memory_device
 
 KEY = b"k" * 32
 D1 = b"\x01" * 16

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import HttpStream, ScriptedDevice, ServerRefused, note_change
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import encode_frame
 from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
@@ -20,7 +21,6 @@ from sidekick_testbed.protocol.session import NEED_DATA, DeviceSession
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
-from tests.scripted_device import HttpStream, ScriptedDevice, ServerRefused, note_change
 
 KEY = b"k" * 32
 D1, D2, D3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16

@@ -12,6 +12,13 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import (
+    HttpStream,
+    ScriptedDevice,
+    ServerClosed,
+    ServerRefused,
+    note_change,
+)
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
 from sidekick_testbed.protocol.http_common import FRAMES_CONTENT_TYPE
@@ -20,7 +27,6 @@ from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import HttpStream, ScriptedDevice, ServerClosed, ServerRefused, note_change
 
 KEY = b"k" * 32
 D1 = b"\x01" * 16
@@ -197,7 +203,7 @@ async def test_wrong_key_over_http(http_server: Any) -> None:
 async def test_real_handset_syncs_over_http(http_server: Any) -> None:
     from sidekick_testbed.emulator.flash import Geometry, NandFlash
     from sidekick_testbed.emulator.handset import Handset
-    from sidekick_testbed.emulator.transport import http_connector
+    from sidekick_testbed.emulator.handset.transport import http_connector
     from sidekick_testbed.protocol.records import Todo
 
     _, addresses = http_server

@@ -13,6 +13,13 @@ import pytest
 import trio
 import trio.testing
 
+from sidekick_testbed.emulator.testing import (
+    ScriptedDevice,
+    ServerClosed,
+    ServerRefused,
+    note_change,
+    open_memory_device,
+)
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.framing import FrameDecoder, encode_frame
 from sidekick_testbed.protocol.messages import Auth, Change, Error, Hello, Push
@@ -22,7 +29,6 @@ from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import ServerAddresses, SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 from sidekick_testbed.server_stub.sqlite_storage import SqliteStorage
-from tests.scripted_device import ScriptedDevice, ServerClosed, ServerRefused, note_change, open_memory_device
 
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
@@ -208,7 +214,7 @@ async def test_malformed_frame_mid_session(tcp_server: Any) -> None:
 async def test_real_handset_syncs_over_tcp(tcp_server: Any) -> None:
     from sidekick_testbed.emulator.flash import Geometry, NandFlash
     from sidekick_testbed.emulator.handset import Handset
-    from sidekick_testbed.emulator.transport import tcp_connector
+    from sidekick_testbed.emulator.handset.transport import tcp_connector
     from sidekick_testbed.protocol.records import Contact
 
     _, addresses = tcp_server

@@ -10,9 +10,9 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidekick_testbed.emulator.handset.transport import ConnectFailed, TransportError
 from sidekick_testbed.emulator.sim.network import FAULT_KINDS, NetworkFaults, SimNetwork
 from sidekick_testbed.emulator.sim.trace_log import Timeline
-from sidekick_testbed.emulator.transport import ConnectFailed, TransportError
 
 
 class Recorder:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from sidekick_testbed.emulator.sim.options import SimOptions
 from sidekick_testbed.emulator.sim.stateful import SidekickMachine, machine_for
-from sidekick_testbed.emulator.sim.world import SimOptions
 
 TestSidekickMachine = SidekickMachine.TestCase
 TestSidekickMachine.settings = settings(stateful_step_count=12)

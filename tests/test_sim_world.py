@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from sidekick_testbed.emulator.flash import PowerLoss
+from sidekick_testbed.emulator.sim.devices import cut_op_match
 from sidekick_testbed.emulator.sim.flash_reader import ChipView, read_chip
 from sidekick_testbed.emulator.sim.ledger import Ledger, key_of
 from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
+from sidekick_testbed.emulator.sim.options import GEOMETRY, SimOptions
 from sidekick_testbed.emulator.sim.oracle import check_device, check_heal, check_server_history
 from sidekick_testbed.emulator.sim.shrink import shrink
 from sidekick_testbed.emulator.sim.simflash import SimFlash
@@ -27,7 +29,7 @@ from sidekick_testbed.emulator.sim.trace import (
     trace_bytes,
     write_trace,
 )
-from sidekick_testbed.emulator.sim.world import GEOMETRY, SimOptions, World, cut_op_match, derive, run_world
+from sidekick_testbed.emulator.sim.world import World, run_world
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.protocol.messages import Change, Commit, Durable, HelloOk, Push
 from sidekick_testbed.protocol.records import Note, Photo, Record
@@ -46,7 +48,7 @@ def test_same_seed_gives_a_byte_identical_trace() -> None:
 
 
 def test_another_process_with_other_hash_seeds_writes_the_same_trace() -> None:
-    code = ("import sys; from emulator.sim.world import run_world, SimOptions; "
+    code = ("import sys; from emulator.sim.options import SimOptions; from emulator.sim.world import run_world; "
             "from emulator.sim.trace import to_trace, trace_bytes; "
             "sys.stdout.buffer.write(trace_bytes(to_trace(run_world(4, SimOptions(steps=20)))))")
     here = trace_bytes(to_trace(run_world(4, SimOptions(steps=20))))
@@ -58,12 +60,6 @@ def test_another_process_with_other_hash_seeds_writes_the_same_trace() -> None:
 
 def test_different_seeds_give_different_runs() -> None:
     assert to_trace(run_world(1, SMALL))["events"] != to_trace(run_world(2, SMALL))["events"]
-
-
-def test_component_seeds_are_derived_and_distinct() -> None:
-    assert derive(1, "network") == derive(1, "network")
-    assert len({derive(1, name) for name in ("network", "workload", "nemesis", "storage")}) == 4
-    assert derive(1, "network") != derive(2, "network")
 
 
 def test_correct_system_raises_no_false_alarm() -> None:

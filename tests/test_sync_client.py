@@ -15,15 +15,15 @@ import trio.testing
 
 from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
 from sidekick_testbed.emulator.handset import BACKOFF_BASE, Handset, PoweredOff
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.sync_client import (
+from sidekick_testbed.emulator.handset.sync_client import (
     AuthRefused,
     GenerationChanged,
     ServerNotAuthentic,
     SyncFailed,
     SyncTimeout,
 )
-from sidekick_testbed.emulator.transport import Channel, HttpChannel, memory_connector
+from sidekick_testbed.emulator.handset.transport import Channel, HttpChannel, memory_connector
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.protocol import auth
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import (
@@ -418,7 +418,7 @@ async def test_retries_back_off_exponentially_with_jitter_on_the_trio_clock(auto
         async def flaky() -> Channel:
             starts.append(trio.current_time())
             if len(starts) <= failures:
-                from sidekick_testbed.emulator.transport import ConnectFailed
+                from sidekick_testbed.emulator.handset.transport import ConnectFailed
                 raise ConnectFailed("refused")
             return await inner()
 
@@ -449,7 +449,7 @@ async def test_a_server_that_takes_nothing_times_the_sync_out(autojump_clock: tr
     nursery.start_soon(deaf)
 
     async def connect() -> Channel:
-        from sidekick_testbed.emulator.transport import StreamChannel
+        from sidekick_testbed.emulator.handset.transport import StreamChannel
         return HttpChannel(device_end, "deaf.invalid") if binding == "http" else StreamChannel(device_end)
 
     phone = new_handset()

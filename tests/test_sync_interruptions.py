@@ -9,17 +9,17 @@ import pytest
 
 from sidekick_testbed.emulator.flash import PowerLoss
 from sidekick_testbed.emulator.handset import Handset
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import cutting_connector
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.handset.transport import cutting_connector
+from sidekick_testbed.emulator.testing import MemoryWorld, conflict_copies, device_bodies, live_bodies
 from sidekick_testbed.protocol.records import Contact, Note, RecordBody, Todo
-from tests.test_handset import World, conflict_copies, device_bodies, live_bodies
 
 SEED = 77
 
 
-def setup() -> tuple[World, Handset, Handset]:
+def setup() -> tuple[MemoryWorld, Handset, Handset]:
     """Phone with unsynced contacts, a to-do, a photo; desktop with a note already on the server."""
-    world = World(seed=SEED)
+    world = MemoryWorld(seed=SEED)
     return world, world.handset("phone"), world.handset("desktop")
 
 
@@ -32,7 +32,7 @@ def populate(phone: Handset, desktop: Handset) -> None:
     desktop.add(Note("from the desktop"))
 
 
-async def interrupted_sync(world: World, phone: Handset, budget: int | None = None,
+async def interrupted_sync(world: MemoryWorld, phone: Handset, budget: int | None = None,
                            cut_at: int | None = None, http: bool = False) -> tuple[int, int]:
     """Run the phone's sync once, cut after ``budget`` frames or at flash op ``cut_at``; return
     (frames passed, flash ops used)."""
@@ -50,7 +50,7 @@ async def interrupted_sync(world: World, phone: Handset, budget: int | None = No
     return channels[0].frames if channels else 0, phone.flash.ops - start
 
 
-async def check_converged(world: World, phone: Handset, desktop: Handset,
+async def check_converged(world: MemoryWorld, phone: Handset, desktop: Handset,
                           expected: dict[bytes, RecordBody]) -> None:
     for handset in (phone, desktop, phone):
         await world.sync(handset, attempts=2)

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from sidekick_testbed.emulator.endpoint import ProxyURL
-from sidekick_testbed.emulator.transport import (
+from sidekick_testbed.emulator.handset.endpoint import ProxyURL
+from sidekick_testbed.emulator.handset.transport import (
     ConnectFailed,
     HttpChannel,
     HttpStatusError,
@@ -360,7 +360,7 @@ async def test_a_refused_or_dropped_connect_is_connect_failed(answer: bytes) -> 
 
 
 async def test_cutting_channel_cuts_at_a_frame_boundary() -> None:
-    from sidekick_testbed.emulator.transport import CuttingChannel
+    from sidekick_testbed.emulator.handset.transport import CuttingChannel
     from sidekick_testbed.protocol.framing import encode_frame
     from sidekick_testbed.protocol.messages import Ping, Pong
 

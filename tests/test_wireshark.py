@@ -25,9 +25,10 @@ from sidekick_testbed.emulator.capture.sim import SimTap
 from sidekick_testbed.emulator.capture.tcp import HTTP_PORT, Capture
 from sidekick_testbed.emulator.cli import main
 from sidekick_testbed.emulator.sim.nemesis import Swarm
+from sidekick_testbed.emulator.sim.options import SimOptions
 from sidekick_testbed.emulator.sim.story import event_line
 from sidekick_testbed.emulator.sim.trace import to_trace, write_trace
-from sidekick_testbed.emulator.sim.world import SimOptions, World, run_world
+from sidekick_testbed.emulator.sim.world import World, run_world
 from sidekick_testbed.emulator.wireshark import dissector_path
 from tests.server_process import serve_process
 

@@ -20,7 +20,7 @@ import trio
 from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
 from sidekick_testbed.emulator.certify.verdicts import TraceEntry
 from sidekick_testbed.emulator.frame_json import message_to_json
-from sidekick_testbed.emulator.transport import connect_error_reason
+from sidekick_testbed.emulator.handset.transport import connect_error_reason
 from sidekick_testbed.protocol.errors import ErrorCode, RemoteProtocolError
 from sidekick_testbed.protocol.framing import MIN_MAX_FRAME, FrameDecoder, encode_frame
 from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse

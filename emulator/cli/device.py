@@ -25,7 +25,6 @@ from typing import Any
 import trio
 
 from sidekick_testbed.emulator.cli.common import CliError, pcap_recording, require_writable
-from sidekick_testbed.emulator.endpoint import EndpointError, choose_proxy, parse_server
 from sidekick_testbed.emulator.flash import (
     FlashError,
     Geometry,
@@ -36,9 +35,10 @@ from sidekick_testbed.emulator.flash import (
     save_image,
 )
 from sidekick_testbed.emulator.handset import Handset, HandsetError, UnknownRecord, UnsyncedData
+from sidekick_testbed.emulator.handset.endpoint import EndpointError, choose_proxy, parse_server
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.handset.transport import http_connector, tcp_connector
 from sidekick_testbed.emulator.store import StoredVersion, StoreError, SyncState
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import http_connector, tcp_connector
 from sidekick_testbed.protocol.records import (
     CalendarEvent,
     Contact,

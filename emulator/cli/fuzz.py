@@ -27,6 +27,7 @@ from sidekick_testbed.emulator.cli.common import (
 from sidekick_testbed.emulator.executor import ExecutorError, open_executor
 from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS
 from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, parse_faults
+from sidekick_testbed.emulator.sim.options import ALL_MUTANTS, SimOptions
 from sidekick_testbed.emulator.sim.runner import (
     Budget,
     Campaign,
@@ -37,7 +38,6 @@ from sidekick_testbed.emulator.sim.runner import (
 )
 from sidekick_testbed.emulator.sim.story import tell
 from sidekick_testbed.emulator.sim.trace import Replay, TraceError, load_trace, replay
-from sidekick_testbed.emulator.sim.world import ALL_MUTANTS, SimOptions
 
 __all__ = ["register"]
 

@@ -120,7 +120,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _list_scenarios()
     if args.compare:
         return _compare(args)
-    from sidekick_testbed.emulator.fleet.engine import FleetConfig, run_fleet
+    from sidekick_testbed.emulator.fleet.config import FleetConfig
+    from sidekick_testbed.emulator.fleet.engine import run_fleet
 
     devices = _int(args.devices, "devices", 1)
     if args.cluster is None:  # a cluster's workers hold the handsets, not this machine

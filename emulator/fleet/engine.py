@@ -1,9 +1,9 @@
 """The fleet engine: many handsets, their users, radio links and the server, in one ``trio.run``.
 
-One root seed gives every component its own ``random.Random`` (``derive_rng``). Time is a
+One root seed gives every component its own ``random.Random`` (``emulator.seeding.derive_rng``). Time is a
 ``SimClock``: virtual, it jumps whenever every task waits, so a simulated day passes as fast as the
 work in it allows, and its alarms time the radio links and the scheduler. A single scheduler task
-takes ``(time, seq, device, action)`` from a heap: idle handsets cost no task; an event a sync
+takes ``(time, seq, device, action, server event)`` from a heap: idle handsets cost no task; an event a sync
 task pushes while the scheduler sleeps (a retry) rings the scheduler's alarm earlier, and an end
 event keeps the heap from running dry before the end. A user change schedules a sync
 ``sync_delay`` later (coalesced); every handset also syncs every ``sync_interval``. A sync is a
@@ -16,6 +16,9 @@ partitions, every handset on and synced) and the ledger counts the versions lost
 ``fleet_report`` adds the parts up into the JSON report; ``run_fleet(jobs=N)`` runs N shards on
 an executor (``emulator.executor``: local worker processes or a Dask cluster). Accounts share
 nothing but the server, which treats each apart, so the report is the same for any N.
+
+What a run simulates is ``fleet.config``; what the users write, ``fleet.bodies``; the state of a
+handset and the heap's event kinds, ``fleet.state``; a shard's figures and the report, ``fleet.parts``.
 """
 
 from __future__ import annotations
@@ -25,216 +28,35 @@ import gc
 import hashlib
 import heapq
 import math
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from sidekick_testbed.emulator.executor import Executor, Report, open_executor
-from sidekick_testbed.emulator.flash import MAX_BLOCKS, Geometry, NandFlash, PowerLoss
-from sidekick_testbed.emulator.fleet.durations import format_duration
+from sidekick_testbed.emulator.flash import Geometry, NandFlash, PowerLoss
+from sidekick_testbed.emulator.fleet.bodies import edited_body, new_body, photo_bytes
+from sidekick_testbed.emulator.fleet.config import HANDSETS, PAGES_PER_BLOCK, FleetConfig, FleetRun
 from sidekick_testbed.emulator.fleet.ledger import ContentKey, Ledger, content_key
 from sidekick_testbed.emulator.fleet.metrics import FleetMetrics, LossEvent, Sample, SyncRecord
-from sidekick_testbed.emulator.fleet.profiles import NetworkMix, NetworkProfile, WorkloadProfile
+from sidekick_testbed.emulator.fleet.parts import FleetPart, fleet_report
 from sidekick_testbed.emulator.fleet.radio import Coverage, LinkTally, RadioWorld, radio_connector
-from sidekick_testbed.emulator.fleet.scenario import EMPTY, Scenario, ServerEvent
+from sidekick_testbed.emulator.fleet.scenario import ServerEvent
+from sidekick_testbed.emulator.fleet.state import Action, FleetDevice, LedgerStorage, RegressionCounter
 from sidekick_testbed.emulator.handset import Handset, HandsetError
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.handset.sync_client import SyncError
+from sidekick_testbed.emulator.seeding import derive_rng, seed_trio_scheduler
 from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 from sidekick_testbed.emulator.sim.flash_reader import FlashReader
 from sidekick_testbed.emulator.store import StoreError, StoreFull
-from sidekick_testbed.emulator.sync_client import SyncError
-from sidekick_testbed.emulator.transport import Connector
-from sidekick_testbed.protocol.messages import Change, Message
-from sidekick_testbed.protocol.records import (
-    CalendarEvent,
-    Contact,
-    Note,
-    Photo,
-    RecordBody,
-    RecordKind,
-    Todo,
-)
+from sidekick_testbed.protocol.records import RecordKind
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import SyncServer
 from sidekick_testbed.server_stub.sim_storage import SimSnapshot, SimulatedStorage
 
-__all__ = ["HANDSETS", "FleetConfig", "FleetPart", "FleetRun", "derive_rng", "fleet_report", "run_fleet",
-           "run_shard"]
+__all__ = ["run_fleet", "run_shard"]
 
-HANDSETS: dict[str, Mutants] = {
-    "correct": NO_MUTANTS,
-    "2009": Mutants(frozenset({"restore-from-server-on-reboot"})),
-}
-"""Handset behaviours: the correct one, and the 2009 firmware that restores from the server on reboot."""
-
-_CHANGE, _SYNC, _POWER_OFF, _POWER_ON, _SAMPLE, _BACKUP, _OUTAGE_END, _SLOW_END, _END = range(9)
-_EVENT = 100  # + index of the scenario's event
 _KIND_NAMES = {k: k.name.lower() for k in RecordKind}
-
-
-def derive_rng(seed: int, *name: object) -> random.Random:
-    """An independent generator for one component, from the root seed and the component's name."""
-    text = "/".join(str(part) for part in (seed, *name)).encode()
-    return random.Random(int.from_bytes(hashlib.sha256(text).digest()[:8], "big"))
-
-
-@dataclass(frozen=True, slots=True)
-class FleetConfig:
-    """One fleet run. ``accounts`` defaults to one per handset; handsets are dealt to accounts
-    round-robin. ``labels`` are the user's spellings (file names) echoed in the report."""
-
-    devices: int
-    workload: WorkloadProfile
-    network: NetworkMix
-    duration: float = 86400.0
-    accounts: int | None = None
-    scenario: Scenario = EMPTY
-    handset: str = "correct"
-    seed: int = 0
-    sample_every: float = 600.0
-    attempts: int = 5
-    retry_base: float = 300.0
-    flash_blocks: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.devices < 1:
-            raise ValueError("at least one device")
-        if self.accounts is not None and not 1 <= self.accounts <= self.devices:
-            raise ValueError("accounts must be between 1 and the number of devices")
-        if self.duration <= 0 or self.sample_every <= 0:
-            raise ValueError("duration and sample interval must be positive")
-        if self.handset not in HANDSETS:
-            raise ValueError(f"handset must be one of {', '.join(HANDSETS)}")
-        if self.handset_blocks > MAX_BLOCKS:
-            raise ValueError(f"{format_duration(self.duration)} of the {self.workload.name} workload needs "
-                             f"{self.handset_blocks:,} flash blocks a handset, more than a chip has "
-                             f"({MAX_BLOCKS:,}): simulate a shorter time")
-
-    @property
-    def handset_blocks(self) -> int:
-        """Erase blocks of each handset's flash: ``flash_blocks``, or what the workload needs."""
-        return self.flash_blocks or _flash_blocks(self.workload, self.duration)
-
-    @property
-    def account_count(self) -> int:
-        """Accounts in the run."""
-        return self.accounts if self.accounts is not None else self.devices
-
-
-@dataclass
-class FleetRun:
-    """A finished run: the JSON report and figures the benchmark wants (never in the JSON)."""
-
-    report: dict[str, Any]
-    events_processed: int
-    syncs: int
-
-
-class _Device:
-    """One handset with its user, link and schedule state."""
-
-    __slots__ = ("index", "account", "handset", "profile", "coverage", "user_rng", "connector", "tally",
-                 "syncing", "sync_due", "dirty", "failures", "seen_generation", "seen_anchor", "live",
-                 "serial", "periodic_at")
-
-    def __init__(self, index: int, account: int, profile: NetworkProfile, handset: Handset,
-                 user_rng: random.Random, coverage: Coverage, connector: Connector, tally: LinkTally) -> None:
-        self.index = index
-        self.account = account
-        self.profile = profile
-        self.handset = handset
-        self.user_rng = user_rng
-        self.coverage = coverage
-        self.connector = connector
-        self.tally = tally
-        self.syncing = False
-        self.sync_due = math.inf
-        self.dirty = False
-        self.failures = 0
-        self.seen_generation = 0
-        self.seen_anchor = 0
-        self.live: dict[RecordKind, list[bytes]] = {}
-        self.serial = 0
-        self.periodic_at = 0.0
-
-
-class _Storage:
-    """The server's storage as the fleet sees it: a thin wrapper that tells the ledger what was
-    committed, adds the slow disk's commit delay and tracks each account's server version."""
-
-    def __init__(self, inner: SimulatedStorage, ledger: Ledger, account_index: dict[str, int]) -> None:
-        self.inner = inner
-        self.ledger = ledger
-        self.account_index = account_index
-        self.commit_delay = 0.0
-        self.versions: list[int] = [0] * len(account_index)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def generation(self) -> int:
-        return self.inner.generation
-
-    @property
-    def server_id(self) -> bytes:
-        return self.inner.server_id
-
-    async def commit(self, account: str, device_id: bytes, changes: Sequence[Change]) -> Any:
-        if self.commit_delay:
-            await trio.sleep(self.commit_delay)
-        result = await self.inner.commit(account, device_id, changes)
-        index = self.account_index[account]
-        self.ledger.committed(index, changes)
-        self.versions[index] = await self.inner.server_version(account)
-        return result
-
-
-class _Observer:
-    """Counts the server regressions handsets detect."""
-
-    def __init__(self, metrics: FleetMetrics) -> None:
-        self.metrics = metrics
-
-    def on_message(self, handset: Handset, direction: str, message: Message) -> None:
-        pass
-
-    def on_regression(self, handset: Handset, reason: str) -> None:
-        self.metrics.regressions += 1
-
-
-def _retag(text: str, tag: str) -> str:
-    """``text`` with its edit tag (after " #") replaced by ``tag``."""
-    return f"{text.partition(' #')[0]} #{tag}"
-
-
-PHOTO_TILE = 256
-"""Bytes of randomness in a synthetic photo; the rest repeats them."""
-
-
-def _photo_bytes(rng: random.Random, size: int) -> bytes:
-    """A photo's image data: ``PHOTO_TILE`` random bytes repeated to ``size``. Unique per photo,
-    with real sizes on the air and on flash; compressible, so that the flash and the server can
-    hold 10,000 handsets' photos (nothing in the protocol compresses, so no figure changes)."""
-    tile = rng.randbytes(min(size, PHOTO_TILE))
-    return (tile * (size // len(tile) + 1))[:size]
-
-
-PAGES_PER_BLOCK = 16
-"""Pages in each erase block of a handset's flash (2 KiB pages)."""
-
-
-def _flash_blocks(workload: WorkloadProfile, duration: float) -> int:
-    """Blocks of 16 x 2 KiB pages for one handset: what the run's photos and records need, twice
-    over, plus room for garbage collection."""
-    days = duration / 86400
-    photos = workload.per_day.get(RecordKind.PHOTO, 0.0) * days * 3 + 2
-    need = photos * (workload.photo_bytes + 4096) + workload.changes_per_day * days * 3 * 1024 + 65536
-    return max(24, math.ceil(2 * need / (PAGES_PER_BLOCK * 2048)) + 8)
 
 
 class _Fleet:
@@ -251,20 +73,20 @@ class _Fleet:
         """The accounts this process simulates (every one unless the run is split into shards)."""
         self.ledger = Ledger(len(self.accounts))
         self.events_rng = derive_rng(config.seed, "server-events")
-        self.storage = _Storage(SimulatedStorage(derive_rng(config.seed, "storage"), pack_blobs=True), self.ledger,
+        self.storage = LedgerStorage(SimulatedStorage(derive_rng(config.seed, "storage"), pack_blobs=True), self.ledger,
                                 {name: i for i, name in enumerate(self.accounts)})
         self.server = SyncServer(self.storage, limits=Limits(max_sessions=1 << 30),
                                  rng=derive_rng(config.seed, "server"))
         self.mutants = HANDSETS[config.handset]
         self.geometry = Geometry(pages_per_block=PAGES_PER_BLOCK,
                                  blocks=config.handset_blocks)
-        self.observer = _Observer(self.metrics)
+        self.observer = RegressionCounter(self.metrics)
         self.reader = FlashReader(keep_views=False, max_pages=0)
         """Reads handsets' chips for the loss accounting (no cache: fleets hold many chips)."""
-        self.devices: dict[int, _Device] = {}
+        self.devices: dict[int, FleetDevice] = {}
         """This shard's handsets by their index in the whole fleet."""
         self.by_account: list[list[int]] = [[] for _ in self.accounts]
-        self.heap: list[tuple[float, int, int, int]] = []
+        self.heap: list[tuple[float, int, int, Action, int]] = []
         self.wakeup: Alarm | None = None
         """The scheduler's alarm while it sleeps until the earliest event."""
         self.seq = 0
@@ -306,7 +128,7 @@ class _Fleet:
             tally = LinkTally()
             connector = radio_connector(self.server.serve_stream, profile, coverage,
                                         derive_rng(config.seed, "radio", index), tally, self.world)
-            device = _Device(index, account, profile, handset, derive_rng(config.seed, "user", index), coverage,
+            device = FleetDevice(index, account, profile, handset, derive_rng(config.seed, "user", index), coverage,
                              connector, tally)
             self.devices[index] = device
             self.by_account[account].append(index)
@@ -319,36 +141,38 @@ class _Fleet:
             device.periodic_at = (index + 0.5) / config.devices * self.workload.sync_interval
             self._schedule_sync(device, device.periodic_at)
         for event_index, event in enumerate(self.config.scenario.events):
-            self._push(event.at, -1, _EVENT + event_index)
+            self._push(event.at, -1, Action.SERVER_EVENT, event_index)
         for at in self.config.scenario.backup_times:
-            self._push(at, -1, _BACKUP)
+            self._push(at, -1, Action.BACKUP)
         t = 0.0
         while t <= config.duration:
-            self._push(t, -1, _SAMPLE)
+            self._push(t, -1, Action.SAMPLE)
             t += config.sample_every
         # The end: the heap is never empty before it, so the scheduler is there to take what a
         # running sync schedules (a retry) however quiet the fleet is.
-        self._push(config.duration, -1, _END)
+        self._push(config.duration, -1, Action.END)
 
-    def _push(self, at: float, device: int, action: int) -> None:
+    def _push(self, at: float, device: int, action: Action, event: int = -1) -> None:
+        """Schedule ``action`` at ``at`` for handset ``device`` (-1: none), or the scenario's
+        server event number ``event`` (``Action.SERVER_EVENT``)."""
         self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, device, action))
+        heapq.heappush(self.heap, (at, self.seq, device, action, event))
         wakeup = self.wakeup
         if wakeup is not None and at < wakeup.at:  # pushed by a sync task while the scheduler sleeps
             self.clock.ring(wakeup, at)
 
-    def _next_change(self, device: _Device, now: float) -> None:
+    def _next_change(self, device: FleetDevice, now: float) -> None:
         if self.change_rate > 0:
-            self._push(now + device.user_rng.expovariate(self.change_rate), device.index, _CHANGE)
+            self._push(now + device.user_rng.expovariate(self.change_rate), device.index, Action.CHANGE)
 
-    def _next_power_off(self, device: _Device, now: float) -> None:
+    def _next_power_off(self, device: FleetDevice, now: float) -> None:
         if self.reboot_rate > 0:
-            self._push(now + device.user_rng.expovariate(self.reboot_rate), device.index, _POWER_OFF)
+            self._push(now + device.user_rng.expovariate(self.reboot_rate), device.index, Action.POWER_OFF)
 
-    def _schedule_sync(self, device: _Device, at: float) -> None:
+    def _schedule_sync(self, device: FleetDevice, at: float) -> None:
         if at < device.sync_due:
             device.sync_due = at
-            self._push(at, device.index, _SYNC)
+            self._push(at, device.index, Action.SYNC)
 
     # ------------------------------------------------------------------ the scheduler
 
@@ -365,37 +189,37 @@ class _Fleet:
                 await self.clock.wait(self.wakeup)
                 self.wakeup = None
                 continue
-            at, _, index, action = heapq.heappop(heap)
+            at, _, index, action, event = heapq.heappop(heap)
             self.events_processed += 1
             if index >= 0:
                 device = self.devices[index]
-                if action == _CHANGE:
+                if action is Action.CHANGE:
                     self._user_change(device)
-                elif action == _SYNC:
+                elif action is Action.SYNC:
                     if at == device.sync_due:
                         device.sync_due = math.inf
                         self._start_sync(device)
-                elif action == _POWER_OFF:
+                elif action is Action.POWER_OFF:
                     self._power_off(device, self._off_time(device))
                     self._next_power_off(device, at)
-                elif action == _POWER_ON:
+                elif action is Action.POWER_ON:
                     self._power_on(device)
-            elif action == _SAMPLE:
+            elif action is Action.SAMPLE:
                 self._sample()
-            elif action == _END:
+            elif action is Action.END:
                 break
-            elif action == _BACKUP:
+            elif action is Action.BACKUP:
                 self.backups[at] = self.storage.inner.backup()
-            elif action == _SLOW_END:
+            elif action is Action.SLOW_END:
                 self.storage.commit_delay = 0.0
-            elif action == _OUTAGE_END:
+            elif action is Action.OUTAGE_END:
                 self.world.server_up = at >= self.down_until
-            else:
-                self._server_event(self.config.scenario.events[action - _EVENT])
+            elif action is Action.SERVER_EVENT:
+                self._server_event(self.config.scenario.events[event])
 
     # ------------------------------------------------------------------ users
 
-    def _user_change(self, device: _Device) -> None:
+    def _user_change(self, device: FleetDevice) -> None:
         now = trio.current_time()
         self._next_change(device, now)
         handset = device.handset
@@ -420,7 +244,8 @@ class _Fleet:
                 if head is None or head.record.deleted:
                     ids.remove(record_id)
                     return
-                body = self._edited(device, head.record.body)
+                device.serial += 1
+                body = edited_body(head.record.body, device.serial)
                 handset.edit(record_id, body)
                 self.ledger.wrote(device.account, device.index, record_id, _KIND_NAMES[kind], body,
                                   deleted=False, now=now)
@@ -438,62 +263,36 @@ class _Fleet:
         device.dirty = True
         self._schedule_sync(device, now + self.workload.sync_delay)
 
-    def _create(self, device: _Device, kind: RecordKind, now: float) -> None:
+    def _create(self, device: FleetDevice, kind: RecordKind, now: float) -> None:
         """The user creates a record of ``kind`` (a photo: takes one)."""
         handset = device.handset
         if kind is RecordKind.PHOTO:
-            data = _photo_bytes(device.user_rng, self.workload.photo_bytes)
+            data = photo_bytes(device.user_rng, self.workload.photo_bytes)
             device.serial += 1
             record_id = handset.take_photo(f"photo {device.index}-{device.serial}", data)
             head = handset.store.get(record_id)
             assert head is not None
             body = head.record.body
         else:
-            body = self._new_body(device, kind)
+            device.serial += 1
+            body = new_body(kind, device.index, device.serial)
             record_id = handset.add(body)
         device.live.setdefault(kind, []).append(record_id)
         self.ledger.wrote(device.account, device.index, record_id, _KIND_NAMES[kind], body, deleted=False, now=now)
 
-    def _new_body(self, device: _Device, kind: RecordKind) -> RecordBody:
-        device.serial += 1
-        n = device.serial
-        if kind is RecordKind.CONTACT:
-            return Contact(f"Contact {device.index}-{n}", (f"+1555{n:07d}",), (f"c{n}@example.com",))
-        if kind is RecordKind.EVENT:
-            start = 1_254_355_200 + n * 3600
-            return CalendarEvent(f"Event {n}", start, start + 1800, "Palo Alto")
-        if kind is RecordKind.TODO:
-            return Todo(f"To do {n}", False, 0, n % 3)
-        return Note(f"Note {n}", f"text of note {n} on handset {device.index}")
-
-    def _edited(self, device: _Device, body: RecordBody) -> RecordBody:
-        """A new body for an edit; every edit differs from every earlier version."""
-        device.serial += 1
-        tag = f"v{device.serial}"
-        if isinstance(body, Contact):
-            return Contact(_retag(body.name, tag), (*body.phones[:2], f"+1555{device.serial:07d}"), body.emails)
-        if isinstance(body, CalendarEvent):
-            return CalendarEvent(_retag(body.title, tag), body.start + 900, body.end + 900, body.location)
-        if isinstance(body, Todo):
-            return Todo(_retag(body.title, tag), not body.done, body.due, body.priority)
-        if isinstance(body, Note):
-            return Note(_retag(body.title, tag), f"text of note, {tag}")
-        assert isinstance(body, Photo)
-        return Photo(_retag(body.caption, tag), body.blob_id, body.size, body.sha256, body.content_type)
-
     # ------------------------------------------------------------------ power
 
-    def _off_time(self, device: _Device) -> float:
+    def _off_time(self, device: FleetDevice) -> float:
         """How long a handset stays off after a power cut: 1 to 10 minutes."""
         return float(device.user_rng.uniform(60.0, 600.0))
 
-    def _power_off(self, device: _Device, off_for: float) -> None:
+    def _power_off(self, device: FleetDevice, off_for: float) -> None:
         if not device.handset.powered:
             return
         device.handset.power_cut()
-        self._push(trio.current_time() + off_for, device.index, _POWER_ON)
+        self._push(trio.current_time() + off_for, device.index, Action.POWER_ON)
 
-    def _power_on(self, device: _Device) -> None:
+    def _power_on(self, device: FleetDevice) -> None:
         handset = device.handset
         if handset.powered:
             return
@@ -534,7 +333,7 @@ class _Fleet:
 
     # ------------------------------------------------------------------ syncs
 
-    def _start_sync(self, device: _Device) -> None:
+    def _start_sync(self, device: FleetDevice) -> None:
         if device.syncing:
             device.dirty = True
             return
@@ -544,7 +343,7 @@ class _Fleet:
         device.dirty = False
         self.syncs.start_soon(self._sync, device)
 
-    async def _sync(self, device: _Device) -> None:
+    async def _sync(self, device: FleetDevice) -> None:
         tally = device.tally
         tally.bytes_up = tally.bytes_down = tally.connections = tally.drops = 0
         started = trio.current_time()
@@ -606,7 +405,7 @@ class _Fleet:
             self.down_until = max(self.down_until, now + event.duration)
             self.world.server_up = False
             self.world.break_all()
-            self._push(now + event.duration, -1, _OUTAGE_END)
+            self._push(now + event.duration, -1, Action.OUTAGE_END)
         elif event.kind in ("restore", "silent-rollback"):
             snapshot = self.backups[event.backup_at]
             silent = event.kind == "silent-rollback"
@@ -620,7 +419,7 @@ class _Fleet:
             self._after_restore()
         elif event.kind == "slow-disk":
             self.storage.commit_delay = event.commit_delay
-            self._push(now + event.duration, -1, _SLOW_END)
+            self._push(now + event.duration, -1, Action.SLOW_END)
         elif event.kind == "fleet-reboot":
             devices = self.config.devices  # drawn over the whole fleet: every shard draws the same
             for index in sorted(self.events_rng.sample(range(devices), max(1, round(event.fraction * devices)))):
@@ -669,7 +468,7 @@ class _Fleet:
                 self._power_on(device)
         limiter = trio.CapacityLimiter(256)
 
-        async def one(device: _Device) -> None:
+        async def one(device: FleetDevice) -> None:
             nonlocal healed
             async with limiter:
                 for _ in range(3):
@@ -711,82 +510,12 @@ class _Fleet:
                          self.ledger.created, healed, len(self.ledger.at_risk), self.events_processed)
 
 
-@dataclass
-class FleetPart:
-    """The figures of one shard of a run (every account in a run of one process)."""
-
-    syncs: list[SyncRecord]
-    samples: list[Sample]
-    losses: list[LossEvent]
-    regressions: int
-    user_changes: int
-    reboots: int
-    server_events: list[dict[str, Any]]
-    store_full: int
-    errors: dict[str, int]
-    user_versions: int
-    healed: int
-    at_risk_end: int
-    events_processed: int
-
-
-def _merged_samples(parts: Sequence[FleetPart]) -> list[Sample]:
-    """The fleet's timeline: every shard samples at the same instants; counts add up."""
-    return [Sample(group[0].at, sum(s.at_risk for s in group), max(s.oldest_at_risk for s in group),
-                   sum(s.devices_out_of_date for s in group), all(s.server_up for s in group),
-                   sum(s.lost_so_far for s in group))
-            for group in zip(*(part.samples for part in parts), strict=True)]
-
-
-def fleet_report(config: FleetConfig, parts: Sequence[FleetPart]) -> dict[str, Any]:
-    """The JSON report of a run from its shards' parts (one part when one process ran it all)."""
-    metrics = FleetMetrics(duration=config.duration)
-    for part in parts:
-        metrics.syncs.extend(part.syncs)
-        metrics.losses.extend(part.losses)
-        metrics.regressions += part.regressions
-        metrics.user_changes += part.user_changes
-        metrics.reboots += part.reboots
-    metrics.samples = _merged_samples(parts)
-    metrics.losses.sort(key=lambda x: (x.at, x.account, x.device, x.record_id))
-    metrics.server_events = parts[0].server_events  # the scenario's: the same in every shard
-    errors: dict[str, int] = {}
-    for part in parts:
-        for text, count in part.errors.items():
-            errors[text] = errors.get(text, 0) + count
-    report = metrics.summary(devices=config.devices, networks={
-        index: config.network.assign(index, config.devices).name for index in range(config.devices)})
-    blocks = config.handset_blocks
-    report["config"] = {
-        "devices": config.devices,
-        "accounts": config.account_count,
-        "duration": format_duration(config.duration),
-        "workload": config.labels.get("workload", config.workload.name),
-        "network": config.labels.get("network", ", ".join(
-            f"{name} {share:.0%}" for name, share in config.network.shares.items())),
-        "server events": config.labels.get("scenario", config.scenario.name),
-        "handset": config.handset,
-        "seed": config.seed,
-        "flash per handset": f"{blocks} blocks of {PAGES_PER_BLOCK} pages",
-    }
-    totals = report["totals"]
-    totals["store_full"] = sum(part.store_full for part in parts)
-    totals["handset_errors"] = sum(errors.values())
-    report["handset_errors"] = dict(sorted(errors.items()))
-    totals["user_versions"] = sum(part.user_versions for part in parts)
-    totals["healed_handsets"] = sum(part.healed for part in parts)
-    totals["records_at_risk_end"] = sum(part.at_risk_end for part in parts)
-    return report
-
-
 def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
               progress: Callable[[float, dict[str, Any]], None] | None = None) -> FleetPart:
     """Simulate shard ``(k, n)`` of the fleet in this process: the accounts ``a`` with
     ``a % n == k`` and their handsets, against a server of their own that sees the scenario's
     events. Handsets keep their fleet-wide index, so every generator and time is as in one run."""
     fleet = _Fleet(config, progress, shard)
-    from sidekick_testbed.emulator.sim.world import seed_trio_scheduler
-
     seed_trio_scheduler(derive_rng(config.seed, "trio").getrandbits(64))
 
     async def main() -> FleetPart:

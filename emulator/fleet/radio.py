@@ -22,14 +22,14 @@ import trio
 import trio.lowlevel
 
 from sidekick_testbed.emulator.fleet.profiles import NetworkProfile
-from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
-from sidekick_testbed.emulator.transport import (
+from sidekick_testbed.emulator.handset.transport import (
     Channel,
     ConnectFailed,
     Connector,
     TransportError,
     TransportTimeout,
 )
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 
 __all__ = ["Coverage", "LinkTally", "RadioLink", "radio_connector"]
 
@@ -175,7 +175,7 @@ class RadioLink:
 
 
 class _DeviceEnd:
-    """The handset's side: a ``emulator.transport.Channel``."""
+    """The handset's side: a ``emulator.handset.transport.Channel``."""
 
     def __init__(self, link: RadioLink) -> None:
         self.link = link

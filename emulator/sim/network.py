@@ -14,7 +14,7 @@ Every connection is four one-way pipes and two pump tasks (device to server, ser
 
 ``partition(device, seconds)`` makes a device unreachable: connects fail and bytes on its open
 connections wait until the partition ends. While the server is down, connects are refused.
-Both bindings run over it: raw frames, and HTTP POSTs (``emulator.transport.HttpChannel``).
+Both bindings run over it: raw frames, and HTTP POSTs (``emulator.handset.transport.HttpChannel``).
 
 While no fault can touch a new connection (no per-chunk fault on, no partition possible: a swarm
 without network faults, and every connection of the heal phase), its two ends are joined
@@ -34,9 +34,7 @@ from typing import Protocol
 
 import trio
 
-from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
-from sidekick_testbed.emulator.sim.trace_log import Timeline
-from sidekick_testbed.emulator.transport import (
+from sidekick_testbed.emulator.handset.transport import (
     RECEIVE_SIZE,
     Channel,
     ConnectFailed,
@@ -46,6 +44,8 @@ from sidekick_testbed.emulator.transport import (
     TransportError,
     TransportTimeout,
 )
+from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
+from sidekick_testbed.emulator.sim.trace_log import Timeline
 
 __all__ = ["FAULT_KINDS", "Binding", "ConnectionTap", "NetworkFaults", "ServerSpawner", "SimNetwork"]
 
@@ -221,7 +221,7 @@ class _End(trio.abc.Stream):
 
 
 class _RawChannel:
-    """The raw binding's device end (an ``emulator.transport.Channel``), its deadlines kept by
+    """The raw binding's device end (an ``emulator.handset.transport.Channel``), its deadlines kept by
     the world's clock instead of a cancel scope per read."""
 
     def __init__(self, end: _End) -> None:

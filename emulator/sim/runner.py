@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from sidekick_testbed.emulator.executor import Executor, Report, open_executor
+from sidekick_testbed.emulator.sim.options import RunResult, SimOptions
 from sidekick_testbed.emulator.sim.shrink import shrink
 from sidekick_testbed.emulator.sim.trace import to_trace, write_trace
-from sidekick_testbed.emulator.sim.world import RunResult, SimOptions, run_world
+from sidekick_testbed.emulator.sim.world import run_world
 
 __all__ = ["Budget", "Campaign", "CampaignResult", "Failure", "RunSummary", "is_interrupt", "parse_budget", "run_campaign",
            "seeds"]

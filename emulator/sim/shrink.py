@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from sidekick_testbed.emulator.sim.nemesis import Swarm
-from sidekick_testbed.emulator.sim.world import RunResult, SimOptions, run_world, with_swarm
+from sidekick_testbed.emulator.sim.options import RunResult, SimOptions, with_swarm
+from sidekick_testbed.emulator.sim.world import run_world
 
 __all__ = ["scripted", "shrink"]
 

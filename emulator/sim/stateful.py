@@ -7,7 +7,7 @@ database (docs/FUZZING.md shows a shared Redis database for CI)::
 
     from hypothesis import settings
     from sidekick_testbed.emulator.sim.stateful import machine_for
-    from sidekick_testbed.emulator.sim.world import SimOptions
+    from sidekick_testbed.emulator.sim.options import SimOptions
 
     Machine = machine_for(SimOptions(accounts=1, devices=3, mutant="mark-clean-on-push-ack"))
     TestMachine = Machine.TestCase
@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from sidekick_testbed.emulator.sim.nemesis import Swarm
+from sidekick_testbed.emulator.sim.options import SimOptions
 from sidekick_testbed.emulator.sim.story import tell
 from sidekick_testbed.emulator.sim.trace import to_trace
-from sidekick_testbed.emulator.sim.world import SimOptions, World
+from sidekick_testbed.emulator.sim.world import World
 
 __all__ = ["NETWORKS", "SidekickMachine", "machine_for"]
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sidekick_testbed.emulator.sim.network import ConnectionTap
-from sidekick_testbed.emulator.sim.world import RunResult, SimOptions, World, with_swarm
+from sidekick_testbed.emulator.sim.options import RunResult, SimOptions, with_swarm
+from sidekick_testbed.emulator.sim.world import World
 
 __all__ = [
     "TRACE_FORMAT",

@@ -1,37 +1,51 @@
 """The deterministic simulation world: accounts of handsets, the reference server, a faulty network.
 
 One ``trio.run`` on ``trio.testing.MockClock(autojump_threshold=0)`` (``sim_clock``); every component draws from
-its own RNG derived from the root seed (``derive``), so a seed gives the same run, event for event.
+its own RNG derived from the root seed (``emulator.seeding``), so a seed gives the same run, event for event.
 A run has two phases. *Faults*: ``steps`` steps of user edits, syncs and nemesis actions (the
 swarm says which fault kinds are on). *Heal*: faults off, every handset powered, then rounds of
 syncs until a round in which no handset pushed or pulled anything. The oracle
 (``emulator.sim.oracle``) checks its invariants after every step, at chosen messages, after
 every server fault, and at the end; the first violation stops the run.
+
+``World`` is assembled from parts: ``sim.options`` (what a run is asked, what it returns),
+``sim.devices`` (user operations and power cuts), ``sim.nemesis_actions`` (the fault-phase nemesis
+and server faults), ``sim.crashes`` (untyped exceptions noticed).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from sidekick_testbed.emulator.flash import FlashError, FlashFaults, Geometry, PowerLoss
+from sidekick_testbed.emulator.flash import FlashError, FlashFaults, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff
+from sidekick_testbed.emulator.handset.sync_client import SyncError, SyncReport
 from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
+from sidekick_testbed.emulator.seeding import derive_rng, derive_seed, seeded_trio_scheduler
+from sidekick_testbed.emulator.sim.capacity import head_bytes, record_bytes
 from sidekick_testbed.emulator.sim.clock import SimClock
+from sidekick_testbed.emulator.sim.crashes import LogCatcher, innermost, where_raised
+from sidekick_testbed.emulator.sim.devices import DeviceActions, SimDevice
 from sidekick_testbed.emulator.sim.flash_reader import ChipView, FlashReader
 from sidekick_testbed.emulator.sim.flash_story import explain
-from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
-from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm
+from sidekick_testbed.emulator.sim.ledger import Ledger
+from sidekick_testbed.emulator.sim.nemesis import draw_swarm
+from sidekick_testbed.emulator.sim.nemesis_actions import NemesisActions
 from sidekick_testbed.emulator.sim.network import ConnectionTap, SimNetwork
+from sidekick_testbed.emulator.sim.options import (
+    GEOMETRY,
+    SQLITE_SHARE,
+    TIGHT_GEOMETRY,
+    RunResult,
+    SimOptions,
+)
 from sidekick_testbed.emulator.sim.oracle import (
     Violation,
     check_device,
@@ -41,12 +55,11 @@ from sidekick_testbed.emulator.sim.oracle import (
 )
 from sidekick_testbed.emulator.sim.simflash import SimFlash
 from sidekick_testbed.emulator.sim.sqlite_backend import SimSqlite
-from sidekick_testbed.emulator.sim.storage_faults import FAILURE_KINDS, MARKER, FailingStorage
+from sidekick_testbed.emulator.sim.storage_faults import MARKER, FailingStorage
 from sidekick_testbed.emulator.sim.summary import summarize
 from sidekick_testbed.emulator.sim.trace_log import Timeline
 from sidekick_testbed.emulator.sim.workload import Workload
 from sidekick_testbed.emulator.store import StoreError, StoreFull
-from sidekick_testbed.emulator.sync_client import SyncError, SyncReport
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
 from sidekick_testbed.protocol.messages import (
     Bye,
@@ -59,7 +72,7 @@ from sidekick_testbed.protocol.messages import (
     PullAck,
     Records,
 )
-from sidekick_testbed.protocol.records import Photo, Record
+from sidekick_testbed.protocol.records import Record
 from sidekick_testbed.server_stub.faults import FAULT_MODES, FaultSet
 from sidekick_testbed.server_stub.limits import Limits
 from sidekick_testbed.server_stub.server import SyncServer
@@ -69,21 +82,10 @@ from sidekick_testbed.server_stub.storage import UnknownAccount
 if TYPE_CHECKING:
     import trio.testing
 
-__all__ = ["ALL_MUTANTS", "GEOMETRY", "RunResult", "SimOptions", "World", "cut_op_match", "derive", "run_world",
-           "with_swarm"]
+__all__ = ["World", "run_world"]
 
 _T = TypeVar("_T")
 
-ALL_MUTANTS: dict[str, str] = {**DEVICE_MUTANTS, **FAULT_MODES}
-"""Every planted bug ``--mutant`` accepts: device mutants, then server fault modes."""
-
-GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=8)
-"""A small chip, so garbage collection runs often within one simulated run."""
-TIGHT_GEOMETRY = Geometry(page_size=512, spare_size=16, pages_per_block=4, blocks=6)
-"""A chip so small that live data fills most blocks: collection moves live entries (some seeds)."""
-
-SQLITE_SHARE = 0.25
-"""The share of seeds that run the server on SQLite under ``backend="mixed"``."""
 _FLASH_WHATS = frozenset({"discarded", "blob-discarded", "store-unreadable", "device-store", "mount-failed",
                           "diverged", "blob-missing"})
 """Violations whose story names the flash operations behind them."""
@@ -98,172 +100,7 @@ _SYNC_WEIGHT = 7.0
 _BACKUP_WEIGHT = 1.0
 
 
-def derive(seed: int, name: str) -> int:
-    """A component's seed: SHA-256 of the root seed and the component's name."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big")
-
-
-@dataclass(frozen=True)
-class SimOptions:
-    """What one run simulates (everything else comes from the seed)."""
-
-    accounts: int = 2
-    devices: int = 2
-    steps: int = 40
-    faults: frozenset[str] = frozenset(FAULT_KINDS)
-    mutant: str | None = None
-    binding: str = "mixed"
-    swarm: Swarm | None = None
-    backend: str = "mixed"
-    """The server's storage: ``sim`` (simulated), ``sqlite`` (a real database file), or ``mixed``:
-    SQLite for a share of the seeds (``SQLITE_SHARE``), drawn from the seed."""
-    script: tuple[tuple[str, int, int], ...] | None = None
-    """Explicit fault-phase steps ``(action, device index, step number)`` instead of the seed's draw
-    (what the shrinker cuts down); each step's random choices come from its own number, so removing
-    a step leaves the others as they were."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.accounts <= 16:
-            raise ValueError(f"accounts must be in 1..16, not {self.accounts}")
-        if not 1 <= self.devices <= 16:
-            raise ValueError(f"devices must be in 1..16 per account, not {self.devices}")
-        if not 0 <= self.steps <= 100_000:
-            raise ValueError(f"steps must be in 0..100000, not {self.steps}")
-        unknown = sorted(set(self.faults) - FAULT_KINDS.keys())
-        if unknown:
-            raise ValueError(f"unknown fault kind(s): {', '.join(unknown)}")
-        if self.mutant is not None and self.mutant not in ALL_MUTANTS:
-            raise ValueError(f"unknown mutant {self.mutant!r} (sidekick fuzz --list-mutants)")
-        if self.binding not in ("raw", "http", "mixed"):
-            raise ValueError(f"binding must be raw, http or mixed, not {self.binding!r}")
-        if self.backend not in ("sim", "sqlite", "mixed"):
-            raise ValueError(f"backend must be sim, sqlite or mixed, not {self.backend!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (traces)."""
-        return {
-            "accounts": self.accounts, "devices": self.devices, "steps": self.steps,
-            "faults": sorted(self.faults), "mutant": self.mutant, "binding": self.binding,
-            "backend": self.backend, "swarm": self.swarm.as_dict() if self.swarm is not None else None,
-            "script": [list(step) for step in self.script] if self.script is not None else None,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SimOptions:
-        """Inverse of ``as_dict`` (ValueError/TypeError/KeyError on a bad value)."""
-        swarm = data.get("swarm")
-        script = data.get("script")
-        return cls(
-            accounts=int(data["accounts"]), devices=int(data["devices"]), steps=int(data["steps"]),
-            faults=frozenset(str(f) for f in data["faults"]), mutant=data.get("mutant"),
-            binding=str(data.get("binding", "mixed")), backend=str(data.get("backend", "sim")),
-            swarm=Swarm.from_dict(swarm) if swarm is not None else None,
-            script=tuple((str(a), int(d), int(k)) for a, d, k in script) if script is not None else None,
-        )
-
-
-@dataclass
-class RunResult:
-    """The outcome of one run: its timeline, the first violation (None: clean) and counters."""
-
-    seed: int
-    options: SimOptions
-    swarm: Swarm
-    events: list[dict[str, Any]]
-    violation: Violation | None
-    stats: dict[str, Any]
-    backend: str = "sim"
-    """The server's storage in this run (``sim`` or ``sqlite``)."""
-    steps: list[tuple[str, int, int]] = field(default_factory=list)
-    """The fault-phase steps that ran: (action, device index, step number), a script that replays them."""
-
-
-@dataclass(eq=False)
-class _Device:
-    """One handset in the world and what the world knows of it."""
-
-    name: str
-    account: str
-    flash: SimFlash
-    handset: Handset
-    binding: str
-    connect: Any
-    syncing: bool = False
-    full: bool = False
-    """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
-    device_id: bytes = b""
-    """The id the device named in its last HELLO."""
-    last_good: ChipView | None = None
-    """The chip as the last check that passed read it (what a later loss is compared with)."""
-    writing: Record | None = None
-    """What the user is writing (its size counts if the store refuses it as full)."""
-    pulled: list[Record] = field(default_factory=list)
-    """The records of the pull under way, as the device received them."""
-    rebooting: bool = False
-    pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
-
-
-def cut_op_match(key: Key | None, record_id: bytes | None, old: frozenset[bytes], *,
-                 photo_caption: str | None = None) -> Callable[[Record], bool]:
-    """How a user operation that a power cut interrupted is recognised on flash after the reboot:
-    by its content (``key``; for a photo, its caption), and only in a record it could have written:
-    ``record_id`` for an edit or a delete (deleting a conflict copy writes the same tombstone as
-    deleting its original), a record not in ``old`` (the ids before the operation) for an add."""
-    def match(record: Record) -> bool:
-        if record_id is not None:
-            if record.record_id != record_id:
-                return False
-        elif record.record_id in old:
-            return False
-        if photo_caption is not None:
-            return isinstance(record.body, Photo) and record.body.caption == photo_caption and not record.deleted
-        return key_of(record) == key
-
-    return match
-
-
-class _LogCatcher(logging.Handler):
-    """Collects error records of the server (a logged exception is an untyped exception)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.errors: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR and record.name.startswith("sidekick"):
-            text = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                text += f": {type(exc).__name__}: {exc}"
-            self.errors.append(text)
-
-
-
-def seed_trio_scheduler(value: int) -> None:
-    """Seed Trio's tie-breaking RNG (which of several ready tasks runs first), so that one seed gives
-    one schedule. Trio keeps it private (``trio._core._run._r``); this is the one place we reach it."""
-    import trio._core._run as trio_run  # noqa: PLC0415
-
-    trio_run._r.seed(value)
-
-
-@contextmanager
-def seeded_trio_scheduler(value: int) -> Iterator[None]:
-    """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
-    pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
-    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test."""
-    import trio._core._run as trio_run  # noqa: PLC0415
-
-    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False  # type: ignore[misc]
-    seed_trio_scheduler(value)
-    try:
-        yield
-    finally:
-        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved  # type: ignore[misc]
-
-
-class World:
+class World(NemesisActions, DeviceActions):
     """One simulated run (see the module docstring). ``run()`` once per object."""
 
     def __init__(self, seed: int, options: SimOptions = SimOptions(),
@@ -282,8 +119,8 @@ class World:
         self.timeline = Timeline()
         self.ledger = Ledger()
         self.violation: Violation | None = None
-        self.devices: list[_Device] = []
-        self._by_name: dict[str, _Device] = {}
+        self.devices: list[SimDevice] = []
+        self._by_name: dict[str, SimDevice] = {}
         self._by_id: dict[bytes, str] = {}
         mutant = options.mutant
         self.device_mutants = Mutants(frozenset({mutant})) if mutant in DEVICE_MUTANTS else NO_MUTANTS
@@ -315,7 +152,7 @@ class World:
         self.nemesis_count = 0
         self.generations = 1
         self.clock: SimClock | None = None
-        self._catcher = _LogCatcher()
+        self._catcher = LogCatcher()
         self.sim_time = 0.0
         self.reader = FlashReader()
         self._busy_user = self.swarm.kinds.get("edit-during-sync", 0.0)
@@ -323,7 +160,7 @@ class World:
         """The oracle's reader of the handsets' chips (never through their stores)."""
 
     def _rng(self, name: str) -> random.Random:
-        return random.Random(derive(self.seed, name))
+        return derive_rng(self.seed, name)
 
     # ------------------------------------------------------------------ running
 
@@ -336,11 +173,11 @@ class World:
             lg.addHandler(self._catcher)
             lg.propagate = False
         try:
-            with seeded_trio_scheduler(derive(self.seed, "trio-scheduler")):
+            with seeded_trio_scheduler(derive_seed(self.seed, "trio-scheduler")):
                 trio.run(self._main, clock=self.clock)
         except Exception as exc:  # an exception no part handled: invariant 4, with the trace so far
-            leaf = _innermost(exc)
-            where = _where(leaf)
+            leaf = innermost(exc)
+            where = where_raised(leaf)
             violation = Violation("crash", "untyped-exception",
                                   f"{type(leaf).__name__}: {leaf} (raised in {where})",
                                   {"exception": type(leaf).__name__, "where": where})
@@ -411,7 +248,7 @@ class World:
                 flash.set_cut_rate(self.swarm.kinds.get("power-cut", 0.0) * 0.02, self._rng(f"battery/{name}"))
                 handset.max_frame = self.max_frame
                 binding = opts.binding if opts.binding != "mixed" else bindings[(a + d) % 2]
-                device = _Device(name, account, flash, handset, binding, self.network.connector(name, binding))
+                device = SimDevice(name, account, flash, handset, binding, self.network.connector(name, binding))
                 self.devices.append(device)
                 self._by_name[name] = device
                 self._by_id[device_id] = name
@@ -515,7 +352,7 @@ class World:
         if direction == "sent" and self._busy_user and self._busy_rng.random() < self._busy_user:
             self._work.start_soon(self._edit_during_sync, device)  # runs while the sync waits for the answer
 
-    async def _edit_during_sync(self, device: _Device) -> None:
+    async def _edit_during_sync(self, device: SimDevice) -> None:
         if self.violation is None and not self._healing:
             self._user(device)
             self._check_device(device)
@@ -526,11 +363,11 @@ class World:
 
     # ------------------------------------------------------------------ checks
 
-    def _chip(self, device: _Device) -> ChipView:
+    def _chip(self, device: SimDevice) -> ChipView:
         """What the device's flash holds, read by the oracle's own reader (the chip is not touched)."""
         return self.reader.read(device.flash)
 
-    def _check_device(self, device: _Device) -> None:
+    def _check_device(self, device: SimDevice) -> None:
         if self.violation is not None:
             return
         chip = self._chip(device)
@@ -558,7 +395,7 @@ class World:
         return replace(violation, details={**violation.details, "flash": lines})
 
     @staticmethod
-    def _unreadable(device: _Device, exc: Exception) -> Violation:
+    def _unreadable(device: SimDevice, exc: Exception) -> Violation:
         return Violation("crash", "store-unreadable",
                          f"{device.name}'s store cannot be read: {type(exc).__name__}: {exc}",
                          {"device": device.name})
@@ -702,7 +539,7 @@ class World:
 
     # ------------------------------------------------------------------ sync
 
-    async def _sync(self, device: _Device) -> SyncReport | None:
+    async def _sync(self, device: SimDevice) -> SyncReport | None:
         if device.syncing or not device.handset.powered:
             return None
         device.syncing = True
@@ -748,264 +585,7 @@ class World:
             self.timeline.record("sync.fail", dev=device.name, why=outcome[:160])
         return report
 
-    # ------------------------------------------------------------------ users
-
-    def _user(self, device: _Device) -> None:
-        handset = device.handset
-        if not handset.powered:
-            return
-        try:
-            heads = handset.store.records()
-            live = [(v.record.record_id, v.record.body) for v in heads if not v.record.deleted]
-            old = frozenset(v.record.record_id for v in heads)
-            op = self.workload.next_op(live)
-            blank_id = bytes(16)
-            if op.kind == "photo":
-                device.writing = Record(blank_id, 0, False,
-                                        Photo(op.caption, blank_id, len(op.photo), bytes(32), "image/jpeg"))
-                device.pending = (cut_op_match(None, None, old, photo_caption=op.caption), None, None, "photo")
-                record_id = handset.take_photo(op.caption, op.photo)
-                head = handset.store.get(record_id)
-                assert head is not None
-                self._created(device, "photo", record_id, key_of(head.record), None)
-                return
-            if op.kind == "import":
-                for body in op.bodies:
-                    device.writing = Record(blank_id, 0, False, body)
-                    new: Key = (False, body)
-                    device.pending = (cut_op_match(new, None, old), None, None, "add")
-                    record_id = handset.add(body)
-                    self._created(device, "add", record_id, new, None)
-                return
-            if op.kind == "add":
-                assert op.body is not None
-                device.writing = Record(blank_id, 0, False, op.body)
-                key: Key = (False, op.body)
-                device.pending = (cut_op_match(key, None, old), None, None, "add")
-                record_id = handset.add(op.body)
-                self._created(device, "add", record_id, key, None)
-                return
-            assert op.record_id is not None
-            head = handset.store.get(op.record_id)
-            assert head is not None
-            parent = key_of(head.record)
-            key = (True, head.record.body) if op.kind == "delete" else (False, op.body)  # type: ignore[assignment]
-            device.pending = (cut_op_match(key, op.record_id, old), parent, op.record_id, op.kind)
-            device.writing = Record(op.record_id, 0, key[0], key[1])
-            if op.kind == "delete":
-                handset.delete(op.record_id)
-            else:
-                assert op.body is not None
-                handset.edit(op.record_id, op.body)
-            self._created(device, op.kind, op.record_id, key, parent)
-        except PowerLoss:
-            self.timeline.record("user.cut", dev=device.name)
-            self._power_lost(device)
-            self._resolve_pending(device)  # the flash is final now: a mount only reads it
-        except StoreFull:
-            device.pending = None
-            self.timeline.record("user.full", dev=device.name)
-            writing = device.writing
-            self._store_full(device, "a user's write",
-                             record_bytes(writing, self.geometry) if writing is not None else 0)
-        except (StoreError, FlashError, HandsetError) as exc:
-            device.pending = None
-            self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
-                                 f"{type(exc).__name__}: {exc}", {"device": device.name}))
-
-    def _store_full(self, device: _Device, what: str, extra: int) -> None:
-        """The store refused ``what`` as full: believed only if the oracle's own accounting (live
-        entries on the chip plus ``extra``, the entry bytes refused) leaves no room; else ``false-full``."""
-        chip = self._chip(device)
-        bad = len(chip.bad_blocks)
-        if has_room(chip.live_bytes, extra, self.geometry, bad):
-            usable = usable_bytes(self.geometry, bad)
-            self._fail(Violation(
-                "convergence", "false-full",
-                f"{device.name} refused {what} as full, but its flash holds {chip.live_bytes} live entry bytes "
-                f"and the refused write {extra} more, of {usable} usable ({len(chip.bad_blocks)} bad block(s)): "
-                f"well within what the store must hold",
-                {"device": device.name, "live": chip.live_bytes, "refused": extra, "usable": usable}))
-            return
-        device.full = True
-
-    def _created(self, device: _Device, kind: str, record_id: bytes, key: Key, parent: Key | None,
-                 note: str = "") -> None:
-        device.pending = None
-        version = self.ledger.created(device.name, record_id, key, parent, trio.current_time())
-        fields: dict[str, Any] = {"dev": device.name, "op": kind, "rec": record_id.hex()[:8], "v": version.label}
-        if parent is not None:
-            fields["parent"] = self.ledger.label(parent)
-        if note:
-            fields["note"] = note
-        self.timeline.record("user", **fields)
-
-    def _resolve_pending(self, device: _Device) -> None:
-        """After a power cut: did the user operation it interrupted reach flash?"""
-        pending = device.pending
-        device.pending = None
-        if pending is None:
-            return
-        match, parent, record_id, kind = pending
-        chip = self._chip(device)
-        for head in chip.heads.values() if chip.mountable else ():
-            try:
-                record = head.record
-            except ValueError:
-                continue  # check_device reports it
-            if match(record):
-                self._created(device, kind, head.record_id, key_of(record), parent,
-                              note="committed before the power cut")
-                return
-        self.timeline.record("user.lost", dev=device.name, op=kind,
-                             rec=record_id.hex()[:8] if record_id else None, note="not committed before the cut")
-
-    # ------------------------------------------------------------------ power
-
-    def _power_lost(self, device: _Device) -> None:
-        device.handset.power_cut()
-        if not device.rebooting:
-            device.rebooting = True
-            self._work.start_soon(self._reboot_later, device)
-
-    async def _reboot_later(self, device: _Device) -> None:
-        await trio.sleep(self.rng.uniform(1.0, 30.0))
-        self._reboot(device)
-
-    def _reboot(self, device: _Device) -> None:
-        device.rebooting = False
-        for _attempt in range(3):
-            try:
-                device.handset.reboot()
-            except PowerLoss:
-                self.timeline.record("power.cut", dev=device.name, during="mount")
-                continue
-            except Exception as exc:
-                self._fail(Violation("crash", "mount-failed", f"{device.name} does not boot after a power cut: "
-                                     f"{type(exc).__name__}: {exc}", {"device": device.name}))
-                return
-            self.timeline.record("boot", dev=device.name)
-            try:
-                self._resolve_pending(device)
-            except (StoreError, FlashError) as exc:
-                self._fail(self._unreadable(device, exc))
-                return
-            self._check_device(device)
-            return
-        self._fail(Violation("crash", "mount-failed", f"{device.name} cannot boot", {"device": device.name}))
-
-    # ------------------------------------------------------------------ nemesis
-
-    async def _nemesis(self, action: str, device: _Device) -> None:
-        rng = self.rng
-        if action == "backup":
-            self.backups.append(self.storage.backup())
-            self.backups = self.backups[-6:]
-            self.timeline.record("server.backup", n=len(self.backups))
-            return
-        self.nemesis_count += 1
-        if action == "partition":
-            self.network.partition(device.name, rng.uniform(5.0, 90.0))
-        elif action == "power-cut":
-            if not device.handset.powered:
-                return
-            when = rng.random()
-            if when < 0.35:
-                self.timeline.record("power.cut", dev=device.name, during="now")
-                self._power_lost(device)
-            else:
-                roll = rng.random()
-                variant = "torn" if roll < 0.5 else "prefix" if roll < 0.8 else "clean"
-                if when < 0.75:
-                    writes = rng.randint(1, 12)
-                    device.flash.cut_at_write(writes, variant)
-                    self.timeline.record("power.arm", dev=device.name, writes=writes, variant=variant)
-                else:
-                    erases = rng.randint(1, 3)
-                    device.flash.cut_after_erase(erases, variant)
-                    self.timeline.record("power.arm", dev=device.name, erases=erases, variant=variant)
-        elif action == "clock-jump":
-            seconds = rng.uniform(30.0, 400.0)
-            self.timeline.record("clock.jump", seconds=round(seconds, 3))
-            assert self.clock is not None
-            self.clock.jump(seconds)
-        elif action == "server-crash" and rng.random() < 0.5:
-            writes = rng.randint(1, 4)
-            self.store_faults.crash_before(writes, self._aimed_crash)
-            self.timeline.record("server.crash-arm", writes=writes)
-        elif action in ("server-crash", "server-restart", "server-restore"):
-            await self._server_fault(action)
-        elif action == "storage-failure":
-            kind = rng.choice(FAILURE_KINDS)
-            if kind == "disk-full":
-                seconds = round(rng.uniform(5.0, 60.0), 3)
-                self.store_faults.arm(kind, seconds=seconds)
-                self.timeline.record("server.storage-failure", failure=kind, seconds=seconds)
-            else:
-                count = rng.randint(1, 3)
-                self.store_faults.arm(kind, count=count)
-                self.timeline.record("server.storage-failure", failure=kind, count=count)
-
-    def _aimed_crash(self) -> bool:
-        """The server process dies as it is about to write to its storage (armed by ``server-crash``):
-        what is not durable is gone now; the write never happens. False: not now (healing, down)."""
-        if self._healing or self.server is None or self.violation is not None:
-            return False
-        self.storage.crash()
-        self._work.start_soon(self._server_fault, "server-crashed")
-        return True
-
-    async def _server_fault(self, action: str) -> None:
-        rng = self.rng
-        if self.server is None:
-            return
-        if action in ("server-crash", "server-crashed"):
-            if action == "server-crash":
-                self.storage.crash()
-            await self._stop_server("crash")
-        elif action == "server-restart":
-            await self.storage.aclose()
-            await self._stop_server("restart")
-        else:
-            snapshot = self.backups[min(int(rng.expovariate(0.7)), len(self.backups) - 1)] if self.backups \
-                else self.storage.backup()
-            await self._stop_server("restore")
-            before = self.storage.generation
-            self.storage.restore(snapshot)
-            if self.storage.generation != before:
-                self.generations += 1
-            backup_generation = getattr(snapshot, "generation", None)  # a SQLite backup is file bytes
-            self.timeline.record("server.restore", generation=f"{self.storage.generation:#x}",
-                                 **({} if backup_generation is None else
-                                    {"backup_generation": f"{backup_generation:#x}"}))
-        await self._check_server()
-        self._work.start_soon(self._restart_later, rng.uniform(0.5, 20.0), self._server_epoch)
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _where(exc: BaseException) -> str:
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    if last is None:
-        return "?"
-    code = last.tb_frame.f_code
-    return f"{code.co_filename.rsplit('/', 1)[-1]}:{last.tb_lineno} {code.co_name}"
-
 
 def run_world(seed: int, options: SimOptions = SimOptions()) -> RunResult:
     """Run one seed and return its result."""
     return World(seed, options).run()
-
-
-def with_swarm(result: RunResult) -> SimOptions:
-    """The run's options with its swarm and backend made explicit (what shrinking varies)."""
-    return replace(result.options, swarm=result.swarm, backend=result.backend)
-

@@ -14,23 +14,23 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
 from sidekick_testbed.emulator.flash import NandFlash, PowerLoss
-from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
-from sidekick_testbed.emulator.store import RecordStore, StoredVersion, SyncState
-from sidekick_testbed.emulator.sync_client import (
+from sidekick_testbed.emulator.handset.sync_client import (
     DEFAULT_TIMEOUT,
     SyncError,
     SyncFailed,
-    SyncObserver,
     SyncReport,
     run_sync,
 )
-from sidekick_testbed.emulator.transport import Connector
+from sidekick_testbed.emulator.handset.transport import Connector
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
+from sidekick_testbed.emulator.store import RecordStore, StoredVersion, SyncState
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
+from sidekick_testbed.protocol.messages import Message
 from sidekick_testbed.protocol.records import BLOB_ID_LEN, RECORD_ID_LEN, Photo, RecordBody
 
 __all__ = [
@@ -51,6 +51,14 @@ BACKOFF_BASE = 0.5
 """Seconds before the first retry; doubled per attempt, with jitter."""
 BACKOFF_CAP = 30.0
 """Longest wait between two attempts, in seconds."""
+
+
+class SyncObserver(Protocol):
+    """Optional hooks for a simulation's ledger and traces."""
+
+    def on_message(self, handset: Handset, direction: str, message: Message) -> None: ...
+
+    def on_regression(self, handset: Handset, reason: str) -> None: ...
 
 
 class HandsetError(Exception):
@@ -239,6 +247,16 @@ class Handset:
         """Seconds to wait before retry number ``attempt`` (1-based): exponential, jittered."""
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (attempt - 1))
         return float(delay * (0.5 + self.rng.random()))
+
+    def on_sync_message(self, direction: str, message: Message) -> None:
+        """The sync client's hook (``SyncDevice``): pass the message to the observer."""
+        if self.observer is not None:
+            self.observer.on_message(self, direction, message)
+
+    def on_sync_regression(self, reason: str) -> None:
+        """The sync client's hook (``SyncDevice``): pass the regression to the observer."""
+        if self.observer is not None:
+            self.observer.on_regression(self, reason)
 
     # ------------------------------------------------------------------ reset
 

@@ -1,17 +1,54 @@
-"""A scripted device for tests and benchmarks: drives a ``DeviceSession`` step by step over a
-raw Trio stream or the HTTP binding (hello/auth, push, commit, pull, blobs, bye).
+"""Tools for testing sync code against the reference server, in memory (as ``trio.testing`` is for Trio).
 
-Each step sends one request and returns the server's answer; an ERROR from the server raises
-``ServerRefused``. Timeouts use the Trio clock, so tests run it under ``MockClock``.
+``MemoryWorld`` runs real handsets (``emulator.handset.Handset``) against a reference server on the
+simulated storage, over in-memory streams (raw or HTTP binding); ``device_heads``, ``device_bodies``,
+``live_bodies`` and ``conflict_copies`` read what a handset or the server holds::
+
+    import trio
+    from sidekick_testbed.emulator.testing import MemoryWorld, device_bodies
+    from sidekick_testbed.protocol.records import Note
+
+    async def main() -> None:
+        world = MemoryWorld(seed=1)
+        phone, desktop = world.handset("phone"), world.handset("desktop")
+        phone.add(Note("groceries", "milk"))
+        async with world.running():
+            await world.sync(phone)
+            await world.sync(desktop, http=True)
+        assert device_bodies(desktop) == device_bodies(phone)
+
+    trio.run(main)
+
+``ScriptedDevice`` drives a ``DeviceSession`` step by step over a raw Trio stream or the HTTP
+binding (hello/auth, push, commit, pull, blobs, bye), to make a server do exactly one thing at a
+time. Each step sends one request and returns the server's answer; an ERROR from the server raises
+``ServerRefused``. Timeouts use the Trio clock, so tests run it under ``MockClock``::
+
+    async with trio.open_nursery() as nursery:
+        device = await open_memory_device(server, nursery, account="alice", device_id=bytes(16),
+                                          key=key, rng=random.Random(0))
+        await device.hello()
+        conflicts, durable = await device.push_commit([note_change(device.rng, 1, "first")])
+        await device.bye()
+        nursery.cancel_scope.cancel()
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
+import trio.testing
 
+from sidekick_testbed.emulator.flash import Geometry, NandFlash
+from sidekick_testbed.emulator.handset import Handset
+from sidekick_testbed.emulator.handset.sync_client import SyncReport
+from sidekick_testbed.emulator.handset.transport import Connector, http_memory_connector, memory_connector
+from sidekick_testbed.emulator.mutants import NO_MUTANTS, Mutants
 from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME
 from sidekick_testbed.protocol.http_client import HttpClientBinding, HttpResponse
@@ -39,10 +76,33 @@ from sidekick_testbed.protocol.messages import (
     PushAck,
     Records,
 )
-from sidekick_testbed.protocol.records import Note, Record
+from sidekick_testbed.protocol.records import Note, Record, RecordBody
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession
+from sidekick_testbed.server_stub.faults import FaultSet
+from sidekick_testbed.server_stub.server import SyncServer
+from sidekick_testbed.server_stub.sim_storage import SimulatedStorage
 
-__all__ = ["HttpStream", "PullResult", "ScriptedDevice", "ServerRefused", "note_change"]
+__all__ = [
+    "ACCOUNT",
+    "KEY",
+    "HttpStream",
+    "MemoryWorld",
+    "PullResult",
+    "ScriptedDevice",
+    "ServerClosed",
+    "ServerRefused",
+    "conflict_copies",
+    "device_bodies",
+    "device_heads",
+    "live_bodies",
+    "note_change",
+    "open_memory_device",
+]
+
+ACCOUNT = "alice"
+"""The account ``MemoryWorld`` provisions unless told otherwise."""
+KEY = bytes(range(32))
+"""``ACCOUNT``'s device key."""
 
 
 class ServerRefused(Exception):
@@ -248,13 +308,101 @@ class ScriptedDevice:
         await self.send(Bye("done"))
 
 
-async def open_memory_device(server: object, nursery: trio.Nursery, *, account: str, device_id: bytes,
+async def open_memory_device(server: SyncServer, nursery: trio.Nursery, *, account: str, device_id: bytes,
                              key: bytes, rng: random.Random, http: bool = False) -> ScriptedDevice:
-    """A scripted device connected to ``server`` (a ``SyncServer``) over an in-memory stream."""
-    import trio.testing
-
+    """A scripted device connected to ``server`` over an in-memory stream (served in ``nursery``)."""
     device_end, server_end = trio.testing.memory_stream_pair()
-    serve = server.serve_http_stream if http else server.serve_stream  # type: ignore[attr-defined]
+    serve = server.serve_http_stream if http else server.serve_stream
     nursery.start_soon(serve, server_end)
     stream: trio.abc.Stream | HttpStream = HttpStream(device_end) if http else device_end
     return ScriptedDevice(stream, account=account, device_id=device_id, key=key, rng=rng)
+
+
+# ---------------------------------------------------------------------------------------- a world in memory
+
+
+class MemoryWorld:
+    """A reference server in memory (simulated storage, ``faults`` on) and handsets that sync with it.
+
+    Handsets made by ``handset()`` belong to ``ACCOUNT`` unless told otherwise; every account is
+    provisioned when ``running()`` starts. Inside ``async with world.running()``, ``connector()``
+    connects to the server and ``sync()`` syncs a handset. Everything random is drawn from ``seed``.
+    """
+
+    def __init__(self, seed: int = 0, *, faults: tuple[str, ...] = (), blocks: int = 64,
+                 accounts: Mapping[str, bytes] | None = None) -> None:
+        self.seed = seed
+        self.blocks = blocks
+        """Erase blocks of each handset's flash (default geometry otherwise)."""
+        self.storage = SimulatedStorage(random.Random(seed))
+        self.faults = FaultSet(faults)
+        self.server = SyncServer(self.storage, faults=self.faults, rng=random.Random(seed + 1))
+        self.handsets: list[Handset] = []
+        self.accounts: dict[str, bytes] = dict(accounts) if accounts is not None else {ACCOUNT: KEY}
+        """Account name -> device key; ``handset()`` adds a new account with a key of its name."""
+        self.nursery: trio.Nursery | None = None
+
+    def handset(self, name: str, mutants: Mutants = NO_MUTANTS, *, account: str = ACCOUNT) -> Handset:
+        """A new handset of ``account`` (device id n * 16 bytes of n, the n-th handset made)."""
+        index = len(self.handsets)
+        self.accounts.setdefault(account, hashlib.sha256(account.encode()).digest())
+        rng = random.Random(f"{self.seed}/{name}")
+        flash = NandFlash(Geometry(blocks=self.blocks), rng=random.Random(f"{self.seed}/{name}/flash"))
+        handset = Handset.create(flash, device_id=bytes([index + 1]) * 16, account=account,
+                                 key=self.accounts[account], rng=rng, mutants=mutants, name=name)
+        self.handsets.append(handset)
+        return handset
+
+    def connector(self, *, http: bool = False) -> Connector:
+        """Connects to the server over a memory stream, raw binding or ``http``."""
+        if self.nursery is None:
+            raise RuntimeError("the world is not running: use 'async with world.running()'")
+        if http:
+            return http_memory_connector(self.server.serve_http_stream, self.nursery)
+        return memory_connector(self.server.serve_stream, self.nursery)
+
+    async def provision(self) -> None:
+        """Add every account the server does not know yet."""
+        for account, key in self.accounts.items():
+            if await self.storage.account_key(account) is None:
+                await self.storage.add_account(account, key)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[MemoryWorld]:
+        """Provision the accounts and serve connections until the block ends."""
+        await self.provision()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                self.nursery = None
+
+    async def sync(self, handset: Handset, *, http: bool = False, attempts: int = 5) -> SyncReport:
+        """``handset.sync`` against this world's server."""
+        return await handset.sync(self.connector(http=http), attempts=attempts)
+
+    async def server_heads(self, account: str = ACCOUNT) -> dict[bytes, Record]:
+        """Every record head the server holds for the account."""
+        return {r.record_id: r for r in await self.storage.records(account)}
+
+
+def live_bodies(heads: dict[bytes, Record]) -> dict[bytes, RecordBody]:
+    """Live records that are not conflict copies."""
+    return {rid: r.body for rid, r in heads.items() if not r.deleted and not r.conflict_of}
+
+
+def conflict_copies(heads: dict[bytes, Record]) -> dict[bytes, Record]:
+    """Live conflict copies."""
+    return {rid: r for rid, r in heads.items() if not r.deleted and r.conflict_of}
+
+
+def device_heads(handset: Handset) -> dict[bytes, Record]:
+    """Every record head the handset's store holds, tombstones included."""
+    return {v.record.record_id: v.record for v in handset.store.records()}
+
+
+def device_bodies(handset: Handset) -> dict[bytes, RecordBody]:
+    """The handset's live records that are not conflict copies."""
+    return live_bodies(device_heads(handset))

@@ -1,5 +1,9 @@
 """The handset's sync client: one Trio task driving a ``DeviceSession`` over a ``Channel``.
 
+It syncs any ``SyncDevice`` (the store, RNG and hooks it needs; ``Handset`` is one), returns a
+``SyncReport`` (both in ``sync_contract``) and raises the errors of ``sync_errors``; all are
+re-exported here.
+
 One sync, in order (docs/HANDSET.md explains the reasons):
 
 1. HELLO, CHALLENGE, AUTH, HELLO_OK; the server's MAC is checked.
@@ -24,12 +28,24 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from sidekick_testbed.emulator.transport import Channel, Connector, TransportError, TransportTimeout
+from sidekick_testbed.emulator.handset.sync_contract import SyncDevice, SyncReport
+from sidekick_testbed.emulator.handset.sync_errors import (
+    AuthRefused,
+    ConnectionLost,
+    DeviceIdRetired,
+    GenerationChanged,
+    PeerProtocolError,
+    ServerError,
+    ServerNotAuthentic,
+    SyncError,
+    SyncFailed,
+    SyncTimeout,
+)
+from sidekick_testbed.emulator.handset.transport import Channel, Connector, TransportError, TransportTimeout
 from sidekick_testbed.protocol.auth import device_mac, server_mac, verify
 from sidekick_testbed.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from sidekick_testbed.protocol.framing import DEFAULT_MAX_FRAME, OVERHEAD
@@ -67,7 +83,6 @@ from sidekick_testbed.protocol.session import (
 )
 
 if TYPE_CHECKING:
-    from sidekick_testbed.emulator.handset import Handset
     from sidekick_testbed.emulator.store import RecordStore, StoredVersion
 
 __all__ = [
@@ -77,9 +92,9 @@ __all__ = [
     "PeerProtocolError",
     "ServerError",
     "ServerNotAuthentic",
+    "SyncDevice",
     "SyncError",
     "SyncFailed",
-    "SyncObserver",
     "SyncReport",
     "SyncTimeout",
     "run_sync",
@@ -95,118 +110,6 @@ MAX_BLOB = 64 << 20
 DEFAULT_TIMEOUT = 30.0
 """Seconds (Trio clock) to wait for any one answer from the server."""
 _CHUNK_OVERHEAD = OVERHEAD + 16 + 8 + 8 + 4 + 64  # frame + blob id, offset, total, length; margin
-_RETRYABLE_CODES = frozenset({
-    ErrorCode.BUSY, ErrorCode.TIMEOUT, ErrorCode.SHUTTING_DOWN, ErrorCode.INTERNAL, ErrorCode.STORAGE,
-    ErrorCode.BLOB_INCOMPLETE, ErrorCode.BLOB_OFFSET, ErrorCode.BAD_ANCHOR, ErrorCode.BAD_CRC,
-    ErrorCode.TRUNCATED, ErrorCode.BAD_SEQUENCE, ErrorCode.MALFORMED_PAYLOAD, ErrorCode.UNEXPECTED_MESSAGE,
-})
-
-
-# ---------------------------------------------------------------------------------------- errors
-
-
-class SyncError(Exception):
-    """A sync did not complete. ``retryable``: another attempt may succeed."""
-
-    retryable = True
-
-
-class DeviceIdRetired(SyncError):
-    """The server knows this device id with a history we cannot continue; a new id was taken."""
-
-
-class ConnectionLost(SyncError):
-    """The connection closed or broke before the sync finished."""
-
-
-class SyncTimeout(SyncError):
-    """The server did not answer within the timeout (Trio clock)."""
-
-
-class PeerProtocolError(SyncError):
-    """The server sent bytes or messages the protocol forbids."""
-
-    def __init__(self, error: RemoteProtocolError) -> None:
-        super().__init__(f"protocol error from the server: {error}")
-        self.error = error
-
-
-class ServerError(SyncError):
-    """The server answered with ERROR."""
-
-    def __init__(self, code: int, fatal: bool, text: str) -> None:
-        try:
-            name = ErrorCode(code).name
-        except ValueError:
-            name = f"0x{code:04x}"
-        super().__init__(f"server error {name}: {text}" if text else f"server error {name}")
-        self.code = code
-        self.fatal = fatal
-        self.text = text
-        self.retryable = code in _RETRYABLE_CODES
-
-
-class AuthRefused(ServerError):
-    """The server refused the device's credentials (AUTH_FAILED, or an unknown account)."""
-
-    retryable = False
-
-    def __init__(self, code: int, fatal: bool, text: str) -> None:
-        super().__init__(code, fatal, text)
-        self.retryable = False
-
-
-class ServerNotAuthentic(SyncError):
-    """HELLO_OK did not prove that the server knows the device key."""
-
-    retryable = False
-
-
-class GenerationChanged(SyncError):
-    """DURABLE named another generation than this session's HELLO_OK (the server was restored
-    mid-session); nothing is marked clean, the next sync runs the recovery."""
-
-
-class SyncFailed(SyncError):
-    """Every attempt failed; ``last`` is the final attempt's error."""
-
-    def __init__(self, attempts: int, last: BaseException) -> None:
-        super().__init__(f"sync failed after {attempts} attempt(s): {last}")
-        self.attempts = attempts
-        self.last = last
-        self.retryable = False
-
-
-# ---------------------------------------------------------------------------------------- report
-
-
-class SyncObserver(Protocol):
-    """Optional hooks for a simulation's ledger and traces."""
-
-    def on_message(self, handset: Handset, direction: str, message: Message) -> None: ...
-
-    def on_regression(self, handset: Handset, reason: str) -> None: ...
-
-
-@dataclass
-class SyncReport:
-    """What one sync did (``attempts`` counts the tries ``Handset.sync`` needed)."""
-
-    pushed: int = 0
-    durable: int = 0
-    pulled: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
-    blob_bytes_sent: int = 0
-    blob_bytes_received: int = 0
-    regression: str | None = None
-    generation: int = 0
-    durable_lsn: int = 0
-    anchor: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    attempts: int = 1
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -215,9 +118,9 @@ class SyncReport:
 class _Driver:
     """One sync attempt over one connection."""
 
-    def __init__(self, handset: Handset, channel: Channel, *, timeout: float, max_frame: int) -> None:
-        self.handset = handset
-        self.mutants = handset.mutants
+    def __init__(self, device: SyncDevice, channel: Channel, *, timeout: float, max_frame: int) -> None:
+        self.device = device
+        self.mutants = device.mutants
         self.channel = channel
         self.timeout = timeout
         self.session = DeviceSession(max_frame=max_frame)
@@ -236,8 +139,8 @@ class _Driver:
 
     @property
     def store(self) -> RecordStore:
-        """The handset's store, looked up on every use: after a power cut it raises PoweredOff."""
-        return self.handset.store
+        """The device's store, looked up on every use: after a power cut it raises PoweredOff."""
+        return self.device.store
 
     # -- messages
 
@@ -298,9 +201,7 @@ class _Driver:
         await self._fatal(exc.code, exc.message[:200])
 
     def _observe(self, direction: str, message: Message) -> None:
-        observer = self.handset.observer
-        if observer is not None:
-            observer.on_message(self.handset, direction, message)
+        self.device.on_sync_message(direction, message)
 
     # -- the sync
 
@@ -327,7 +228,7 @@ class _Driver:
         meta = self.store.meta
         await self.send(self.session.hello(meta.account, meta.device_id))
         challenge = await self.expect(Challenge)
-        device_nonce = self.handset.rng.randbytes(NONCE_LEN)
+        device_nonce = self.device.rng.randbytes(NONCE_LEN)
         mac = device_mac(meta.key, server_nonce=challenge.server_nonce, device_nonce=device_nonce,
                          account=meta.account, device_id=meta.device_id, server_id=challenge.server_id)
         await self.send(Auth(device_nonce, mac))
@@ -349,9 +250,9 @@ class _Driver:
                 # after a forced factory reset). The server may also hold received, not yet durable
                 # changes above its watermark, so no LSN we issue is safe under this id: retire it
                 # and come back as a new device on the next attempt.
-                new_id = self.handset.rng.randbytes(len(meta.device_id))
+                new_id = self.device.rng.randbytes(len(meta.device_id))
                 log.warning("%s: device id %s already has LSNs through %d on the server (ours end at "
-                            "%d); taking the new device id %s", self.handset.name or meta.device_id.hex(),
+                            "%d); taking the new device id %s", self.device.name or meta.device_id.hex(),
                             meta.device_id.hex(), hello_ok.durable_lsn, meta.next_lsn - 1, new_id.hex())
                 self.store.set_meta(device_id=new_id)
                 raise DeviceIdRetired(f"device id {meta.device_id.hex()} retired; reconnecting as "
@@ -374,9 +275,9 @@ class _Driver:
                       f"to {hello_ok.anchor} in the same generation")
         elif hello_ok.durable_lsn >= meta.next_lsn:
             # R-IDEM-9: this id's history on the server is not ours; no LSN we issue under it is safe.
-            new_id = self.handset.rng.randbytes(len(meta.device_id))
+            new_id = self.device.rng.randbytes(len(meta.device_id))
             log.warning("%s: the server claims LSN %d of device id %s durable, above any this device issued "
-                        "(%d); recovery sync as the new device id %s", self.handset.name or meta.device_id.hex(),
+                        "(%d); recovery sync as the new device id %s", self.device.name or meta.device_id.hex(),
                         hello_ok.durable_lsn, meta.device_id.hex(), meta.next_lsn - 1, new_id.hex())
             self.store.set_meta(device_id=new_id, durable_lsn=0, server_anchor=0)
             self.recover(f"server claims LSN {hello_ok.durable_lsn} durable, above any this device issued "
@@ -400,10 +301,8 @@ class _Driver:
         count = len(self.store)
         log.warning("%s: SERVER REGRESSION DETECTED: %s; marking all %d local records dirty and pushing "
                     "them again (recovery sync); no local record is deleted",
-                    self.handset.name or self.store.meta.device_id.hex(), reason, count)
-        observer = self.handset.observer
-        if observer is not None:
-            observer.on_regression(self.handset, reason)
+                    self.device.name or self.store.meta.device_id.hex(), reason, count)
+        self.device.on_sync_regression(reason)
         meta = self.store.meta
         if hello_ok.durable_lsn >= meta.next_lsn:
             self.store.set_meta(next_lsn=hello_ok.durable_lsn + 1)
@@ -635,7 +534,7 @@ class _Driver:
                 if self.store.meta.server_anchor != message.anchor:
                     # PONG comes after our PULL_ACK is processed: the server then holds the anchor.
                     # An anchor the server already confirmed needs no round trip (an idle poll).
-                    await self.send(Ping(self.handset.rng.getrandbits(63)))
+                    await self.send(Ping(self.device.rng.getrandbits(63)))
                     await self.expect(Pong)
                     self.store.set_meta(server_anchor=message.anchor)
                 return True
@@ -684,7 +583,7 @@ class _Driver:
                 self.store.write_local(record.record_id, record.body, deleted=True)
 
 
-async def run_sync(handset: Handset, connect: Connector, *, timeout: float = DEFAULT_TIMEOUT,
+async def run_sync(device: SyncDevice, connect: Connector, *, timeout: float = DEFAULT_TIMEOUT,
                    max_frame: int = DEFAULT_MAX_FRAME) -> SyncReport:
     """One sync attempt: connect, run the session, close the connection whatever happens."""
     try:
@@ -695,7 +594,7 @@ async def run_sync(handset: Handset, connect: Connector, *, timeout: float = DEF
     except TransportError as exc:
         raise ConnectionLost(str(exc)) from exc
     try:
-        driver = _Driver(handset, channel, timeout=timeout, max_frame=max_frame)
+        driver = _Driver(device, channel, timeout=timeout, max_frame=max_frame)
         return await driver.run()
     finally:
         with trio.CancelScope(shield=True):

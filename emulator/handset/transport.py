@@ -4,7 +4,7 @@ A ``Channel`` is the device's side of one connection; a ``Connector`` opens a fr
 attempt. Every failure of the connection itself surfaces as ``TransportError`` (retryable), never
 as a bare ``OSError`` or Trio resource error.
 
-Both TCP connectors can go through a forward HTTP proxy (``emulator.endpoint.ProxyURL``): the HTTP
+Both TCP connectors can go through a forward HTTP proxy (``emulator.handset.endpoint.ProxyURL``): the HTTP
 binding sends its requests to the proxy in absolute form (``POST http://host:port/sync``), the raw
 binding asks the proxy for a tunnel (``CONNECT host:port``) and runs inside it.
 """
@@ -20,7 +20,7 @@ from typing import Protocol
 import trio
 
 from sidekick_testbed.emulator.capture.streams import ClientStream, capture_stream
-from sidekick_testbed.emulator.endpoint import ProxyURL
+from sidekick_testbed.emulator.handset.endpoint import ProxyURL
 from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.http_client import (
     HttpClientBinding,

@@ -1,0 +1,77 @@
+"""One seed derivation for the simulation and the fleet, and the Trio scheduler hook they rely on."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+
+import pytest
+import trio
+import trio._core._run
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from sidekick_testbed.emulator.seeding import (
+    SUPPORTED_TRIO,
+    TrioHookMissing,
+    derive_rng,
+    derive_seed,
+    seed_trio_scheduler,
+    seeded_trio_scheduler,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_derived_seed_is_sha256_of_the_slash_joined_name() -> None:
+    for seed, name in ((1, ("network",)), (7, ("user", 3)), (2**40, ("trio-scheduler",))):
+        text = "/".join(str(part) for part in (seed, *name)).encode()
+        assert derive_seed(seed, *name) == int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
+    assert derive_seed(5, "radio", 2) == derive_seed(5, "radio/2")  # the world's and the fleet's spelling agree
+
+
+def test_component_seeds_depend_on_seed_and_name_only() -> None:
+    assert len({derive_seed(1, name) for name in ("network", "workload", "nemesis", "storage")}) == 4
+    assert derive_seed(1, "network") != derive_seed(2, "network")
+    assert derive_rng(1, "user", 3).random() == derive_rng(1, "user", 3).random()
+    assert derive_rng(1, "user", 3).random() != derive_rng(1, "user", 4).random()
+    assert derive_rng(1, "user", 3).random() != derive_rng(2, "user", 3).random()
+
+
+def test_the_installed_trio_is_in_the_pinned_range_and_has_the_hook() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"trio{SUPPORTED_TRIO}" in pins
+    assert Version(trio.__version__) in SpecifierSet(SUPPORTED_TRIO)
+    seed_trio_scheduler(1)  # raises TrioHookMissing if the private RNG moved
+
+
+def _schedule(seed: int) -> list[int]:
+    """The order in which ten tasks, all ready at once, first run."""
+    order: list[int] = []
+
+    async def task(index: int) -> None:
+        order.append(index)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for index in range(10):
+                nursery.start_soon(task, index)
+
+    with seeded_trio_scheduler(seed):
+        trio.run(main)
+    return order
+
+
+def test_same_seed_same_schedule() -> None:
+    assert _schedule(3) == _schedule(3)
+    assert len({tuple(_schedule(seed)) for seed in range(8)}) > 1  # the seed does choose the order
+
+
+def test_a_trio_without_the_hook_is_a_typed_error_naming_the_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(trio._core._run, "_r")
+    with pytest.raises(TrioHookMissing, match=f"trio{SUPPORTED_TRIO}".replace(".", r"\.")) as caught:
+        seed_trio_scheduler(1)
+    assert caught.value.missing == "trio._core._run._r"
+    with pytest.raises(TrioHookMissing), seeded_trio_scheduler(1):
+        pass
