@@ -45,6 +45,8 @@ FILES = {
     "sim_storage": "server_stub/sim_storage.py",
     "sqlite_storage": "server_stub/sqlite_storage.py",
 }
+ALSO = {"sqlite_storage": ["server_stub/sqlite_commit.py", "server_stub/sqlite_schema.py"]}
+"""Modules mutated with a key's path and counted under it: the parts split out of one file."""
 EXCLUDED = {"store": ["emulator/store/model.py", "emulator/store/powerloss.py"]}
 """Modules under a mutated package that are test machinery, not the code under test."""
 TESTS = {
@@ -85,7 +87,7 @@ def _command(killer: str, key: str, args: argparse.Namespace, work: Path) -> str
     return f"{python} -m pytest -x -q -p no:cacheprovider -p no:randomly {' '.join(TESTS[key])}"
 
 
-def _config(path: Path, module: str, excluded: list[str], command: str, timeout: float) -> None:
+def _config(path: Path, module: str | list[str], excluded: list[str], command: str, timeout: float) -> None:
     path.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(module)}\n"
@@ -118,7 +120,8 @@ def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dic
     module = FILES[key]
     config = work / f"{key}-{args.killer}.toml"
     session = work / f"{key}-{args.killer}.sqlite"
-    _config(config, module, EXCLUDED.get(key, []), _command(args.killer, key, args, work), args.timeout)
+    paths = [module, *ALSO[key]] if key in ALSO else module
+    _config(config, paths, EXCLUDED.get(key, []), _command(args.killer, key, args, work), args.timeout)
     if not (args.resume and session.exists()):
         session.unlink(missing_ok=True)
         subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, env=env, check=True,

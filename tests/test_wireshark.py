@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 import fixtures
-from sidekick_testbed.emulator.capture.sim import SimTap
 from sidekick_testbed.emulator.capture.tcp import HTTP_PORT, Capture
 from sidekick_testbed.emulator.cli import main
 from sidekick_testbed.emulator.sim.nemesis import Swarm
 from sidekick_testbed.emulator.sim.options import SimOptions
+from sidekick_testbed.emulator.sim.pcap import SimTap
 from sidekick_testbed.emulator.sim.story import event_line
 from sidekick_testbed.emulator.sim.trace import to_trace, write_trace
 from sidekick_testbed.emulator.sim.world import World, run_world
@@ -460,7 +460,7 @@ def test_unknown_event_kinds_become_comments(tshark_env: dict[str, str], tmp_pat
     trace = to_trace(run_world(3, SimOptions(accounts=1, devices=1, steps=6)))
     trace["events"].insert(3, {"t": trace["events"][3]["t"], "kind": "flash.program", "dev": "acct0.d0",
                                "block": 2, "page": 5})
-    from sidekick_testbed.emulator.capture.sim import write_capture
+    from sidekick_testbed.emulator.sim.pcap import write_capture
 
     write_capture(tmp_path / "x.pcapng", trace, SimTap())
     out = tshark(tshark_env, "-r", str(tmp_path / "x.pcapng"), "-T", "fields", "-e", "frame.comment")

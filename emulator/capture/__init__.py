@@ -1,6 +1,7 @@
 """Packet captures of sync sessions, for Wireshark (docs/WIRESHARK.md).
 
 ``pcapng`` writes the file format; ``tcp`` turns connections into synthetic TCP/IP streams and
-events into event packets; ``sim`` records a simulated run (``sidekick replay --pcap``);
-``streams`` records real connections (``device sync --pcap``, ``certify --pcap``, ``serve --pcap``).
+events into event packets; ``streams`` records real connections (``device sync --pcap``,
+``certify --pcap``, ``serve --pcap``). A simulated run is recorded by
+``emulator.sim.pcap`` (``sidekick replay --pcap``), which builds on these.
 """

@@ -318,7 +318,7 @@ def _write_junit(path: Path, summary: dict[str, Any], result: CampaignResult) ->
 
 
 def _replay_to_pcap(trace: dict[str, Any], path: Path) -> Replay:
-    from sidekick_testbed.emulator.capture.sim import SimTap, write_capture
+    from sidekick_testbed.emulator.sim.pcap import SimTap, write_capture
 
     require_writable(path, "--pcap", directory=False)
     tap = SimTap()

@@ -283,7 +283,7 @@ class PipeTap(Protocol):
 
 
 class ConnectionTap(Protocol):
-    """Sees every connection as it opens (``emulator.capture.sim`` records what crosses it)."""
+    """Sees every connection as it opens (``emulator.sim.pcap`` records what crosses it)."""
 
     def attach(self, conn: _Connection, timeline: Timeline) -> None: ...
 
