@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -59,16 +60,23 @@ def seed_trio_scheduler(value: int) -> None:
     _trio_run_module()._r.seed(value)
 
 
+_ONE_SEEDED_RUN = threading.Lock()
+"""Trio's RNG is one per process: two seeded runs at once in threads (a Dask worker with
+``--nthreads 2``) would draw from it in turn and neither would be its seed's run."""
+
+
 @contextmanager
 def seeded_trio_scheduler(value: int) -> Iterator[None]:
     """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
     pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
-    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test."""
+    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test.
+    Seeded runs in other threads of this process wait for this one to end."""
     trio_run = _trio_run_module()
-    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False
-    seed_trio_scheduler(value)
-    try:
-        yield
-    finally:
-        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved
+    with _ONE_SEEDED_RUN:
+        saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False
+        seed_trio_scheduler(value)
+        try:
+            yield
+        finally:
+            trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import tomllib
 from pathlib import Path
@@ -75,3 +76,31 @@ def test_a_trio_without_the_hook_is_a_typed_error_naming_the_range(monkeypatch: 
     assert caught.value.missing == "trio._core._run._r"
     with pytest.raises(TrioHookMissing), seeded_trio_scheduler(1):
         pass
+
+
+def _long_schedule(seed: int) -> list[int]:
+    """The order in which twenty tasks pass 200 checkpoints each: thousands of tie-breaks."""
+    order: list[int] = []
+
+    async def task(index: int) -> None:
+        for _ in range(200):
+            order.append(index)
+            await trio.lowlevel.checkpoint()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for index in range(20):
+                nursery.start_soon(task, index)
+
+    with seeded_trio_scheduler(seed):
+        trio.run(main)
+    return order
+
+
+def test_seeded_runs_in_threads_of_one_process_each_get_their_seeds_schedule() -> None:
+    """As in a Dask worker with several threads: Trio's RNG is one per process, so seeded runs take turns."""
+    alone = {seed: _long_schedule(seed) for seed in (1, 2)}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        together = [pool.submit(_long_schedule, seed) for seed in (1, 2) * 4]
+        for future, seed in zip(together, (1, 2) * 4, strict=True):
+            assert future.result() == alone[seed]

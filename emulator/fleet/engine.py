@@ -45,7 +45,7 @@ from sidekick_testbed.emulator.fleet.scenario import ServerEvent
 from sidekick_testbed.emulator.fleet.state import Action, FleetDevice, LedgerStorage, RegressionCounter
 from sidekick_testbed.emulator.handset import Handset, HandsetError
 from sidekick_testbed.emulator.handset.sync_client import SyncError
-from sidekick_testbed.emulator.seeding import derive_rng, seed_trio_scheduler
+from sidekick_testbed.emulator.seeding import derive_rng, seeded_trio_scheduler
 from sidekick_testbed.emulator.sim.clock import Alarm, SimClock
 from sidekick_testbed.emulator.sim.flash_reader import FlashReader
 from sidekick_testbed.emulator.store import StoreError, StoreFull
@@ -516,7 +516,7 @@ def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
     ``a % n == k`` and their handsets, against a server of their own that sees the scenario's
     events. Handsets keep their fleet-wide index, so every generator and time is as in one run."""
     fleet = _Fleet(config, progress, shard)
-    seed_trio_scheduler(derive_rng(config.seed, "trio").getrandbits(64))
+    scheduler_seed = derive_rng(config.seed, "trio").getrandbits(64)
 
     async def main() -> FleetPart:
         async with trio.open_nursery() as servers:
@@ -535,7 +535,8 @@ def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 1000)
     try:
-        return trio.run(main, clock=fleet.clock)
+        with seeded_trio_scheduler(scheduler_seed):  # Trio's own tie-breaking, also under pytest-trio
+            return trio.run(main, clock=fleet.clock)
     finally:
         gc.set_threshold(*thresholds)
 
