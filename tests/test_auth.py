@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sidekick_testbed.protocol import auth
 from sidekick_testbed.protocol.messages import Auth
 from sidekick_testbed.protocol.session import DeviceSession, ServerSession
-from tests.test_session import ACCOUNT, DEVICE_ID, DEVICE_NONCE, SERVER_ID, Pair
+from tests.session_pair import ACCOUNT, DEVICE_ID, DEVICE_NONCE, SERVER_ID, Pair
 
 keys = st.binary(min_size=1, max_size=64)
 nonces = st.binary(min_size=16, max_size=16)

@@ -13,9 +13,9 @@ from sidekick_testbed.protocol.http_server import HttpRequest, HttpServerBinding
 from sidekick_testbed.protocol.messages import Bye, Pong
 from sidekick_testbed.protocol.session import CONNECTION_CLOSED, NEED_DATA, DeviceSession, ServerSession
 from sidekick_testbed.protocol.states import Role, SessionState
-from tests.test_session import SCRIPT, drain
+from tests.session_pair import SCRIPT, drain
 
-# The conversation of test_session without the server's PING: a server cannot initiate over HTTP.
+# The SCRIPT conversation without the server's PING: a server cannot initiate over HTTP.
 HTTP_SCRIPT = [*SCRIPT[:-2], (Role.SERVER, (Pong(41),)), (Role.DEVICE, (Bye("done"),))]
 
 MAX_BODY = 1 << 20

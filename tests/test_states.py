@@ -36,8 +36,8 @@ from sidekick_testbed.protocol.states import (
     SessionState,
     check,
 )
+from tests.session_pair import AUTH, BLOB_ID, CHALLENGE, HELLO, HELLO_OK, SCRIPT, Pair
 from tests.strategies import message_of
-from tests.test_session import AUTH, BLOB_ID, CHALLENGE, HELLO, HELLO_OK, SCRIPT, Pair
 
 PING_NONCE = 7
 
