@@ -19,7 +19,7 @@ from sidekick_testbed.emulator.sim.oracle import check_chip
 from sidekick_testbed.emulator.sim.world import run_world
 from sidekick_testbed.emulator.store import RecordStore
 from sidekick_testbed.protocol.records import Note
-from tests.test_store_stateful import StoreMachine
+from tests.store_machine import StoreMachine
 
 
 def differences(view: ChipView, store: RecordStore) -> list[str]:
