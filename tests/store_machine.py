@@ -1,4 +1,4 @@
-"""The Hypothesis state machine for the record store: store calls and power cuts checked against the dict model."""
+"""The record store's Hypothesis state machine: store calls and power cuts, checked against the dict model."""
 
 from __future__ import annotations
 
