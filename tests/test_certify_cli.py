@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,9 +16,7 @@ import trio
 from sidekick_testbed.emulator.certify import pytest_plugin
 from sidekick_testbed.emulator.certify.local_server import free_port
 from sidekick_testbed.emulator.cli import main
-
-PLUGIN_ARGS = ["-p", "no:sidekick", "-p", "sidekick_testbed.emulator.certify.pytest_plugin"]
-"""Load the plugin by module name whether or not its entry point is installed."""
+from tests.certify_pytest import run_pytest
 
 
 @pytest.fixture
@@ -105,11 +102,6 @@ async def test_cli_against_a_garbage_port_fails_cleanly_with_reports(key_file: P
     assert "not a certification by anyone" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
-def _pytest(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(cwd),
-                           *PLUGIN_ARGS, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
-
-
 def test_plugin_adds_nothing_without_the_option() -> None:
     config = SimpleNamespace(getoption=lambda name: None)
     items: list[object] = ["an item of the project's own run"]
@@ -128,7 +120,7 @@ def test_plugin_option_mistakes_are_pytest_usage_errors(args: list[str], message
     (tmp_path / "bad.key").write_text("not hex at all", encoding="utf-8")
     (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
     args = [str(tmp_path / "bad.key") if a == "NOTHEX" else a for a in args]
-    result = _pytest(["test_one.py", "--sidekick-server", *args], tmp_path)
+    result = run_pytest(["test_one.py", "--sidekick-server", *args], tmp_path)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
     assert "ERROR: --sidekick-server: " in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -136,9 +128,9 @@ def test_plugin_option_mistakes_are_pytest_usage_errors(args: list[str], message
 
 def test_plugin_items_run_beside_other_tests_and_fail_against_a_down_server(tmp_path: Path, key_file: Path) -> None:
     (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
-    result = _pytest(["-v", "test_one.py", "--sidekick-server", f"127.0.0.1:{free_port()}", "--sidekick-account",
-                      "vendor", "--sidekick-key-file", str(key_file), "--sidekick-only", "handshake",
-                      "--sidekick-timeout", "2"], tmp_path)
+    result = run_pytest(["-v", "test_one.py", "--sidekick-server", f"127.0.0.1:{free_port()}", "--sidekick-account",
+                         "vendor", "--sidekick-key-file", str(key_file), "--sidekick-only", "handshake",
+                         "--sidekick-timeout", "2"], tmp_path)
     assert result.returncode == 1
     assert "test_one.py::test_one PASSED" in result.stdout
     assert "R-STATE-3[handshake] FAILED" in result.stdout

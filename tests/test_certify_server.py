@@ -20,6 +20,7 @@ from sidekick_testbed.emulator.certify.runner import run_suite
 from sidekick_testbed.emulator.certify.target import Account
 from sidekick_testbed.emulator.certify.verdicts import Need, Outcome
 from sidekick_testbed.server_stub.faults import ALL_FAULT_MODES
+from tests.certify_pytest import run_pytest
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +56,10 @@ async def test_reference_server_passes_every_check(correct: LocalServer, http: b
 
 
 def test_pytest_plugin_runs_checks_as_items_named_by_requirement(correct: LocalServer, tmp_path: Path) -> None:
-    from tests.test_certify_cli import _pytest
-
     key = tmp_path / "vendor.key"
     key.write_text(correct.keys["vendor"].hex(), encoding="utf-8")
-    result = _pytest(["-v", "--sidekick-server", f"127.0.0.1:{correct.tcp_port}", "--sidekick-account", "vendor",
-                      "--sidekick-key-file", str(key), "--sidekick-only", "R-PULL-*"], tmp_path)
+    result = run_pytest(["-v", "--sidekick-server", f"127.0.0.1:{correct.tcp_port}", "--sidekick-account", "vendor",
+                         "--sidekick-key-file", str(key), "--sidekick-only", "R-PULL-*"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "R-PULL-8[pull-anchor-needs-ack] PASSED" in result.stdout
 
