@@ -34,7 +34,7 @@ def imported_test_modules(source: str) -> list[str]:
     ("from . import test_session", ["test_session"]),
     ("def f():\n    from tests.test_certify_cli import run\n", ["test_certify_cli"]),
     ("from tests.session_pair import Pair\nfrom tests import strategies\nimport test_session_like", []),
-])
+], ids=["from", "import", "from-package", "relative", "relative-package", "in-a-function", "support-modules"])
 def test_the_check_finds_every_form_of_import(source: str, found: list[str]) -> None:
     assert imported_test_modules(source) == found
 
