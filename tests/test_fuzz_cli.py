@@ -7,6 +7,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,14 @@ def test_shards_and_jobs_split_the_seed_space_without_overlap() -> None:
             taken += list(itertools.islice(seeds(100, (k, 3), job, 2), 10))
     assert len(taken) == len(set(taken)) == 60
     assert sorted(taken) == list(range(100, 160))
+
+
+def test_a_campaign_keeps_the_handsets_log_lines_to_itself(tmp_path: Path) -> None:
+    """The simulated handsets' warnings (a detected regression, a recovery sync) belong to the runs'
+    stories, not to the user's terminal: a campaign's standard error is its progress and its verdict."""
+    done = subprocess.run([sys.executable, "-m", "sidekick_testbed.emulator", "fuzz", "--budget", "40-runs",
+                           "--seed", "1", "--json"], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["runs"] == 40
+    assert "REGRESSION" not in done.stderr and "recovery sync" not in done.stderr, done.stderr[-2000:]

@@ -114,7 +114,7 @@ def test_factory_reset_refuses_while_anything_is_not_durable(caplog: pytest.LogC
     assert len(info.value.at_risk) == 2 and "1 contact" in str(info.value) and "1 note" in str(info.value)
     assert len(device_bodies(phone)) == 2
     meta = phone.store.meta
-    with caplog.at_level(logging.WARNING, logger="sidekick_testbed.emulator.handset"):
+    with caplog.at_level(logging.WARNING, logger="sidekick.handset"):
         phone.factory_reset(force=True)
     assert "FORCED FACTORY RESET" in caplog.text and caplog.text.count("lost:") == 2
     assert device_bodies(phone) == {}

@@ -283,7 +283,7 @@ async def test_regression_marks_everything_dirty_and_pushes_it_all(change: str,
     else:
         lost.durable_lsn = before.durable_lsn
         lost.anchor = before.anchor - 1
-    with caplog.at_level(logging.WARNING, logger="sidekick_testbed.emulator.sync"):
+    with caplog.at_level(logging.WARNING, logger="sidekick.sync"):
         report = await sync_with(phone, lost)
     assert report.regression is not None and recorder.regressions == [report.regression]
     assert "REGRESSION" in caplog.text

@@ -31,7 +31,7 @@ from sidekick_testbed.emulator.fleet.scenario import EMPTY, builtin_scenarios, f
 
 __all__ = ["register"]
 
-_QUIET_LOGGERS = ("emulator", "sidekick", "server_stub")
+_QUIET_LOGGERS = ("sidekick",)
 
 
 def register(subparsers: Any) -> None:

@@ -44,7 +44,7 @@ __all__ = [
     "UnsyncedData",
 ]
 
-log = logging.getLogger("sidekick_testbed.emulator.handset")
+log = logging.getLogger("sidekick.handset")
 _T = TypeVar("_T")
 
 BACKOFF_BASE = 0.5

@@ -100,7 +100,7 @@ __all__ = [
     "run_sync",
 ]
 
-log = logging.getLogger("sidekick_testbed.emulator.sync")
+log = logging.getLogger("sidekick.sync")
 _M = TypeVar("_M", bound=Message)
 
 PULL_MAX_RECORDS = 1024

@@ -167,7 +167,7 @@ class World(NemesisActions, DeviceActions):
     def run(self) -> RunResult:
         """Run the world to the end (or the first violation) and return the result."""
         self.clock = SimClock()
-        loggers = [logging.getLogger("sidekick"), logging.getLogger("emulator")]
+        loggers = [logging.getLogger("sidekick")]
         saved = [(lg.propagate, lg.level) for lg in loggers]
         for lg in loggers:
             lg.addHandler(self._catcher)
