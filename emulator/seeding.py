@@ -1,10 +1,14 @@
 """One root seed for a whole run: the seeds of its components, and Trio's scheduler seeded from it.
 
 The simulation world and the fleet engine both derive every component's seed here (``derive_seed``,
-``derive_rng``), so that one derivation gives their traces and JSON. Trio breaks ties between ready
-tasks with a private RNG (``trio._core._run._r``); seeding it is the one use of Trio's internals in
-the project, which is why ``pyproject.toml`` pins Trio to ``SUPPORTED_TRIO``, the range it is tested
-on. Another Trio without that RNG raises ``TrioHookMissing`` instead of running undeterministically.
+``derive_rng``), so that one derivation gives their traces and JSON. Trio orders the tasks that
+became ready together with a private RNG (``trio._core._run._r``), and in its deterministic mode
+(``_ALLOW_DETERMINISTIC_SCHEDULING``, the one pytest-trio and Hypothesis use) sorts them by creation
+before a seeded shuffle, so the order cannot depend on how they became ready (tasks woken by equal
+deadlines come in the order of their cancel scopes' memory addresses). Setting these two is the one
+use of Trio's internals in the project, which is why ``pyproject.toml`` pins Trio to
+``SUPPORTED_TRIO``, the range it is tested on. Another Trio without them raises ``TrioHookMissing``
+instead of running undeterministically.
 """
 
 from __future__ import annotations
@@ -67,14 +71,14 @@ _ONE_SEEDED_RUN = threading.Lock()
 
 @contextmanager
 def seeded_trio_scheduler(value: int) -> Iterator[None]:
-    """``seed_trio_scheduler`` for one run, in Trio's own tie-breaking mode whoever set another:
-    pytest-trio switches Trio to its sorted-and-shuffled mode (``_ALLOW_DETERMINISTIC_SCHEDULING``),
-    which gives other schedules, so a trace written by ``sidekick fuzz`` would not replay in a test.
-    Seeded runs in other threads of this process wait for this one to end."""
+    """``seed_trio_scheduler`` for one run, in Trio's deterministic mode (each batch of ready tasks
+    sorted by creation, then shuffled by the seeded RNG): the same schedule in a fresh process, in a
+    long-lived Dask worker whose memory is laid out otherwise, and under pytest-trio. Seeded runs in
+    other threads of this process wait for this one to end."""
     trio_run = _trio_run_module()
     with _ONE_SEEDED_RUN:
         saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
         seed_trio_scheduler(value)
         try:
             yield

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio._core._run
+import trio.testing
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -104,3 +105,34 @@ def test_seeded_runs_in_threads_of_one_process_each_get_their_seeds_schedule() -
         together = [pool.submit(_long_schedule, seed) for seed in (1, 2) * 4]
         for future, seed in zip(together, (1, 2) * 4, strict=True):
             assert future.result() == alone[seed]
+
+
+def _wake_order_at_one_deadline(seed: int, padding: list[int]) -> list[int]:
+    """The order in which tasks sleeping until the same instant wake, with the cancel scopes of their
+    sleeps placed at addresses that ``padding`` shifts (objects kept alive between the tasks' starts)."""
+    order: list[int] = []
+    kept: list[object] = []
+
+    async def sleeper(index: int) -> None:
+        await trio.sleep_until(10.0)
+        order.append(index)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for index, pad in enumerate(padding):
+                kept.append([object() for _ in range(pad)])
+                nursery.start_soon(sleeper, index)
+                await trio.lowlevel.checkpoint()  # each sleeper makes its scope now, after the padding
+
+    with seeded_trio_scheduler(seed):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return order
+
+
+def test_tasks_woken_by_equal_deadlines_run_in_an_order_that_does_not_depend_on_memory_addresses() -> None:
+    """Trio breaks ties between equal deadlines by the cancel scope's address: a long-lived process (a
+    Dask worker) lays its memory out otherwise than a fresh one. The seeded order must not see it."""
+    paddings = [[0] * 12, list(range(12)), list(range(12, 0, -1)), [7, 0, 300, 1, 0, 52, 9, 0, 0, 1000, 3, 5]]
+    for seed in (1, 2, 3):
+        orders = {tuple(_wake_order_at_one_deadline(seed, padding)) for padding in paddings}
+        assert len(orders) == 1, orders

@@ -535,7 +535,7 @@ def run_shard(config: FleetConfig, shard: tuple[int, int] = (0, 1), *,
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 1000)
     try:
-        with seeded_trio_scheduler(scheduler_seed):  # Trio's own tie-breaking, also under pytest-trio
+        with seeded_trio_scheduler(scheduler_seed):
             return trio.run(main, clock=fleet.clock)
     finally:
         gc.set_threshold(*thresholds)
