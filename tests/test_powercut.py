@@ -89,3 +89,32 @@ def test_usage_mistakes_are_one_line_and_status_2(tmp_path: Path, capsys: pytest
     assert main(["powercut", "start", "--state", str(tmp_path / "s"), "--", "true"]) == 2  # no --data
     err = capsys.readouterr().err
     assert err.count("sidekick: error:") == 3 and "Traceback" not in err
+
+
+def test_calls_that_another_thread_interrupted_are_read_with_strace_padding(tmp_path: Path) -> None:
+    """Two threads' calls interleave as ``<unfinished ...>`` and ``<... resumed>``, and strace pads a
+    short resumed line with spaces before ``=``: a DURABLE sent that way is still the cut's DURABLE,
+    and a sync returned that way still covers the writes before it."""
+    data = tmp_path / "data"
+    db = _fd(3, str(data / "store.db"))
+    sock = _fd(7, "socket:[4242]")
+    durable = encode_frame(Durable(9, 1, ()), 3)
+    lines = [
+        f'100 openat(AT_FDCWD, "{_hex(str(data / "store.db").encode())}", O_RDWR|O_CREAT, 0644) = {db}',
+        f'100 pwrite64({db}, "{_hex(b"AAAA")}", 4, 0) = 4',
+        f"100 fdatasync({db} <unfinished ...>",
+        f'101 sendto({_fd(9, "socket:[99]")}, "\\x00", 1, 0, NULL, 0 <unfinished ...>',
+        "100 <... fdatasync resumed>)            = 0",
+        "101 <... sendto resumed>)               = 1",
+        f'101 sendto({sock}, "{_hex(durable)}", {len(durable)}, 0, NULL, 0 <unfinished ...>',
+        f'100 pwrite64({db}, "{_hex(b"BBBB")}", 4, 4) = 4',
+        f"101 <... sendto resumed>)               = {len(durable)}",
+    ]
+    events = parse_trace(lines)
+    assert all(event.result for event in events)  # every call returned
+    line, frames = durable_cut_line(events)
+    assert frames == 1 and line == 6
+    base = tmp_path / "base"
+    base.mkdir()
+    rebuild(events, base, data, tmp_path, model="power", cut_line=line, durable_frames=frames)
+    assert (data / "store.db").read_bytes() == b"AAAA"

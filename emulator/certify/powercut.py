@@ -67,6 +67,9 @@ _LINE = re.compile(r"^(\d+)\s+(.*)$")
 _UNFINISHED = " <unfinished ...>"
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 _CALL = re.compile(r"^(\w+)\((.*)$")
+_RETURNED = re.compile(r"\)\s+= ")
+"""Where the arguments end and the result begins: strace pads a short line with spaces before ``=``
+(``<... sendto resumed>)             = 90``)."""
 _FD = re.compile(r"(-?\d+|AT_FDCWD)(?:<((?:\\x[0-9a-f]{2})*)>)?")
 _STRING = re.compile(r'"((?:\\x[0-9a-f]{2})*)"(\.\.\.)?')
 
@@ -106,11 +109,13 @@ def parse_trace(lines: Iterator[str] | list[str]) -> list[TraceEvent]:
             if call is None:
                 continue
             entry, name, body = index, call.group(1), call.group(2)
-        args, sep, result = body.rpartition(") = ")
-        if not sep:  # the kill came while strace held the call open: printed, never returned
+        returned = None
+        for returned in _RETURNED.finditer(body):  # the last one: strings are hex, never ") ="
+            pass
+        if returned is None:  # the kill came while strace held the call open: printed, never returned
             pending[pid] = (entry, name, body)
             continue
-        events.append(TraceEvent(entry, index, name, args, result.strip()))
+        events.append(TraceEvent(entry, index, name, body[:returned.start()], body[returned.end():].strip()))
     for entry, name, head in pending.values():  # killed inside the call: it never returned
         events.append(TraceEvent(entry, NEVER, name, head, ""))
     return events
