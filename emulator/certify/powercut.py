@@ -109,9 +109,7 @@ def parse_trace(lines: Iterator[str] | list[str]) -> list[TraceEvent]:
             if call is None:
                 continue
             entry, name, body = index, call.group(1), call.group(2)
-        returned = None
-        for returned in _RETURNED.finditer(body):  # the last one: strings are hex, never ") ="
-            pass
+        returned = max(_RETURNED.finditer(body), key=lambda match: match.start(), default=None)  # the last
         if returned is None:  # the kill came while strace held the call open: printed, never returned
             pending[pid] = (entry, name, body)
             continue
