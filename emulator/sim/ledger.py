@@ -15,7 +15,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sidekick_testbed.protocol.messages import Commit, Durable, HelloOk, Message, PullAck, Push
+from sidekick_testbed.protocol.messages import (
+    BlobAck,
+    BlobChunk,
+    BlobQuery,
+    Commit,
+    Durable,
+    Error,
+    HelloOk,
+    Message,
+    PullAck,
+    Push,
+)
 from sidekick_testbed.protocol.records import Record, RecordBody
 
 __all__ = ["DeviceTrack", "Key", "Ledger", "Version", "key_of"]
@@ -69,6 +80,8 @@ class DeviceTrack:
     max_commit_lsn: int = 0
     max_pull_ack: int = 0
     sessions: int = 0
+    chunk_sent: tuple[bytes, int] | None = None
+    """(blob id, offset + length) of the BLOB_CHUNK awaiting its BLOB_ACK, if one is."""
 
 
 class Ledger:
@@ -130,8 +143,15 @@ class Ledger:
                 track.max_commit_lsn = max(track.max_commit_lsn, message.lsn)
             elif isinstance(message, PullAck):
                 track.max_pull_ack = max(track.max_pull_ack, message.anchor)
+            elif isinstance(message, BlobChunk):
+                track.chunk_sent = (message.blob_id, message.offset + len(message.data))
+            elif isinstance(message, BlobQuery):
+                track.chunk_sent = None
             return
+        if isinstance(message, BlobAck | Error):
+            track.chunk_sent = None
         if isinstance(message, HelloOk):
+            track.chunk_sent = None
             track.session_pushes = {}
             track.session_generation = message.generation
             track.sessions += 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from sidekick_testbed.emulator.sim.flash_reader import DURABLE, ChipView
 from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
-from sidekick_testbed.protocol.messages import Durable, HelloOk, Message, PullAck
+from sidekick_testbed.protocol.messages import BlobAck, Durable, HelloOk, Message, PullAck
 from sidekick_testbed.protocol.records import Photo, Record
 
 __all__ = ["INVARIANTS", "Violation", "check_chip", "check_device", "check_heal", "check_server_history",
@@ -163,6 +163,15 @@ def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
             f"the server told {device} in {name} that LSN {message.durable_lsn} is durable, but the device "
             f"never asked to commit beyond LSN {track.max_commit_lsn}",
             {"device": device, "claimed": message.durable_lsn, "committed": track.max_commit_lsn},
+        )
+    if isinstance(message, BlobAck) and track.chunk_sent is not None and track.chunk_sent[0] == message.blob_id \
+            and message.have != track.chunk_sent[1]:
+        return Violation(
+            "durable-lost", "wrong-blob-receipt",
+            f"the server answered {device}'s BLOB_CHUNK ending at byte {track.chunk_sent[1]} of blob "
+            f"{message.blob_id.hex()[:8]} with BLOB_ACK have={message.have}: an accepted chunk is held "
+            f"up to its end (PROTOCOL.md section 14)",
+            {"device": device, "blob": message.blob_id.hex(), "sent_to": track.chunk_sent[1], "have": message.have},
         )
     if isinstance(message, HelloOk) and message.anchor > track.max_pull_ack:
         return Violation(

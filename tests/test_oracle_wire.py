@@ -1,0 +1,58 @@
+"""The oracle's checks on single messages (``emulator.sim.oracle.check_wire``), fed as the world
+feeds them: each message is checked before the ledger learns of it."""
+
+from __future__ import annotations
+
+from sidekick_testbed.emulator.sim.ledger import Ledger
+from sidekick_testbed.emulator.sim.oracle import Violation, check_wire
+from sidekick_testbed.protocol.messages import BlobAck, BlobChunk, BlobQuery, Error, HelloOk, Message
+
+BLOB = b"b" * 16
+OTHER = b"o" * 16
+
+
+def conversation(*steps: tuple[str, Message]) -> list[Violation | None]:
+    """The oracle's verdict on each message of one device's conversation."""
+    ledger = Ledger()
+    ledger.add_device("phone", "alice")
+    verdicts = []
+    for direction, message in steps:
+        verdicts.append(check_wire(ledger, "phone", direction, message, None))
+        ledger.message("phone", direction, message)
+    return verdicts
+
+
+def whats(verdicts: list[Violation | None]) -> list[str | None]:
+    return [verdict.what if verdict else None for verdict in verdicts]
+
+
+def test_an_accepted_chunk_is_acknowledged_up_to_its_end() -> None:
+    assert whats(conversation(
+        ("sent", BlobQuery(BLOB)), ("received", BlobAck(BLOB, 0)),
+        ("sent", BlobChunk(BLOB, 0, 2500, b"x" * 1000)), ("received", BlobAck(BLOB, 1000)),
+        ("sent", BlobChunk(BLOB, 1000, 2500, b"x" * 1000)), ("received", BlobAck(BLOB, 2000)),
+        ("sent", BlobChunk(BLOB, 2000, 2500, b"x" * 500)), ("received", BlobAck(BLOB, 2500)),
+    )) == [None] * 8
+
+
+def test_a_receipt_other_than_the_chunks_end_is_a_violation() -> None:
+    for wrong in (0, 1000, 1999, 2001, 3000):
+        verdicts = conversation(("sent", BlobChunk(BLOB, 1000, 3000, b"x" * 1000)), ("received", BlobAck(BLOB, wrong)))
+        assert whats(verdicts) == [None, "wrong-blob-receipt"]
+        assert verdicts[1] is not None and verdicts[1].invariant == "durable-lost"
+
+
+def test_the_empty_blob_is_acknowledged_with_zero() -> None:
+    assert whats(conversation(("sent", BlobChunk(BLOB, 0, 0, b"")), ("received", BlobAck(BLOB, 0)))) == [None, None]
+    assert whats(conversation(("sent", BlobChunk(BLOB, 0, 0, b"")), ("received", BlobAck(BLOB, 1))))[1] \
+        == "wrong-blob-receipt"
+
+
+def test_only_the_answer_to_a_chunk_is_held_to_the_chunks_end() -> None:
+    chunk = ("sent", BlobChunk(BLOB, 0, 3000, b"x" * 1000))
+    assert whats(conversation(chunk, ("received", Error(0x0B, False, "offset")), ("received", BlobAck(BLOB, 7)))) \
+        == [None, None, None]                                        # refused: the chunk has no receipt
+    assert whats(conversation(chunk, ("sent", BlobQuery(BLOB)), ("received", BlobAck(BLOB, 7)))) == [None] * 3
+    assert whats(conversation(chunk, ("received", BlobAck(OTHER, 7)))) == [None, None]
+    hello = ("received", HelloOk(b"s" * 16, 1, 0, 0, b"m" * 32))     # a new session: nothing outstanding
+    assert whats(conversation(chunk, hello, ("received", BlobAck(BLOB, 7)))) == [None, None, None]
