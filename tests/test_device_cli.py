@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import socket
@@ -252,7 +253,6 @@ def test_a_second_command_on_the_same_image_waits_instead_of_losing_a_change(
         image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each command loads the image and saves it whole: run side by side, the one that saves last
     would drop what the other wrote (a note added during a sync was lost this way)."""
-    fcntl = pytest.importorskip("fcntl")
     with open(str(image) + ".lock", "a", encoding="ascii") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as a command in progress (a long sync) holds it
         second = subprocess.Popen([sys.executable, "-m", "sidekick_testbed.emulator", "device", "--image", str(image), "add",
