@@ -234,10 +234,11 @@ class HttpSessions:
 
         holder = self.server.admit(address, evict)
         self.server.metrics.http_connections += 1
+        send_before = getattr(stream, "send_all_before", None)
         try:
             with scope:
                 while True:
-                    request = await self._next_request(binding, stream, link, holder)
+                    request = await self._next_request(binding, stream, link, holder, scope)
                     if request is None:
                         return
                     answer = await self.answer(request, address)
@@ -251,8 +252,11 @@ class HttpSessions:
                     content_type = "application/x-sidekick-frames" if answer.status == 200 else "text/plain"
                     out = binding.respond(answer.status, body, session_token=answer.token, content_type=content_type,
                                           retry_after=answer.retry_after)
-                    with trio.fail_after(limits.idle_timeout):
-                        await stream.send_all(out)
+                    if send_before is not None:
+                        await send_before(out, trio.current_time() + limits.idle_timeout)
+                    else:
+                        with trio.fail_after(limits.idle_timeout):
+                            await stream.send_all(out)
                     link.at = trio.current_time()
                     if binding.closing:
                         return
@@ -266,12 +270,15 @@ class HttpSessions:
                 await trio.aclose_forcefully(stream)
 
     async def _next_request(self, binding: HttpServerBinding, stream: trio.abc.Stream, link: _HttpLink,
-                            holder: Holder) -> HttpRequest | None:
+                            holder: Holder, connection: trio.CancelScope) -> HttpRequest | None:
         """The next request, or None when the connection is to close (an error or a timeout was
         answered, the peer closed, the server stops). Waits at most: ``idle_timeout`` of silence;
         ``handshake_timeout`` from a request head's first byte to its end; and, while the
-        connection holds a place before authentication, ``handshake_timeout`` from its start."""
+        connection holds a place before authentication, ``handshake_timeout`` from its start.
+        A stream that keeps deadlines itself (``receive_some_before``, a simulated link on its
+        clock) is left to do it; shutdown then cancels the ``connection``'s scope while it waits."""
         limits = self.server.limits
+        receive_before = getattr(stream, "receive_some_before", None)
         while True:
             try:
                 request = binding.next_request()
@@ -299,13 +306,24 @@ class HttpSessions:
                 deadline = min(deadline, link.head_at + limits.handshake_timeout)
             if holder.holding:
                 deadline = min(deadline, link.started + limits.handshake_timeout)
-            with trio.CancelScope(deadline=deadline) as waiting:
-                self.server.wait_scopes.add(waiting)
+            late = False
+            if receive_before is not None:
+                self.server.wait_scopes.add(connection)
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await receive_before(RECEIVE_SIZE, deadline)
+                except trio.TooSlowError:
+                    late = True
                 finally:
-                    self.server.wait_scopes.discard(waiting)
-            if waiting.cancelled_caught:
+                    self.server.wait_scopes.discard(connection)
+            else:
+                with trio.CancelScope(deadline=deadline) as waiting:
+                    self.server.wait_scopes.add(waiting)
+                    try:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    finally:
+                        self.server.wait_scopes.discard(waiting)
+                late = waiting.cancelled_caught
+            if late:
                 if self.server.shutting_down:
                     return None
                 if holder.holding and trio.current_time() >= link.started + limits.handshake_timeout:

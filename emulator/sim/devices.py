@@ -43,6 +43,8 @@ class SimDevice:
     """The id the device named in its last HELLO."""
     last_good: ChipView | None = None
     """The chip as the last check that passed read it (what a later loss is compared with)."""
+    checked_at: tuple[int, int] = (-1, -1)
+    """The server generation and ``Ledger.changes`` that check saw."""
     writing: Record | None = None
     """What the user is writing (its size counts if the store refuses it as full)."""
     pulled: list[Record] = field(default_factory=list)

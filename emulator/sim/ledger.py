@@ -93,6 +93,9 @@ class Ledger:
         self.devices: dict[str, DeviceTrack] = {}
         self.released: dict[Key, set[int]] = {}
         """Version -> generations in which a device let go of it after DURABLE."""
+        self.changes = 0
+        """Counts the versions created and the messages learnt from: unchanged, nothing a check
+        of a device against the ledger reads has changed."""
 
     # ------------------------------------------------------------------ user versions
 
@@ -104,6 +107,7 @@ class Ledger:
 
     def created(self, device: str, record_id: bytes, key: Key, parent: Key | None, t: float) -> Version:
         """A user on ``device`` made version ``key`` of ``record_id`` from ``parent``."""
+        self.changes += 1
         track = self.devices[device]
         existing = self.versions.get(key)
         if existing is not None:  # e.g. two devices deleting the same version
@@ -134,6 +138,7 @@ class Ledger:
 
     def message(self, device: str, direction: str, message: Message) -> None:
         """Learn from one message a device sent or received."""
+        self.changes += 1
         track = self.devices[device]
         if direction == "sent":
             if isinstance(message, Push):
