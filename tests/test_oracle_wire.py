@@ -56,3 +56,48 @@ def test_only_the_answer_to_a_chunk_is_held_to_the_chunks_end() -> None:
     assert whats(conversation(chunk, ("received", BlobAck(OTHER, 7)))) == [None, None]
     hello = ("received", HelloOk(b"s" * 16, 1, 0, 0, b"m" * 32))     # a new session: nothing outstanding
     assert whats(conversation(chunk, hello, ("received", BlobAck(BLOB, 7)))) == [None, None, None]
+
+
+def exchange(*steps: tuple[str, str, Message]) -> list[Violation | None]:
+    """The oracle's verdicts on the messages of several devices: ``phone`` and ``tablet`` of one
+    account, ``stranger`` of another."""
+    ledger = Ledger()
+    for device, account in (("phone", "alice"), ("tablet", "alice"), ("stranger", "bob")):
+        ledger.add_device(device, account)
+    verdicts = []
+    for device, direction, message in steps:
+        verdicts.append(check_wire(ledger, device, direction, message, None))
+        ledger.message(device, direction, message)
+    return verdicts
+
+
+HELLO_OK = HelloOk(b"s" * 16, 1, 0, 0, b"m" * 32)
+FIRST_OF_THREE = (("phone", "sent", BlobChunk(BLOB, 0, 3000, b"x" * 1000)),
+                  ("phone", "received", BlobAck(BLOB, 1000)),
+                  ("phone", "received", HELLO_OK))  # the upload was cut; a new session resumes it
+
+
+def test_a_resumed_upload_may_be_told_at_most_the_bytes_sent() -> None:
+    for have in (0, 400, 1000):  # a server may hold less than it acknowledged (R-BLOB-11), never more
+        verdicts = exchange(*FIRST_OF_THREE, ("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, have)))
+        assert whats(verdicts) == [None] * 5
+
+
+def test_a_blob_query_answered_with_bytes_never_sent_is_a_violation() -> None:
+    for have in (1001, 2000, 3000):
+        verdicts = exchange(*FIRST_OF_THREE, ("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, have)))
+        assert whats(verdicts) == [None] * 4 + ["wrong-blob-receipt"]
+        assert verdicts[4] is not None and verdicts[4].invariant == "durable-lost"
+        assert verdicts[4].details["sent_to"] == 1000 and verdicts[4].details["have"] == have
+    unsent = exchange(("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, 1)))
+    assert whats(unsent) == [None, "wrong-blob-receipt"]
+
+
+def test_a_chunk_sent_by_any_device_of_the_account_counts() -> None:
+    whole = (*FIRST_OF_THREE, ("tablet", "sent", BlobChunk(BLOB, 1000, 3000, b"x" * 2000)),
+             ("tablet", "received", BlobAck(BLOB, 3000)))
+    assert whats(exchange(*whole, ("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, 3000)))) \
+        == [None] * 7
+    elsewhere = (*FIRST_OF_THREE, ("stranger", "sent", BlobChunk(BLOB, 1000, 3000, b"x" * 2000)))
+    assert whats(exchange(*elsewhere, ("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, 3000)))) \
+        == [None] * 5 + ["wrong-blob-receipt"]

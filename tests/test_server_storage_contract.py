@@ -166,6 +166,7 @@ async def test_blob_chunks_resume_and_refuse(store: Any) -> None:
     data = bytes(range(256)) * 3
     assert await store.blob_state("alice", blob) == BlobState(0, 0)
     assert await store.write_blob("alice", blob, 0, len(data), data[:300]) == 300
+    assert await store.blob_state("alice", blob) == BlobState(300, len(data))  # R-BLOB-1: held in part
     with pytest.raises(BlobError) as offset:
         await store.write_blob("alice", blob, 100, len(data), data[100:200])
     assert offset.value.offset_mismatch

@@ -82,6 +82,8 @@ class DeviceTrack:
     sessions: int = 0
     chunk_sent: tuple[bytes, int] | None = None
     """(blob id, offset + length) of the BLOB_CHUNK awaiting its BLOB_ACK, if one is."""
+    blob_query: bytes | None = None
+    """The blob id of the BLOB_QUERY awaiting its BLOB_ACK, if one is."""
 
 
 class Ledger:
@@ -96,6 +98,9 @@ class Ledger:
         self.changes = 0
         """Counts the versions created and the messages learnt from: unchanged, nothing a check
         of a device against the ledger reads has changed."""
+        self.blob_sent: dict[tuple[str, bytes], int] = {}
+        """(account, blob id) -> the furthest byte any device of the account sent of that blob in a
+        BLOB_CHUNK: the most a server can hold of it, whatever reached it."""
 
     # ------------------------------------------------------------------ user versions
 
@@ -149,14 +154,21 @@ class Ledger:
             elif isinstance(message, PullAck):
                 track.max_pull_ack = max(track.max_pull_ack, message.anchor)
             elif isinstance(message, BlobChunk):
-                track.chunk_sent = (message.blob_id, message.offset + len(message.data))
+                end = message.offset + len(message.data)
+                track.chunk_sent = (message.blob_id, end)
+                track.blob_query = None
+                sent = (track.account, message.blob_id)
+                self.blob_sent[sent] = max(self.blob_sent.get(sent, 0), end)
             elif isinstance(message, BlobQuery):
                 track.chunk_sent = None
+                track.blob_query = message.blob_id
             return
         if isinstance(message, BlobAck | Error):
             track.chunk_sent = None
+            track.blob_query = None
         if isinstance(message, HelloOk):
             track.chunk_sent = None
+            track.blob_query = None
             track.session_pushes = {}
             track.session_generation = message.generation
             track.sessions += 1
@@ -164,6 +176,10 @@ class Ledger:
             for lsn, key in track.session_pushes.items():
                 if lsn <= message.durable_lsn:
                     track.confirmed.setdefault(key, set()).add(message.generation)
+
+    def blob_bytes_sent(self, account: str, blob_id: bytes) -> int:
+        """The most of a blob the devices of ``account`` ever sent (0: none of it)."""
+        return self.blob_sent.get((account, blob_id), 0)
 
     def confirmed_in(self, device: str, key: Key, generation: int) -> bool:
         """True if ``device`` received DURABLE for ``key`` in ``generation``."""

@@ -43,10 +43,13 @@ STEP_KINDS: dict[str, tuple[float, ...]] = {
 WORKLOAD_KINDS: dict[str, tuple[float, ...]] = {
     "edit-during-sync": (0.05, 0.2, 0.5),
     "small-frames": (1.0, 2.0, 4.0),
+    "full-frames": (0.5, 1.0),
 }
 """What the swarm switches like a fault besides faults: ``edit-during-sync``, the chance, per
 message a handset sends, that its user edits right then (between the messages of the sync);
-``small-frames``, the frame size both ends offer, in KiB."""
+``small-frames``, the frame size both ends offer, in KiB; ``full-frames``, with small frames, the
+share of notes long enough that two (four in a 4 KiB frame) fill a RECORDS frame to within a few
+bytes of its limit, either side."""
 FAULT_KINDS: dict[str, str] = {
     "drop": "a chunk of bytes is lost on a connection",
     "delay": "a chunk is held up to a few seconds",
@@ -67,6 +70,7 @@ FAULT_KINDS: dict[str, str] = {
     "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
     "edit-during-sync": "a user edits while a sync is under way, between its messages",
     "small-frames": "frames of 1-4 KiB: photos span chunks, pulls and DURABLEs span frames",
+    "full-frames": "with small frames, notes that fill a RECORDS frame to within a few bytes of its limit",
 }
 assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS) | set(WORKLOAD_KINDS)
 

@@ -4,7 +4,7 @@
    a version before the server confirmed it DURABLE in the server's current generation;
 2. ``durable-lost``: a server keeping its generation never loses a version it confirmed, never
    claims durable what it was not asked to commit, never advances an anchor without PULL_ACK,
-   never applies one (device, LSN) twice;
+   never applies one (device, LSN) twice, never acknowledges blob bytes no device sent;
 3. ``convergence``: after heal, every leaf version is on the server (head or conflict copy) and
    every device of its account holds exactly the server's live records; syncs go quiet;
 4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog).
@@ -173,6 +173,16 @@ def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
             f"up to its end (PROTOCOL.md section 14)",
             {"device": device, "blob": message.blob_id.hex(), "sent_to": track.chunk_sent[1], "have": message.have},
         )
+    if isinstance(message, BlobAck) and track.blob_query == message.blob_id:
+        sent = ledger.blob_bytes_sent(track.account, message.blob_id)
+        if message.have > sent:
+            return Violation(
+                "durable-lost", "wrong-blob-receipt",
+                f"the server answered {device}'s BLOB_QUERY for blob {message.blob_id.hex()[:8]} with "
+                f"BLOB_ACK have={message.have}, but the devices of {track.account} sent only {sent} bytes of "
+                f"it: a server holds no byte it was not sent (PROTOCOL.md section 14)",
+                {"device": device, "blob": message.blob_id.hex(), "sent_to": sent, "have": message.have},
+            )
     if isinstance(message, HelloOk) and message.anchor > track.max_pull_ack:
         return Violation(
             "durable-lost", "anchor-without-pull-ack",

@@ -143,7 +143,8 @@ class World(NemesisActions, DeviceActions):
         self.backups: list[SimSnapshot] = []
         self.geometry = TIGHT_GEOMETRY if self._rng("geometry").random() < 0.5 else GEOMETRY
         self.rng = self._rng("nemesis")
-        self.workload = Workload(self._rng("workload"))
+        self.workload = Workload(self._rng("workload"), max_frame=self.max_frame,
+                                 fill_notes=self.swarm.kinds.get("full-frames", 0.0))
         self.server: SyncServer | None = None
         self._server_scope: trio.CancelScope | None = None
         self._server_epoch = 0
