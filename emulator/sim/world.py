@@ -499,6 +499,14 @@ class World(NemesisActions, DeviceActions):
                 self.timeline.record("quiet", round=number + 1)
                 break
         else:
+            stuck = [d.name for d in self.devices if d.full and not d.beyond]
+            if stuck:
+                self._fail(Violation("convergence", "full-after-freeing",
+                                     f"{stuck[0]} is still refused as full after its user freed space (the oracle's "
+                                     f"accounting found room for what it must take, or a delete that frees space "
+                                     f"was refused): no sync went through in {rounds} rounds",
+                                     {"device": stuck[0], "rounds": rounds}))
+                return
             self._fail(Violation("convergence", "not-quiet",
                                  f"after heal, syncs did not go quiet within {rounds} rounds", {"rounds": rounds}))
             return

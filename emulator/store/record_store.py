@@ -413,7 +413,7 @@ class RecordStore:
         """Of ``candidates``, drop the blobs a photo tombstone names and no live photo head names
         (the images of deleted photos: dead, like superseded entries; a mount drops them too)."""
         candidates &= self._index.blobs.keys()
-        if not candidates or self.mutants.on("keep-deleted-images"):
+        if not candidates:
             return
         photo = RecordKind.PHOTO.value
         ids = [rid for rid, h in self._index.heads.items() if h[KIND] == photo]
@@ -508,7 +508,7 @@ class RecordStore:
 
     def _run(self, entries: list[Entry], reserve: int) -> None:
         """Commit entries as one transaction; the store object dies on PowerLoss."""
-        if self._refused and reserve == RESERVE_BLOCKS and self.mutants.on("stay-full"):
+        if self._refused and reserve and self.mutants.on("stay-full"):
             raise StoreFull("store full (as before)")
         try:
             self._log.commit(entries, reserve)
