@@ -23,7 +23,7 @@ from sidekick_testbed.emulator.sim.options import GEOMETRY, TIGHT_GEOMETRY, SimO
 from sidekick_testbed.emulator.sim.workload import UserOp
 from sidekick_testbed.emulator.sim.world import World
 from sidekick_testbed.emulator.store import RecordStore, StoreFull
-from sidekick_testbed.protocol.records import Note
+from sidekick_testbed.protocol.records import Note, Photo, Record
 
 photo_sizes = st.lists(st.integers(300, 1200), min_size=30, max_size=30)
 """Enough photos to fill either chip of the fuzzer (the default one holds about 15 KiB)."""
@@ -88,3 +88,29 @@ def test_a_store_that_stays_full_after_freeing_is_caught(sizes: list[int], tight
     world, _events = run_full_handset(sizes, tight, seed, mutant="stay-full")
     assert world.violation is not None
     assert world.violation.what in {"false-full", "full-after-freeing"}
+
+
+def test_an_image_goes_with_the_last_live_photo_that_names_it() -> None:
+    flash = NandFlash(GEOMETRY)
+    store = RecordStore.format(flash, device_id=bytes(16))
+    image = Photo("beach", b"i" * 16, 3, bytes(32), "image/jpeg")
+    store.write_local(b"a" * 16, image, image=b"abc")
+    store.write_local(b"b" * 16, image)                  # a conflict copy naming the same image
+    store.write_local(b"a" * 16, image, deleted=True)
+    assert store.blob_ids() == [b"i" * 16]
+    store.write_local(b"b" * 16, image, deleted=True)
+    assert store.blob_ids() == []
+    assert RecordStore.mount(flash).blob_ids() == []
+    assert read_chip(flash).blobs == {}
+
+
+def test_a_pulled_tombstone_frees_the_image() -> None:
+    flash = NandFlash(GEOMETRY)
+    store = RecordStore.format(flash, device_id=bytes(16))
+    image = Photo("beach", b"i" * 16, 3, bytes(32), "image/jpeg")
+    store.write_blob(b"i" * 16, b"abc")                  # a pull writes the image, then the records
+    store.apply_pulled([Record(b"a" * 16, 1, False, image)], anchor=1)
+    assert store.blob_ids() == [b"i" * 16]
+    store.apply_pulled([Record(b"a" * 16, 2, True, image)], anchor=2)
+    assert store.blob_ids() == []
+    assert RecordStore.mount(flash).blob_ids() == []

@@ -23,7 +23,7 @@ from sidekick_testbed.emulator.sim.workload import UserOp, Workload
 from sidekick_testbed.emulator.store import StoreError, StoreFull
 from sidekick_testbed.protocol.records import Photo, Record
 
-__all__ = ["DeviceActions", "SimDevice", "cut_op_match", "rewrite_bytes"]
+__all__ = ["DeviceActions", "SimDevice", "cut_op_match"]
 
 
 @dataclass(eq=False)
@@ -61,7 +61,7 @@ class SimDevice:
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
 
 
-def rewrite_bytes(chip: ChipView, geometry: Geometry) -> int:
+def _rewrite_bytes(chip: ChipView, geometry: Geometry) -> int:
     """Entry bytes of a rewrite of every head on ``chip`` (the most a sync's bookkeeping writes)."""
     return sum(head_bytes(head.record, geometry) for head in chip.heads.values())
 
@@ -184,7 +184,7 @@ class DeviceActions:
         rewrite of every head for the sync bookkeeping, whichever is larger."""
         chip = self._chip(device)
         pulled = sum(record_bytes(record, self.geometry) for record in device.pulled)
-        self._store_full(device, "a sync", max(pulled, rewrite_bytes(chip, self.geometry)))
+        self._store_full(device, "a sync", max(pulled, _rewrite_bytes(chip, self.geometry)))
 
     def _store_full(self, device: SimDevice, what: str, extra: int) -> None:
         """The store refused ``what`` as full: believed only if the oracle's own accounting (live
@@ -213,7 +213,7 @@ class DeviceActions:
         Each delete is a user edit like any other (ledger, push)."""
         handset = device.handset
         geometry = self.geometry
-        while True:
+        while handset.powered:
             chip = self._chip(device)
             held = {rid: head.record for rid, head in chip.heads.items()}
             pulls = sum(record_bytes(record, geometry) - (record_bytes(old, geometry) if old is not None else 0)
@@ -221,7 +221,7 @@ class DeviceActions:
                         if (old := held.get(record.record_id)) is None or key_of(old) != key_of(record))
             need = pulls + device.refused
             if device.freed:   # freed once and refused again: room for the sync's rewrite of every head too
-                need = max(need, rewrite_bytes(chip, geometry))
+                need = max(need, _rewrite_bytes(chip, geometry))
             if has_room(chip.live_bytes, need, geometry, len(chip.bad_blocks)):
                 device.freed = True
                 again, device.refused, device.refused_op = device.refused_op, 0, None
