@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -67,15 +69,15 @@ def test_every_mutant_has_a_regression_trace() -> None:
     assert kept == set(ALL_MUTANTS)
 
 
-def write_regressions() -> None:
-    """Find each mutant from start 1, shrink the failure and keep its trace (``python -m
-    tests.test_fuzz_mutants``): run it again when a change of the world makes one stop failing.
-    A failure the shrinker cannot bring to 20 steps gives way to the next one found."""
+def write_regressions(names: Sequence[str] = ()) -> None:
+    """Find each mutant (or the ``names`` given) from start 1, shrink the failure and keep its trace
+    (``python -m tests.test_fuzz_mutants [NAME...]``): run it again when a change of the world makes
+    one stop failing. A failure the shrinker cannot bring to 20 steps gives way to the next one found."""
     from sidekick_testbed.emulator.sim.shrink import shrink  # noqa: PLC0415
     from sidekick_testbed.emulator.sim.trace import to_trace, write_trace  # noqa: PLC0415
 
     REGRESSIONS.mkdir(exist_ok=True)
-    for mutant in sorted(ALL_MUTANTS):
+    for mutant in sorted(names or ALL_MUTANTS):
         kept = None
         for seed in itertools.islice(seeds(1, (0, 1)), 400):
             result = run_world(seed, SimOptions(mutant=mutant))
@@ -94,4 +96,4 @@ def write_regressions() -> None:
 
 
 if __name__ == "__main__":
-    write_regressions()
+    write_regressions(sys.argv[1:])

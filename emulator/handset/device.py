@@ -181,11 +181,13 @@ class Handset:
         self._guard(delete)
 
     def take_photo(self, caption: str, data: bytes, content_type: str = "image/jpeg") -> bytes:
-        """Store the image bytes as a blob, then the photo record; returns the record id."""
+        """Store the image bytes and the photo record in one commit (a photo refused as full, or cut
+        by a power loss, leaves no image behind); returns the record id."""
         blob_id = self.rng.randbytes(BLOB_ID_LEN)
-        self._guard(lambda: self.store.write_blob(blob_id, data))
         body = Photo(caption, blob_id, len(data), hashlib.sha256(data).digest(), content_type)
-        return self.add(body)
+        record_id = self.rng.randbytes(RECORD_ID_LEN)
+        self._guard(lambda: self.store.write_local(record_id, body, image=data))
+        return record_id
 
     def live_records(self) -> list[StoredVersion]:
         """Heads that are not tombstones."""

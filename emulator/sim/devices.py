@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from sidekick_testbed.emulator.flash import FlashError, Geometry, PowerLoss
 from sidekick_testbed.emulator.handset import Handset, HandsetError
-from sidekick_testbed.emulator.sim.capacity import has_room, record_bytes, usable_bytes
+from sidekick_testbed.emulator.sim.capacity import has_room, head_bytes, record_bytes, usable_bytes
 from sidekick_testbed.emulator.sim.flash_reader import ChipView
 from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
 from sidekick_testbed.emulator.sim.oracle import Violation
 from sidekick_testbed.emulator.sim.simflash import SimFlash
 from sidekick_testbed.emulator.sim.trace_log import Timeline
-from sidekick_testbed.emulator.sim.workload import Workload
+from sidekick_testbed.emulator.sim.workload import UserOp, Workload
 from sidekick_testbed.emulator.store import StoreError, StoreFull
 from sidekick_testbed.protocol.records import Photo, Record
 
@@ -39,6 +39,10 @@ class SimDevice:
     syncing: bool = False
     full: bool = False
     """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
+    beyond: bool = False
+    """Its user deleted everything whose deletion frees space and the oracle's accounting still
+    finds no room for what it must pull (``_free_space``): if its store then refuses the pull as
+    full (and the oracle believes it), the one handset left out of the convergence check."""
     device_id: bytes = b""
     """The id the device named in its last HELLO."""
     last_good: ChipView | None = None
@@ -47,10 +51,21 @@ class SimDevice:
     """The server generation and ``Ledger.changes`` that check saw."""
     writing: Record | None = None
     """What the user is writing (its size counts if the store refuses it as full)."""
+    refused: int = 0
+    """Entry bytes of the user's write the store last refused as full (room its user frees at heal)."""
+    freed: bool = False
+    """Its user freed space since its last sync that worked (``_free_space``)."""
+    refused_op: UserOp | None = None
+    """That write, which its user tries again once the room is made."""
     pulled: list[Record] = field(default_factory=list)
     """The records of the pull under way, as the device received them."""
     rebooting: bool = False
     pending: tuple[Callable[[Any], bool], Key | None, bytes | None, str] | None = None
+
+
+def _rewrite_bytes(chip: ChipView, geometry: Geometry) -> int:
+    """Entry bytes of a rewrite of every head on ``chip`` (the most a sync's bookkeeping writes)."""
+    return sum(head_bytes(head.record, geometry) for head in chip.heads.values())
 
 
 def cut_op_match(key: Key | None, record_id: bytes | None, old: frozenset[bytes], *,
@@ -95,15 +110,21 @@ class DeviceActions:
 
     # ------------------------------------------------------------------ users
 
-    def _user(self, device: SimDevice) -> None:
+    def _user(self, device: SimDevice, again: UserOp | None = None) -> None:
+        """One user operation: drawn from the workload, or ``again``, a write the store refused as
+        full (tried again once space is freed; an edit of a record no longer live is let go)."""
         handset = device.handset
         if not handset.powered:
             return
+        op = again
         try:
             heads = handset.store.records()
             live = [(v.record.record_id, v.record.body) for v in heads if not v.record.deleted]
             old = frozenset(v.record.record_id for v in heads)
-            op = self.workload.next_op(live)
+            if op is None:
+                op = self.workload.next_op(live)
+            elif op.record_id is not None and op.record_id not in dict(live):
+                return
             blank_id = bytes(16)
             if op.kind == "photo":
                 device.writing = Record(blank_id, 0, False,
@@ -151,12 +172,21 @@ class DeviceActions:
             device.pending = None
             self.timeline.record("user.full", dev=device.name)
             writing = device.writing
-            self._store_full(device, "a user's write",
-                             record_bytes(writing, self.geometry) if writing is not None else 0)
+            device.refused = record_bytes(writing, self.geometry) if writing is not None else 0
+            if op is not None and writing is not None:   # of an import, the add that was refused
+                device.refused_op = UserOp("add", body=writing.body) if op.kind == "import" else op
+            self._store_full(device, "a user's write", device.refused)
         except (StoreError, FlashError, HandsetError) as exc:
             device.pending = None
             self._fail(Violation("crash", "device-store", f"{device.name}: a user operation failed: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
+
+    def _sync_refused(self, device: SimDevice) -> None:
+        """A sync failed on ``StoreFull``: weighed against the records of the pull under way, or a
+        rewrite of every head for the sync bookkeeping, whichever is larger."""
+        chip = self._chip(device)
+        pulled = sum(record_bytes(record, self.geometry) for record in device.pulled)
+        self._store_full(device, "a sync", max(pulled, _rewrite_bytes(chip, self.geometry)))
 
     def _store_full(self, device: SimDevice, what: str, extra: int) -> None:
         """The store refused ``what`` as full: believed only if the oracle's own accounting (live
@@ -173,6 +203,58 @@ class DeviceActions:
                 {"device": device.name, "live": chip.live_bytes, "refused": extra, "usable": usable}))
             return
         device.full = True
+
+    def _free_space(self, device: SimDevice, server_heads: list[Record]) -> None:
+        """A full handset's user frees space at heal: deletes the live record whose deletion frees the
+        most by the oracle's accounting (a photo's image, FLASH.md; a tombstone keeps its body, so
+        deleting anything else frees nothing), one at a time, until the chip has room within the
+        capacity promise for what the handset must still take (the server's heads it does not hold
+        as they are, less what they replace, and the user's write it refused; once that was not
+        enough, also the sync's rewrite of every head, what ``_sync`` weighs a refusal against),
+        then tries that write again; or until nothing left would free space (``beyond``).
+        Each delete is a user edit like any other (ledger, push)."""
+        handset = device.handset
+        geometry = self.geometry
+        while handset.powered:
+            chip = self._chip(device)
+            held = {rid: head.record for rid, head in chip.heads.items()}
+            pulls = sum(record_bytes(record, geometry) - (record_bytes(old, geometry) if old is not None else 0)
+                        for record in server_heads
+                        if (old := held.get(record.record_id)) is None or key_of(old) != key_of(record))
+            need = pulls + device.refused
+            if device.freed:   # freed once and refused again: room for the sync's rewrite of every head too
+                need = max(need, _rewrite_bytes(chip, geometry))
+            if has_room(chip.live_bytes, need, geometry, len(chip.bad_blocks)):
+                device.freed = True
+                again, device.refused, device.refused_op = device.refused_op, 0, None
+                if again is not None:
+                    self._user(device, again)   # the room was made for the write the store refused
+                return
+            gains = [(record_bytes(v.record, geometry) - head_bytes(replace(v.record, deleted=True), geometry),
+                      v.record.record_id, v.record)
+                     for v in handset.store.records() if not v.record.deleted]
+            gain, record_id, record = max(gains, default=(0, b"", None), key=lambda g: (g[0], g[1]))
+            if gain <= 0 or record is None:
+                if not device.beyond:
+                    self.timeline.record("full.nothing-to-free", dev=device.name, live=chip.live_bytes, need=need,
+                                         usable=usable_bytes(geometry, len(chip.bad_blocks)))
+                device.beyond = True
+                return
+            parent = key_of(record)
+            key: Key = (True, record.body)
+            device.writing = replace(record, deleted=True)
+            try:
+                handset.delete(record_id)
+            except StoreFull:
+                self.timeline.record("user.full", dev=device.name)
+                self._store_full(device, "a delete that frees space", head_bytes(device.writing, geometry))
+                return
+            except (StoreError, FlashError, HandsetError) as exc:
+                self._fail(Violation("crash", "device-store", f"{device.name}: a user's delete failed: "
+                                     f"{type(exc).__name__}: {exc}", {"device": device.name}))
+                return
+            self._created(device, "delete", record_id, key, parent, note="to free space")
+            self._check_device(device)
 
     def _created(self, device: SimDevice, kind: str, record_id: bytes, key: Key, parent: Key | None,
                  note: str = "") -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sidekick_testbed.emulator.flash import NandFlash
 from sidekick_testbed.protocol.errors import ProtocolError
-from sidekick_testbed.protocol.records import Record
+from sidekick_testbed.protocol.records import Photo, Record
 from sidekick_testbed.protocol.wire import decode_record
 
 __all__ = ["DIRTY", "DURABLE", "PUSHED", "ChipView", "FlashHead", "FlashMeta", "FlashReader", "read_chip"]
@@ -35,6 +35,7 @@ _ENTRY = struct.Struct(">BBHHH")             # type, key length, fragment, fragm
 _META, _HEAD, _BLOB, _CKPT = 1, 2, 3, 4
 _HEAD_FIELDS = struct.Struct(">QQBQBB")      # lsn, base version, state, generation, kind, deleted
 _BLANK_HEADER = b"\xff" * _HEADER.size
+_PHOTO = 5                                   # record kind of a photo (PROTOCOL.md, record encoding)
 
 DIRTY, PUSHED, DURABLE = 0, 1, 2
 """Sync states of a head as stored (FLASH.md, "Sync state")."""
@@ -272,6 +273,7 @@ class FlashReader:
                     size = sum(_ENTRY.size + len(key) + len(part) for part in got[1])
                     found[name] = (whole, index, seq, tuple(got[2]), size)
         records = self._records
+        blob_sizes: dict[bytes, int] = {}
         for (etype, key), (value, index, seq, pages_of, size) in found.items():
             view.live_bytes += size
             if etype == _HEAD:
@@ -295,6 +297,7 @@ class FlashReader:
             elif etype == _BLOB:
                 view.blobs[key] = value
                 view.blob_pages[key] = pages_of
+                blob_sizes[key] = size
             elif etype == _META:
                 try:
                     view.meta = _decode_meta(value)
@@ -303,7 +306,28 @@ class FlashReader:
                     return view
         if view.meta is None:
             view.problem = "no device metadata"
+        _drop_deleted_images(view, blob_sizes)
         return view
+
+
+def _drop_deleted_images(view: ChipView, blob_sizes: dict[bytes, int]) -> None:
+    """FLASH.md: a blob that a photo tombstone names and no live photo head names is dead (the image
+    of a deleted photo), like a superseded entry."""
+    live: set[bytes] = set()
+    deleted: set[bytes] = set()
+    for head in view.heads.values():
+        if head.kind != _PHOTO:
+            continue
+        try:
+            body = head.record.body
+        except ValueError:
+            continue   # reported when the oracle asks for the record
+        if isinstance(body, Photo):
+            (deleted if head.deleted else live).add(body.blob_id)
+    for blob_id in (deleted - live) & blob_sizes.keys():
+        del view.blobs[blob_id]
+        del view.blob_pages[blob_id]
+        view.live_bytes -= blob_sizes[blob_id]
 
 
 def read_chip(flash: NandFlash) -> ChipView:

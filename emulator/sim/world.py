@@ -29,7 +29,6 @@ from sidekick_testbed.emulator.handset import Handset, HandsetError, PoweredOff
 from sidekick_testbed.emulator.handset.sync_client import SyncError, SyncReport
 from sidekick_testbed.emulator.mutants import DEVICE_MUTANTS, NO_MUTANTS, Mutants
 from sidekick_testbed.emulator.seeding import derive_rng, derive_seed, seeded_trio_scheduler
-from sidekick_testbed.emulator.sim.capacity import head_bytes, record_bytes
 from sidekick_testbed.emulator.sim.clock import SimClock
 from sidekick_testbed.emulator.sim.crashes import LogCatcher, innermost, where_raised
 from sidekick_testbed.emulator.sim.devices import DeviceActions, SimDevice
@@ -486,9 +485,11 @@ class World(NemesisActions, DeviceActions):
             quiet = True
             before = await self._server_versions()
             for device in self.devices:
+                if device.full:
+                    self._free_space(device, await self._account_heads(device.account))
                 report = await self._sync(device)
-                if report is None and device.full:
-                    continue  # a full store cannot take more: not a durability question
+                if report is None and device.full and device.beyond:
+                    continue  # the account does not fit this chip, even with every photo deleted
                 if report is None or report.pushed or report.pulled or report.regression:
                     quiet = False
                 if self.violation is not None:
@@ -503,6 +504,14 @@ class World(NemesisActions, DeviceActions):
                 self.timeline.record("quiet", round=number + 1)
                 break
         else:
+            stuck = [d.name for d in self.devices if d.full and not d.beyond]
+            if stuck:
+                self._fail(Violation("convergence", "full-after-freeing",
+                                     f"{stuck[0]} is still refused as full after its user freed space (the oracle's "
+                                     f"accounting found room for what it must take, or a delete that frees space "
+                                     f"was refused): no sync went through in {rounds} rounds",
+                                     {"device": stuck[0], "rounds": rounds}))
+                return
             self._fail(Violation("convergence", "not-quiet",
                                  f"after heal, syncs did not go quiet within {rounds} rounds", {"rounds": rounds}))
             return
@@ -518,21 +527,27 @@ class World(NemesisActions, DeviceActions):
                 versions.append(0)
         return versions
 
+    async def _account_heads(self, account: str) -> list[Record]:
+        """The server's heads of ``account`` (none for an account it does not hold)."""
+        try:
+            heads: list[Record] = await self.storage.records(account)
+        except UnknownAccount:
+            heads = []
+        return heads
+
     async def _check_final(self) -> None:
         final = self.storage.generation
         released_before = {key for key, gens in self.ledger.released.items() if final not in gens}
-        # a full handset cannot push: what it still holds is kept, not lost
-        released_before |= {key for d in self.devices if d.full for key in self.ledger.devices[d.name].own.values()}
+        # a handset the account does not fit cannot push: what it still holds is kept, not lost
+        released_before |= {key for d in self.devices if d.full and d.beyond
+                            for key in self.ledger.devices[d.name].own.values()}
         for a in range(self.options.accounts):
             account = f"acct{a}"
-            try:
-                heads = await self.storage.records(account)
-            except UnknownAccount:
-                heads = []
+            heads = await self._account_heads(account)
             device_heads: dict[str, list[Record]] = {}
             device_blobs: dict[str, set[bytes]] = {}
             for d in self.devices:
-                if d.account != account or d.full:
+                if d.account != account or (d.full and d.beyond):
                     continue
                 chip = self._chip(d)
                 device_heads[d.name] = [head.record for head in chip.heads.values()]
@@ -569,10 +584,7 @@ class World(NemesisActions, DeviceActions):
             self._power_lost(device)
         except StoreFull as exc:
             outcome = f"store full: {exc}"
-            chip = self._chip(device)
-            rewrite = sum(head_bytes(head.record, self.geometry) for head in chip.heads.values())
-            pulled = sum(record_bytes(record, self.geometry) for record in device.pulled)
-            self._store_full(device, "a sync", max(pulled, rewrite))
+            self._sync_refused(device)
         except (StoreError, FlashError) as exc:
             self._fail(Violation("crash", "device-store", f"{device.name}: sync failed on its store: "
                                  f"{type(exc).__name__}: {exc}", {"device": device.name}))
@@ -582,7 +594,7 @@ class World(NemesisActions, DeviceActions):
         finally:
             device.syncing = False
         if report is not None:
-            device.full = False
+            device.full = device.beyond = device.freed = False
             self.timeline.record("sync.ok", dev=device.name, pushed=report.pushed, pulled=report.pulled,
                                  durable=report.durable, conflicts=len(report.conflicts),
                                  regression=report.regression)

@@ -3,7 +3,8 @@
 The used block with the fewest live bytes is the victim; its live entries (and those of
 transactions whose commit page it holds) are rewritten in a new committed transaction, and only then
 is the block erased. A block whose program failed is retired the same way, marked bad only once its
-live entries are committed elsewhere. Only superseded entries are ever dropped.
+live entries are committed elsewhere. Only dead entries are ever dropped: superseded ones, and the
+images of deleted photos (the store's index no longer holds them).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 from sidekick_testbed.emulator.store.record_store import RecordStore
 from sidekick_testbed.emulator.store.values import DeviceMeta, StoredVersion, SyncState
-from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Record, RecordBody, Todo
+from sidekick_testbed.protocol.records import CalendarEvent, Contact, Note, Photo, Record, RecordBody, Todo
 
 __all__ = ["StoreModel", "StoreOp", "apply_op", "compare", "make_workload", "random_body"]
 
@@ -37,14 +37,27 @@ class StoreModel:
     def set_meta(self, **changes: Any) -> None:
         self.meta = replace(self.meta, **changes)
 
-    def write_local(self, record_id: bytes, body: RecordBody, *, deleted: bool = False) -> StoredVersion:
+    def write_local(self, record_id: bytes, body: RecordBody, *, deleted: bool = False,
+                    image: bytes | None = None) -> StoredVersion:
         head = self.heads.get(record_id)
+        if image is not None and isinstance(body, Photo):
+            self.blobs[body.blob_id] = bytes(image)
         base = head.record.version if head else 0
         version = StoredVersion(Record(record_id, 0, deleted, body), self.meta.next_lsn, base,
                                 SyncState.DIRTY, 0)
         self.heads[record_id] = version
         self.meta = replace(self.meta, next_lsn=self.meta.next_lsn + 1)
+        if deleted and isinstance(body, Photo) and head is not None and not head.record.deleted:
+            self._drop_deleted_images({body.blob_id})
         return version
+
+    def _drop_deleted_images(self, candidates: set[bytes]) -> None:
+        """Of ``candidates``, drop the blobs a photo tombstone names and no live photo head names."""
+        named = {(v.record.deleted, v.record.body.blob_id) for v in self.heads.values()
+                 if isinstance(v.record.body, Photo)}
+        for blob_id in candidates:
+            if (True, blob_id) in named and (False, blob_id) not in named:
+                self.blobs.pop(blob_id, None)
 
     def mark_pushed(self, through_lsn: int) -> None:
         for rid, v in self.heads.items():
@@ -70,12 +83,17 @@ class StoreModel:
 
     def apply_pulled(self, records: Sequence[Record], anchor: int) -> None:
         gen = self.meta.generation
+        applied = False
         for record in records:
             head = self.heads.get(record.record_id)
             if head is not None and (head.state is not SyncState.DURABLE or head.generation != gen):
                 continue
             self.heads[record.record_id] = StoredVersion(record, 0, record.version, SyncState.DURABLE, gen)
+            applied = True
+        if not applied and anchor == self.meta.anchor:
+            return
         self.meta = replace(self.meta, anchor=anchor)
+        self._drop_deleted_images({r.body.blob_id for r in records if isinstance(r.body, Photo)})
 
     def mark_all_dirty(self) -> None:
         lsn = self.meta.next_lsn

@@ -9,9 +9,10 @@ written over. Free blocks are used in round-robin order (wear levelling), each e
 use; ``gc`` reclaims blocks and retires failed ones, ``checkpoint`` bounds the work of a mount.
 
 Each mutating call is one transaction: after ``PowerLoss`` anywhere inside it, ``RecordStore.mount``
-on the same flash shows the store wholly before or wholly after the call. Only superseded entries
-are ever dropped: a record's head (tombstones included) is never removed, so no version that is not
-durable can be lost.
+on the same flash shows the store wholly before or wholly after the call. Only dead entries are
+ever dropped: superseded ones, and the image of a deleted photo (a blob a photo tombstone names and
+no live photo head names); a record's head (tombstones included) is never removed, so no version
+that is not durable can be lost.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from sidekick_testbed.emulator.store.format import (
     restated,
 )
 from sidekick_testbed.emulator.store.gc import Collector
-from sidekick_testbed.emulator.store.index import GEN, KIND, LOC, LSN, STATE, Index
+from sidekick_testbed.emulator.store.index import DELETED, GEN, KIND, LOC, LSN, STATE, Index
 from sidekick_testbed.emulator.store.log import Log
 from sidekick_testbed.emulator.store.mount import Fallback, Scan, replay, scan, scan_from_checkpoint
 from sidekick_testbed.emulator.store.reading import PageCache, PageMemo, PageReader
@@ -58,7 +59,7 @@ from sidekick_testbed.emulator.store.values import (
     SyncState,
     UnknownBlob,
 )
-from sidekick_testbed.protocol.records import Record, RecordBody, RecordKind
+from sidekick_testbed.protocol.records import Photo, Record, RecordBody, RecordKind
 from sidekick_testbed.protocol.wire import with_version
 
 __all__ = ["RecordStore"]
@@ -86,6 +87,8 @@ class RecordStore:
         self._wire(index, log, checkpointer, Collector(log, index, self._reader, checkpointer, mutants))
         self.meta = DeviceMeta(b"", "", b"", 1, b"", 0, 0, 0)
         self._dead = False
+        self._refused = False
+        """A write was refused as full (what the planted ``stay-full`` remembers)."""
         self.mounted_from_checkpoint = False
         """True if the last mount started from an index checkpoint (else it replayed the whole log)."""
 
@@ -156,6 +159,7 @@ class RecordStore:
     def _replay(self, found: Scan, base: Checkpoint | None) -> None:
         """Rebuild the parts from a scan (and the checkpoint it started from)."""
         self.meta = replay(found, base, self._reader, self._index, self._log, self._checkpointer)
+        self._drop_deleted_images(set(self._index.blobs))
 
     def clone(self) -> RecordStore:
         """An independent copy of this store object (same flash): what a RAM snapshot would give."""
@@ -242,8 +246,10 @@ class RecordStore:
     def __len__(self) -> int:
         return len(self._index.heads)
 
-    def write_local(self, record_id: bytes, body: RecordBody, *, deleted: bool = False) -> StoredVersion:
-        """A user edit (or delete, as a tombstone): the new head, next LSN, DIRTY; committed on return."""
+    def write_local(self, record_id: bytes, body: RecordBody, *, deleted: bool = False,
+                    image: bytes | None = None) -> StoredVersion:
+        """A user edit (or delete, as a tombstone): the new head, next LSN, DIRTY; committed on return.
+        ``image``: a new photo's bytes, stored as its blob in the same commit."""
         self._alive()
         record_id = bytes(record_id)
         head = self._index.heads.get(record_id)
@@ -256,8 +262,17 @@ class RecordStore:
         entries = [(E_HEAD, record_id, encode_head(version)), (E_META, b"", self._encode_meta(new_meta))]
         if self.mutants.on("next-lsn-in-ram"):
             entries.pop()
-        self._run(entries, reserve=RESERVE_BLOCKS)
+        if image is not None:
+            if not isinstance(body, Photo):
+                raise InvalidRecord("only a photo has an image")
+            entries.insert(0, (E_BLOB, body.blob_id, bytes(image)))
+        freed = body.blob_id if deleted and isinstance(body, Photo) and head is not None and not head[DELETED] \
+            else None
+        # deleting a photo frees its image: that delete may use a block of the reserve kept for GC
+        self._run(entries, reserve=1 if freed is not None else RESERVE_BLOCKS)
         self.meta = new_meta
+        if freed is not None:
+            self._drop_deleted_images({freed})
         return version
 
     def pending(self) -> list[StoredVersion]:
@@ -366,6 +381,7 @@ class RecordStore:
         entries.append((E_META, b"", self._encode_meta(new_meta)))
         self._run(entries, reserve=RESERVE_BLOCKS)
         self.meta = new_meta
+        self._drop_deleted_images({r.body.blob_id for r in records if isinstance(r.body, Photo)})
 
     def mark_all_dirty(self) -> None:
         """Recovery sync: every head gets a fresh LSN (in old LSN order) and state DIRTY; one commit."""
@@ -392,6 +408,25 @@ class RecordStore:
         if not 1 <= len(blob_id) <= 255:
             raise InvalidRecord("blob id must be 1..255 bytes")
         self._run([(E_BLOB, blob_id, bytes(data))], reserve=RESERVE_BLOCKS)
+
+    def _drop_deleted_images(self, candidates: set[bytes]) -> None:
+        """Of ``candidates``, drop the blobs a photo tombstone names and no live photo head names
+        (the images of deleted photos: dead, like superseded entries; a mount drops them too)."""
+        candidates &= self._index.blobs.keys()
+        if not candidates:
+            return
+        photo = RecordKind.PHOTO.value
+        ids = [rid for rid, h in self._index.heads.items() if h[KIND] == photo]
+        live: set[bytes] = set()
+        deleted: set[bytes] = set()
+        for version in self._decode_heads(ids):
+            body = version.record.body
+            if isinstance(body, Photo):
+                (deleted if version.record.deleted else live).add(body.blob_id)
+        index = self._index
+        for blob_id in sorted((candidates & deleted) - live):
+            loc = index.blobs.pop(blob_id)
+            index.unlive(loc, index.blob_size(loc))
 
     def has_blob(self, blob_id: bytes) -> bool:
         """True if the blob is stored."""
@@ -473,10 +508,15 @@ class RecordStore:
 
     def _run(self, entries: list[Entry], reserve: int) -> None:
         """Commit entries as one transaction; the store object dies on PowerLoss."""
+        if self._refused and reserve and self.mutants.on("stay-full"):
+            raise StoreFull("store full (as before)")
         try:
             self._log.commit(entries, reserve)
             if self._log.since_ckpt >= self._checkpointer.every:
                 self._checkpointer.write()
+        except StoreFull:
+            self._refused = True
+            raise
         except PowerLoss:
             self._dead = True
             raise
