@@ -20,7 +20,6 @@ DEVICE_MUTANTS: dict[str, str] = {
     "ignore-generation-change": "device ignores a new server generation (no recovery sync)",
     "keep-anchor-after-restore": "device keeps its old pull anchor after the server was restored",
     "next-lsn-in-ram": "store keeps the LSN counter of local writes in RAM only (its flash disagrees; a reboot reuses LSNs)",
-    "stay-full": "store keeps refusing every write as full once it refused one (freeing space does not help)",
     "refuse-pulls-as-full": "store refuses every pull that carries records as full (the handset never takes the server's data)",
 }
 

@@ -248,6 +248,11 @@ class DeviceActions:
             except StoreFull:
                 self.timeline.record("user.full", dev=device.name)
                 self._store_full(device, "a delete that frees space", head_bytes(device.writing, geometry))
+                if self.violation is None:   # the oracle agrees: not even a delete fits, nothing can be freed
+                    if not device.beyond:
+                        self.timeline.record("full.delete-refused", dev=device.name, live=chip.live_bytes,
+                                             usable=usable_bytes(geometry, len(chip.bad_blocks)))
+                    device.beyond = True
                 return
             except (StoreError, FlashError, HandsetError) as exc:
                 self._fail(Violation("crash", "device-store", f"{device.name}: a user's delete failed: "

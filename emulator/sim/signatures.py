@@ -20,7 +20,6 @@ MUTANT_SIGNATURES: dict[str, frozenset[str]] = {
     "keep-anchor-after-restore": frozenset({"diverged"}),
     "next-lsn-in-ram": frozenset({"lsn-reuse"}),
     "refuse-pulls-as-full": frozenset({"false-full"}),
-    "stay-full": frozenset({"false-full", "full-after-freeing"}),
     "ack-before-durable": frozenset({"lost"}),
     "silent-rollback": frozenset({"lost"}),
     "duplicate-on-retransmit": frozenset({"applied-twice"}),

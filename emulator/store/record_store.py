@@ -87,8 +87,6 @@ class RecordStore:
         self._wire(index, log, checkpointer, Collector(log, index, self._reader, checkpointer, mutants))
         self.meta = DeviceMeta(b"", "", b"", 1, b"", 0, 0, 0)
         self._dead = False
-        self._refused = False
-        """A write was refused as full (what the planted ``stay-full`` remembers)."""
         self.mounted_from_checkpoint = False
         """True if the last mount started from an index checkpoint (else it replayed the whole log)."""
 
@@ -508,15 +506,10 @@ class RecordStore:
 
     def _run(self, entries: list[Entry], reserve: int) -> None:
         """Commit entries as one transaction; the store object dies on PowerLoss."""
-        if self._refused and reserve and self.mutants.on("stay-full"):
-            raise StoreFull("store full (as before)")
         try:
             self._log.commit(entries, reserve)
             if self._log.since_ckpt >= self._checkpointer.every:
                 self._checkpointer.write()
-        except StoreFull:
-            self._refused = True
-            raise
         except PowerLoss:
             self._dead = True
             raise
