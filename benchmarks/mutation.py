@@ -73,7 +73,7 @@ TESTS = {
 TRIAGE = Path(__file__).with_name("mutation_triage.json")
 
 
-def _copy_tree(work: Path) -> Path:
+def copy_tree(work: Path) -> Path:
     """The tracked files of the repository (as they are in the work tree) under ``work/src/sidekick_testbed``.
 
     The repository is the package ``sidekick_testbed`` (pyproject's ``package-dir``), so with ``work/src``
@@ -126,17 +126,28 @@ def imported_from_outside(copy: Path, env: dict[str, str], modules: list[str]) -
     """What the killer's environment imports of the project from outside ``copy``: ``module (path)`` each.
 
     Found by behaviour: a Python started as the killer is (same environment, same directory) imports
-    ``modules`` and names the file of every module of the project it loaded.
+    ``modules`` and names the file of every module of the project it loaded. Raises ImportError (the
+    probe's last line of error) when one of ``modules`` cannot be imported there.
     """
     probe = subprocess.run([sys.executable, "-c", _PROBE, PACKAGE, *modules], cwd=copy, env=env, capture_output=True,
                            text=True)
     if probe.returncode != 0:
-        lines = probe.stderr.strip().splitlines() or ["no output"]
-        return [f"the probe failed: {lines[-1]}"]
+        raise ImportError((probe.stderr.strip().splitlines() or ["the probe failed without a word"])[-1])
     files: dict[str, str | None] = json.loads(probe.stdout)
     inside = copy.resolve()
     return [f"{name} ({file})" for name, file in sorted(files.items())
             if file is not None and not Path(file).resolve().is_relative_to(inside)]
+
+
+def refusal(copy: Path, env: dict[str, str], keys: list[str]) -> str | None:
+    """Why the killer would not run the mutants of ``keys`` made in ``copy`` (one line), or None."""
+    try:
+        outside = imported_from_outside(copy, env, [*KILLER_ENTRY, *mutated_modules(copy, keys)])
+    except ImportError as exc:
+        return f"the killer cannot import the copy in {copy}: {exc}"
+    if outside:
+        return f"the killer would not run the mutated copy in {copy}: it imports {', '.join(outside)}"
+    return None
 
 
 def _command(killer: str, key: str, args: argparse.Namespace, work: Path) -> str:
@@ -247,12 +258,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     copy = args.work / "src" / PACKAGE
     if not (args.resume and copy.exists()):
-        copy = _copy_tree(args.work)
+        copy = copy_tree(args.work)
     env = killer_env(copy)
-    outside = imported_from_outside(copy, env, [*KILLER_ENTRY, *mutated_modules(copy, keys)])
-    if outside:
-        print(f"mutation.py: the killer would not run the mutated copy in {copy}: it imports "
-              f"{', '.join(outside)}", file=sys.stderr)
+    refused = refusal(copy, env, keys)
+    if refused:
+        print(f"mutation.py: {refused}", file=sys.stderr)
         sys.exit(2)
     per_file = {key: run_file(key, args, args.work, copy, env) for key in keys}
     totals: dict[str, int] = defaultdict(int)
