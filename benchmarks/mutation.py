@@ -6,21 +6,26 @@ and both storage backends (every operator cosmic-ray has: comparisons, boolean a
 operators, numbers, ``break``/``continue``, exceptions, removed decorators...) and asks a killer
 whether it notices each one:
 
-- ``fuzz`` (default): a ``sidekick fuzz`` campaign of ``--budget`` (default 60 s) from ``--start``;
-  a mutant is killed when the campaign reports a violation (exit 1) or fails (exit 2);
+- ``fuzz`` (default): a ``sidekick fuzz`` campaign of ``--budget`` (default 300 runs, about 60 s on a
+  free core, the same campaign however loaded the machine) from ``--start``; a mutant is killed when
+  the campaign reports a violation (exit 1) or fails (exit 2);
 - ``tests``: the test files that exercise the mutated file (``TESTS``), stopping at the first failure.
 
 cosmic-ray rewrites the files it mutates, so everything runs in a copy of the source tree (under
-``--work``, kept so that an interrupted measurement resumes with ``--resume``). Generated mutants
+``--work``, kept so that an interrupted measurement resumes with ``--resume``), laid out as installed:
+``--work/src/sidekick_testbed`` is the repository, ``--work/src`` leads the killer's ``PYTHONPATH``, so
+``sidekick_testbed.emulator`` is the copy's ``emulator/`` and not the installed one. Before measuring,
+the script imports the mutated modules and the killer's entry point in the killer's environment and
+refuses (exit status 2) if any module of the project comes from outside the copy. Generated mutants
 run to thousands and a surviving one costs the whole budget, so ``--sample N`` draws N mutants per
 file (seeded by ``--seed``; ``0`` runs them all). Survivors are triaged in docs/FUZZING.md
 ("Mutation score"); ``benchmarks/mutation_triage.json`` names the equivalent ones, which the kill
 rate leaves out; ``blind-spot-closed`` ones survived this measurement's fuzzer and are killed by
 today's (``kill_rate_non_equivalent_with_closed`` counts them as killed). Long: run it under ``nice``.
 
-    python benchmarks/mutation.py --sample 20 --budget 60s            # the fuzzer as killer
-    python benchmarks/mutation.py --sample 20 --killer tests          # the test suite as killer
-    python benchmarks/mutation.py --files store --sample 0 --budget 10s
+    python benchmarks/mutation.py --sample 12 --budget 300-runs       # the fuzzer as killer
+    python benchmarks/mutation.py --sample 12 --killer tests          # the test suite as killer
+    python benchmarks/mutation.py --files store --sample 0 --budget 50-runs
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "sidekick_testbed"
+"""The name the repository installs as (pyproject's ``package-dir``)."""
+KILLER_ENTRY = [f"{PACKAGE}.emulator.cli", f"{PACKAGE}.emulator.cli.fuzz"]
+"""What the fuzz killer starts from; with the mutated modules, what the copy must provide."""
 FILES = {
     "store": "emulator/store",
     "sync_client": "emulator/handset/sync_client.py",
@@ -64,25 +73,87 @@ TESTS = {
 TRIAGE = Path(__file__).with_name("mutation_triage.json")
 
 
-def _copy_tree(work: Path) -> Path:
-    """The tracked files of the repository (as they are in the work tree) under ``work/src``."""
+def copy_tree(work: Path) -> Path:
+    """The tracked files of the repository (as they are in the work tree) under ``work/src/sidekick_testbed``.
+
+    The repository is the package ``sidekick_testbed`` (pyproject's ``package-dir``), so with ``work/src``
+    on the path the copy's folders are its subpackages. Returns the copy's root.
+    """
     src = work / "src"
     if src.exists():
         shutil.rmtree(src)
+    copy = src / PACKAGE
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
     for name in listed.decode().split("\0"):
         if not name or not (ROOT / name).is_file():
             continue
-        target = src / name
+        target = copy / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
-    return src
+    return copy
+
+
+def killer_env(copy: Path) -> dict[str, str]:
+    """The environment of cosmic-ray and the killer: the copy's parent leads the path (no stale bytecode)."""
+    return {**os.environ, "PYTHONPATH": str(copy.parent), "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def mutated_modules(copy: Path, keys: list[str]) -> list[str]:
+    """The dotted names of the modules cosmic-ray mutates for ``keys``, in the copy ``copy``."""
+    names = []
+    for key in keys:
+        excluded = set(EXCLUDED.get(key, []))
+        for path in [FILES[key], *ALSO.get(key, [])]:
+            files = sorted((copy / path).rglob("*.py")) if (copy / path).is_dir() else [copy / path]
+            for file in files:
+                relative = file.relative_to(copy)
+                if relative.as_posix() not in excluded:
+                    parts = relative.with_suffix("").parts
+                    names.append(".".join((PACKAGE, *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return names
+
+
+_PROBE = """import importlib, json, sys
+package, *names = sys.argv[1:]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({name: getattr(module, "__file__", None) for name, module in sys.modules.items()
+                  if name.split(".")[0] == package}))
+"""
+
+
+def imported_from_outside(copy: Path, env: dict[str, str], modules: list[str]) -> list[str]:
+    """What the killer's environment imports of the project from outside ``copy``: ``module (path)`` each.
+
+    Found by behaviour: a Python started as the killer is (same environment, same directory) imports
+    ``modules`` and names the file of every module of the project it loaded. Raises ImportError (the
+    probe's last line of error) when one of ``modules`` cannot be imported there.
+    """
+    probe = subprocess.run([sys.executable, "-c", _PROBE, PACKAGE, *modules], cwd=copy, env=env, capture_output=True,
+                           text=True)
+    if probe.returncode != 0:
+        raise ImportError((probe.stderr.strip().splitlines() or ["the probe failed without a word"])[-1])
+    files: dict[str, str | None] = json.loads(probe.stdout)
+    inside = copy.resolve()
+    return [f"{name} ({file})" for name, file in sorted(files.items())
+            if file is not None and not Path(file).resolve().is_relative_to(inside)]
+
+
+def refusal(copy: Path, env: dict[str, str], keys: list[str]) -> str | None:
+    """Why the killer would not run the mutants of ``keys`` made in ``copy`` (one line), or None."""
+    try:
+        outside = imported_from_outside(copy, env, [*KILLER_ENTRY, *mutated_modules(copy, keys)])
+    except ImportError as exc:
+        return f"the killer cannot import the copy in {copy}: {exc}"
+    if outside:
+        return f"the killer would not run the mutated copy in {copy}: it imports {', '.join(outside)}"
+    return None
 
 
 def _command(killer: str, key: str, args: argparse.Namespace, work: Path) -> str:
     python = sys.executable
     if killer == "fuzz":
-        return (f"{python} -m emulator fuzz --budget {args.budget} --seed {args.start} --no-shrink "
+        return (f"{python} -m {PACKAGE}.emulator fuzz --budget {args.budget} --seed {args.start} --no-shrink "
                 f"--out {work / 'fuzz-out'}")
     return f"{python} -m pytest -x -q -p no:cacheprovider -p no:randomly {' '.join(TESTS[key])}"
 
@@ -112,7 +183,7 @@ def _mutant_key(file: str, diff: str) -> str:
     return file + "::" + " | ".join(line.strip() for line in lines)
 
 
-def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dict[str, str]) -> dict[str, Any]:
+def run_file(key: str, args: argparse.Namespace, work: Path, copy: Path, env: dict[str, str]) -> dict[str, Any]:
     """Initialise (or resume) the cosmic-ray session of one file, sample it, run it, count."""
     from cosmic_ray.work_db import WorkDB, use_db  # noqa: PLC0415
     from cosmic_ray.work_item import WorkerOutcome, WorkResult  # noqa: PLC0415
@@ -124,7 +195,7 @@ def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dic
     _config(config, paths, EXCLUDED.get(key, []), _command(args.killer, key, args, work), args.timeout)
     if not (args.resume and session.exists()):
         session.unlink(missing_ok=True)
-        subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, env=env, check=True,
+        subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=copy, env=env, check=True,
                        capture_output=True)
         with use_db(str(session), WorkDB.Mode.open) as db:
             items = sorted(db.work_items, key=lambda item: item.job_id)
@@ -137,7 +208,7 @@ def run_file(key: str, args: argparse.Namespace, work: Path, src: Path, env: dic
         (work / f"{key}-{args.killer}.generated").write_text(str(generated))
     generated = int((work / f"{key}-{args.killer}.generated").read_text())
     started = time.monotonic()
-    subprocess.run(["cosmic-ray", "exec", str(config), str(session)], cwd=src, env=env, check=True,
+    subprocess.run(["cosmic-ray", "exec", str(config), str(session)], cwd=copy, env=env, check=True,
                    capture_output=True)
     triage = _triage()
     counts: dict[str, Any] = defaultdict(int)
@@ -167,11 +238,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", default=",".join(FILES), help=f"comma-separated subset of {', '.join(FILES)}")
     parser.add_argument("--killer", choices=("fuzz", "tests"), default="fuzz")
-    parser.add_argument("--budget", default="60s", help="the fuzz campaign's budget per mutant (default 60s)")
+    parser.add_argument("--budget", default="300-runs",
+                        help="the fuzz campaign's budget per mutant (default 300-runs)")
     parser.add_argument("--start", type=int, default=1, help="the fuzz campaign's first seed (default 1)")
     parser.add_argument("--sample", type=int, default=20, help="mutants drawn per file (0: all; default 20)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the sample draw (default 1)")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds before a mutant counts as timed out")
+    parser.add_argument("--timeout", type=float, default=1200.0,
+                        help="seconds before a mutant counts as timed out, hence killed (default 1200: a budget in runs "
+                             "takes longer on a loaded machine)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sidekick-mutation"),
                         help="working directory (a copy of the sources, sessions; default /tmp/sidekick-mutation)")
     parser.add_argument("--resume", action="store_true", help="go on with the sessions found in --work")
@@ -185,11 +259,15 @@ def main() -> None:
     if shutil.which("cosmic-ray") is None:
         parser.error("cosmic-ray is not installed: pip install -e '.[mutation]'")
     args.work.mkdir(parents=True, exist_ok=True)
-    src = args.work / "src"
-    if not (args.resume and src.exists()):
-        src = _copy_tree(args.work)
-    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
-    per_file = {key: run_file(key, args, args.work, src, env) for key in keys}
+    copy = args.work / "src" / PACKAGE
+    if not (args.resume and copy.exists()):
+        copy = copy_tree(args.work)
+    env = killer_env(copy)
+    refused = refusal(copy, env, keys)
+    if refused:
+        print(f"mutation.py: {refused}", file=sys.stderr)
+        sys.exit(2)
+    per_file = {key: run_file(key, args, args.work, copy, env) for key in keys}
     totals: dict[str, int] = defaultdict(int)
     for result in per_file.values():
         for name, value in result["counts"].items():
