@@ -51,6 +51,7 @@ OPENING_BODY_LIMIT: Final = MIN_MAX_FRAME
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
+_SESSION_HEADER_BYTES: Final = SESSION_HEADER.encode("ascii")
 _REASONS: Final = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     410: "Gone", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
@@ -341,6 +342,8 @@ class HttpServerBinding:
         if not HEADER_VALUE_PATTERN.fullmatch(content_type):
             raise LocalProtocolError(ErrorCode.BAD_FIELD, f"bad content type {content_type!r}")
         must_close = self._error is not None
+        if status == 200 and not must_close and retry_after is None and self._conn.their_state is h11.DONE:
+            return self._ok(body, session_token, content_type)
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         if session_token is not None:
             headers.append((SESSION_HEADER, session_token))
@@ -369,7 +372,23 @@ class HttpServerBinding:
         self._awaiting_response = False
         if must_close or self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
             self._closing = True
-        else:  # a fresh parser for the next request, whose head _take_head checks first
-            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
-            self._in_head = True
+        else:
+            self._next_cycle()
         return out
+
+    def _ok(self, body: bytes, session_token: str | None, content_type: str) -> bytes:
+        """A 200 answer to a whole request of a kept-alive connection, written here: the bytes h11
+        writes for it (status line, the headers in this order, the body by its Content-Length; h11
+        adds nothing when the request keeps the connection alive), without building its events."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode("ascii"),
+                                                                                  len(body))
+        if session_token is not None:
+            head += b"%s: %s\r\n" % (_SESSION_HEADER_BYTES, session_token.encode("ascii"))
+        self._awaiting_response = False
+        self._next_cycle()
+        return head + b"\r\n" + body
+
+    def _next_cycle(self) -> None:
+        """A fresh parser for the next request, whose head ``_take_head`` checks first."""
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
+        self._in_head = True
