@@ -39,6 +39,7 @@ STEP_KINDS: dict[str, tuple[float, ...]] = {
     "server-restore": (0.3, 1.0, 2.0),
     "clock-jump": (0.3, 1.0),
     "storage-failure": (0.3, 1.0, 2.0),
+    "commit-crash": (0.3, 1.0),
 }
 WORKLOAD_KINDS: dict[str, tuple[float, ...]] = {
     "edit-during-sync": (0.05, 0.2, 0.5),
@@ -68,6 +69,7 @@ FAULT_KINDS: dict[str, str] = {
     "server-restore": "the server's store is restored from an older backup (a new generation)",
     "clock-jump": "the clock jumps forward past every timeout",
     "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
+    "commit-crash": "the server process dies right after a coming commit is durable, before its DURABLE is sent",
     "edit-during-sync": "a user edits while a sync is under way, between its messages",
     "small-frames": "frames of 1-4 KiB: photos span chunks, pulls and DURABLEs span frames",
     "full-frames": "with small frames, notes that fill a RECORDS frame to within a few bytes of its limit",
@@ -135,14 +137,21 @@ class Swarm:
         return cls(kinds)
 
 
+_ADDED_KINDS = ("commit-crash",)
+"""Kinds added since the first campaigns, drawn after all others so that a seed's other kinds stay
+what they were."""
+_DRAW_ORDER = tuple(name for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS, WORKLOAD_KINDS)
+                    for name in table if name not in _ADDED_KINDS) + _ADDED_KINDS
+_MENUS = {**NETWORK_KINDS, **FLASH_KINDS, **STEP_KINDS, **WORKLOAD_KINDS}
+
+
 def draw_swarm(rng: random.Random, allowed: Iterable[str]) -> Swarm:
     """Each allowed kind is on with probability 1/2, at an intensity drawn from its menu."""
     allowed_set = set(allowed)
     kinds: dict[str, float] = {}
-    for table in (NETWORK_KINDS, FLASH_KINDS, STEP_KINDS, WORKLOAD_KINDS):
-        for name, menu in table.items():
-            on = rng.random() < 0.5
-            level = rng.choice(menu)
-            if on and name in allowed_set:
-                kinds[name] = level
+    for name in _DRAW_ORDER:
+        on = rng.random() < 0.5
+        level = rng.choice(_MENUS[name])
+        if on and name in allowed_set:
+            kinds[name] = level
     return Swarm(kinds)

@@ -1,6 +1,6 @@
 """The nemesis at work in a simulated run: the fault-phase steps that break things (a backup taken, a
 partition, a power cut now or armed at a later flash write or erase, a clock jump, a server crash,
-restart or restore, a storage failure). ``NemesisActions`` is the part of ``World`` that runs them."""
+restart or restore, a storage failure, a server crash armed between a commit and its DURABLE). ``NemesisActions`` is the part of ``World`` that runs them."""
 
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ class NemesisActions:
             writes = rng.randint(1, 4)
             self.store_faults.crash_before(writes, self._aimed_crash)
             self.timeline.record("server.crash-arm", writes=writes)
+        elif action == "commit-crash":
+            commits = rng.randint(1, 3)
+            self.store_faults.crash_after_commit(commits, self._aimed_crash)
+            self.timeline.record("server.commit-crash-arm", commits=commits)
         elif action in ("server-crash", "server-restart", "server-restore"):
             await self._server_fault(action)
         elif action == "storage-failure":
@@ -102,8 +106,9 @@ class NemesisActions:
                 self.timeline.record("server.storage-failure", failure=kind, count=count)
 
     def _aimed_crash(self) -> bool:
-        """The server process dies as it is about to write to its storage (armed by ``server-crash``):
-        what is not durable is gone now; the write never happens. False: not now (healing, down)."""
+        """The server process dies as it is about to write to its storage (armed by ``server-crash``)
+        or as a commit returns (``commit-crash``): what is not durable is gone now; the write never
+        happens, the commit is never answered. False: not now (healing, down)."""
         if self._healing or self.server is None or self.violation is not None:
             return False
         self.storage.crash()

@@ -41,7 +41,7 @@ _SEVERITY: dict[str, int] = {
     "server.down": Severity.WARNING, "server.restore": Severity.WARNING, "regression": Severity.WARNING,
     "server.storage-failure": Severity.WARNING,
     "power.arm": Severity.NOTICE, "clock.jump": Severity.NOTICE, "server.up": Severity.NOTICE,
-    "server.crash-arm": Severity.NOTICE,
+    "server.crash-arm": Severity.NOTICE, "server.commit-crash-arm": Severity.NOTICE,
     "net.drop": Severity.NOTICE, "net.partition": Severity.NOTICE, "heal": Severity.NOTICE,
     "boot": Severity.NOTICE, "sync.fail": Severity.NOTICE,
     "device": Severity.INFO, "user": Severity.INFO, "user.full": Severity.INFO, "sync": Severity.INFO,

@@ -2,7 +2,8 @@
 
 ``FailingStorage`` wraps either backend (everything not overridden is the backend's own). Its
 mutating calls (``commit``, ``ack_pull``, ``write_blob``) fail with ``StorageError`` while a failure
-is armed:
+is armed, and the server process dies on command at a coming write (``server-crash``) or right after a
+coming commit, before its answer is sent (``commit-crash``):
 
 - ``disk-full``: until a given time every mutating call fails before anything is written (ENOSPC);
 - ``io-error``: the next mutating calls fail before anything is written (EIO);
@@ -45,7 +46,9 @@ class FailingStorage:
         """Failures injected so far (each makes a correct server log one error)."""
         self.failed_lsns: dict[tuple[str, bytes], set[int]] = {}
         self._crash_in: int | None = None
-        self._crash: Callable[[], None] | None = None
+        self._crash: Callable[[], bool] | None = None
+        self._commit_crash_in: int | None = None
+        self._commit_crash: Callable[[], bool] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -89,11 +92,18 @@ class FailingStorage:
         self._crash_in = writes
         self._crash = crash
 
+    def crash_after_commit(self, commits: int, crash: Callable[[], bool]) -> None:
+        """The server process dies as the ``commits``-th coming commit returns, committed and not yet
+        answered: ``crash()`` (True if it did) and the commit's caller waits until the server is stopped."""
+        self._commit_crash_in = commits
+        self._commit_crash = crash
+
     def disarm(self) -> None:
         """No failure any more (the heal phase)."""
         self.full_until = -1.0
         self.io_errors = self.fsync_failures = 0
         self._crash_in = self._crash = None
+        self._commit_crash_in = self._commit_crash = None
 
     async def _before_write(self) -> None:
         if self._crash_in is not None:
@@ -129,6 +139,12 @@ class FailingStorage:
         failed = self.failed_lsns.get(where)
         if failed:
             failed.difference_update(change.lsn for change in changes)
+        if self._commit_crash_in is not None:
+            self._commit_crash_in -= 1
+            if self._commit_crash_in <= 0 and self._commit_crash is not None:
+                crash, self._commit_crash, self._commit_crash_in = self._commit_crash, None, None
+                if crash():
+                    await trio.sleep_forever()  # the process is gone before it answered
         return result
 
     async def ack_pull(self, account: str, device_id: bytes, anchor: int) -> int:

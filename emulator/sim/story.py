@@ -59,6 +59,8 @@ def _line(event: dict[str, Any]) -> str | None:
         return f"{dev:<10} POWER will fail at its {_nth(event['writes'])} flash write from now ({event['variant']})"
     if kind == "server.crash-arm":
         return f"{'server':<10} will CRASH as it starts its {_nth(event['writes'])} storage write from now"
+    if kind == "server.commit-crash-arm":
+        return f"{'server':<10} will CRASH as its {_nth(event['commits'])} commit from now is durable, before DURABLE"
     if kind == "server.storage-failure":
         extent = f"for {event['seconds']} s" if "seconds" in event else f"{event.get('count', 1)} time(s)"
         return f"{'server':<10} STORAGE FAILS: {event['failure']} {extent}"
