@@ -168,6 +168,14 @@ def test_oracle_server_history_checks() -> None:
     assert check_server_history(ledger, "a", 6, [], {}) is None  # a new generation may lose it
     twice = check_server_history(ledger, "a", 5, [Item(record, b"d", 1), Item(record, b"d", 1)], {b"d": "d"})
     assert twice is not None and twice.what == "applied-twice"
+    # a DURABLE's assigned version must be the one the server keeps as that change's (R-DUR-6)
+    ledger.assigned[(b"d", 1, 5)] = record.version
+    assert check_server_history(ledger, "a", 5, [Item(record, b"d", 1)], {b"d": "d"}) is None
+    ledger.assigned[(b"d", 1, 5)] = 0  # "no longer kept", for a version the server keeps
+    wrong = check_server_history(ledger, "a", 5, [Item(record, b"d", 1)], {b"d": "d"})
+    assert wrong is not None and wrong.what == "wrong-assigned-version"
+    assert check_server_history(ledger, "a", 5, [Item(record, b"e", 1)], {}) is None  # 0 for what it dropped
+    assert check_server_history(ledger, "a", 6, [Item(record, b"d", 1)], {}) is None  # another generation
 
 
 def test_oracle_heal_checks_leaves_and_convergence() -> None:

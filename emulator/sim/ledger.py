@@ -95,6 +95,9 @@ class Ledger:
         self.devices: dict[str, DeviceTrack] = {}
         self.released: dict[Key, set[int]] = {}
         """Version -> generations in which a device let go of it after DURABLE."""
+        self.assigned: dict[tuple[bytes, int, int], int] = {}
+        """(device id, LSN, generation) -> the server version a DURABLE of that generation gave the
+        change that device pushed with that LSN (0: a version the server said it no longer keeps)."""
         self.changes = 0
         """Counts the versions created and the messages learnt from: unchanged, nothing a check
         of a device against the ledger reads has changed."""

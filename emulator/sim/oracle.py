@@ -224,6 +224,17 @@ def check_server_history(ledger: Ledger, account: str, generation: int, history:
                 {"device": name, "lsn": where[1], "versions": [seen[where].version, item.record.version]},
             )
         seen[where] = item.record
+    for (device_id, lsn, given_in), version in ledger.assigned.items():
+        produced = seen.get((device_id, lsn))
+        if given_in != generation or produced is None or produced.version == version:
+            continue
+        name = device_names.get(device_id, device_id.hex()[:8])
+        return Violation(
+            "durable-lost", "wrong-assigned-version",
+            f"a DURABLE gave change LSN {lsn} of {name} version {version}, but the server keeps version "
+            f"{produced.version} of record {_rid(produced.record_id)} as what that change produced (R-DUR-6)",
+            {"device": name, "lsn": lsn, "assigned": version, "kept": produced.version},
+        )
     return None
 
 

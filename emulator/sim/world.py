@@ -343,6 +343,9 @@ class World(NemesisActions, DeviceActions):
             self._fail(violation)
             return
         self.ledger.message(name, direction, message)
+        if isinstance(message, Durable) and direction == "received":
+            for entry in message.assigned:
+                self.ledger.assigned[(device.device_id, entry.lsn, message.generation)] = entry.version
         if isinstance(message, Records):
             device.pulled.extend(message.records)
         elif isinstance(message, Pull | HelloOk):
