@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from sidekick_testbed.emulator.sim.ledger import Ledger
 from sidekick_testbed.emulator.sim.oracle import Violation, check_wire
-from sidekick_testbed.protocol.messages import BlobAck, BlobChunk, BlobQuery, Error, HelloOk, Message
+from sidekick_testbed.protocol.messages import (
+    Assigned,
+    BlobAck,
+    BlobChunk,
+    BlobQuery,
+    Change,
+    Commit,
+    Durable,
+    Error,
+    HelloOk,
+    Message,
+    Push,
+)
+from sidekick_testbed.protocol.records import Note, Record
 
 BLOB = b"b" * 16
 OTHER = b"o" * 16
@@ -101,3 +114,37 @@ def test_a_chunk_sent_by_any_device_of_the_account_counts() -> None:
     elsewhere = (*FIRST_OF_THREE, ("stranger", "sent", BlobChunk(BLOB, 1000, 3000, b"x" * 2000)))
     assert whats(exchange(*elsewhere, ("phone", "sent", BlobQuery(BLOB)), ("phone", "received", BlobAck(BLOB, 3000)))) \
         == [None] * 5 + ["wrong-blob-receipt"]
+
+
+def pushed(lsns: range) -> tuple[str, str, Message]:
+    """The phone's PUSH of one note per LSN."""
+    return ("phone", "sent", Push(tuple(Change(lsn, 0, Record(bytes([lsn]) * 16, 0, False, Note(f"n{lsn}", "")))
+                                        for lsn in lsns)))
+
+
+def durable(watermark: int, lsns: range) -> tuple[str, str, Message]:
+    """DURABLE through ``watermark`` assigning version ``lsn`` to each of ``lsns``."""
+    return ("phone", "received", Durable(1, watermark, tuple(Assigned(lsn, bytes([lsn]) * 16, lsn) for lsn in lsns)))
+
+
+def test_a_durable_lists_only_what_it_confirms_of_this_sessions_pushes() -> None:
+    session = (("phone", "received", HELLO_OK), pushed(range(1, 61)), ("phone", "sent", Commit(60)))
+    assert whats(exchange(*session, durable(60, range(1, 61)))) == [None] * 4
+    assert whats(exchange(*session, durable(30, range(1, 31)))) == [None] * 4  # cut to one frame
+    assert whats(exchange(*session, durable(30, range(1, 31)), durable(60, range(31, 61)))) == [None] * 5
+
+
+def test_a_durable_assigning_versions_above_its_watermark_is_a_violation() -> None:
+    session = (("phone", "received", HELLO_OK), pushed(range(1, 61)), ("phone", "sent", Commit(60)))
+    for watermark in (2, 29):  # a cut DURABLE whose watermark is below the last LSN it lists
+        verdicts = exchange(*session, durable(watermark, range(1, 31)))
+        assert whats(verdicts) == [None] * 3 + ["assigned-above-watermark"]
+        assert verdicts[3] is not None and verdicts[3].invariant == "durable-lost"
+        assert verdicts[3].details["watermark"] == watermark
+
+
+def test_a_durable_assigning_versions_to_changes_not_pushed_in_the_session_is_a_violation() -> None:
+    earlier = (("phone", "received", HELLO_OK), pushed(range(1, 11)), ("phone", "sent", Commit(10)))
+    later = (("phone", "received", HELLO_OK), pushed(range(6, 11)), ("phone", "sent", Commit(10)))
+    assert whats(exchange(*earlier, *later, durable(10, range(6, 11)))) == [None] * 7
+    assert whats(exchange(*earlier, *later, durable(10, range(1, 11))))[-1] == "assigned-not-pushed"

@@ -358,6 +358,26 @@ async def test_pushes_respect_max_batch_and_max_frame() -> None:
     assert lsns == sorted(lsns) and len(lsns) == 40
 
 
+async def test_a_burst_is_committed_batch_by_batch_so_one_durable_lists_it_all() -> None:
+    """R-LIMIT-4: never more than max_batch changes pushed and not yet listed by a DURABLE, so a
+    DURABLE of a 1 KiB frame (R-LIMIT-5: 30 assignments) never has to be cut."""
+    phone = new_handset(blocks=128)
+    for i in range(70):
+        phone.add(Note(f"note {i}"))
+    script = Script(max_batch=30)
+    phone.max_frame = 1024
+    await sync_with(phone, script)
+    unlisted: list[int] = []
+    for message in script.received:
+        if isinstance(message, Push):
+            unlisted.extend(c.lsn for c in message.changes)
+            assert len(unlisted) <= 30
+        elif isinstance(message, Commit):
+            assert unlisted and message.lsn == unlisted[-1]
+            unlisted = []
+    assert states(phone) == {"DURABLE": 70}
+
+
 async def test_photo_upload_resumes_from_the_servers_offset() -> None:
     phone = new_handset()
     data = random.Random(3).randbytes(150_000)

@@ -71,7 +71,7 @@ FAULT_KINDS: dict[str, str] = {
     "storage-failure": "the server's storage fails: disk full for a while, I/O errors, an fsync that fails",
     "commit-crash": "the server process dies right after a coming commit is durable, before its DURABLE is sent",
     "edit-during-sync": "a user edits while a sync is under way, between its messages",
-    "small-frames": "frames of 1-4 KiB: photos span chunks, pulls and DURABLEs span frames",
+    "small-frames": "frames of 1-4 KiB: photos span chunks, pulls span frames, pushes come in small batches",
     "full-frames": "with small frames, notes that fill a RECORDS frame to within a few bytes of its limit",
 }
 assert set(FAULT_KINDS) == set(NETWORK_KINDS) | set(FLASH_KINDS) | set(STEP_KINDS) | set(WORKLOAD_KINDS)

@@ -4,7 +4,8 @@
    a version before the server confirmed it DURABLE in the server's current generation;
 2. ``durable-lost``: a server keeping its generation never loses a version it confirmed, never
    claims durable what it was not asked to commit, never advances an anchor without PULL_ACK,
-   never applies one (device, LSN) twice, never acknowledges blob bytes no device sent;
+   never applies one (device, LSN) twice, never acknowledges blob bytes no device sent, never
+   assigns in DURABLE a version to a change it does not confirm or was not pushed;
 3. ``convergence``: after heal, every leaf version is on the server (head or conflict copy) and
    every device of its account holds exactly the server's live records; syncs go quiet;
 4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog).
@@ -164,6 +165,12 @@ def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
             f"never asked to commit beyond LSN {track.max_commit_lsn}",
             {"device": device, "claimed": message.durable_lsn, "committed": track.max_commit_lsn},
         )
+    if isinstance(message, Durable):
+        other = _listed_other(message, track.session_pushes)
+        if other is not None:
+            return Violation("durable-lost", other[0], f"the server's DURABLE to {device} {other[1]}",
+                             {"device": device, "watermark": message.durable_lsn,
+                              "assigned": [a.lsn for a in message.assigned]})
     if isinstance(message, BlobAck) and track.chunk_sent is not None and track.chunk_sent[0] == message.blob_id \
             and message.have != track.chunk_sent[1]:
         return Violation(
@@ -190,6 +197,23 @@ def check_wire(ledger: Ledger, device: str, direction: str, message: Message,
             f"{track.max_pull_ack}",
             {"device": device, "anchor": message.anchor, "acked": track.max_pull_ack},
         )
+    return None
+
+
+def _listed_other(durable: Durable, pushed: Mapping[int, Key]) -> tuple[str, str] | None:
+    """R-DUR-6's "no other entry": DURABLE lists only changes the device pushed in this session
+    at or below its watermark (a DURABLE cut to one frame lowers the watermark to what it lists).
+    Returns the violation's name and text, or None."""
+    above = [a.lsn for a in durable.assigned if a.lsn > durable.durable_lsn]
+    if above:
+        return ("assigned-above-watermark",
+                f"lists LSN {', '.join(map(str, above[:6]))} above its watermark {durable.durable_lsn}: "
+                f"it assigns versions only to changes it confirms durable (R-DUR-6)")
+    unpushed = [a.lsn for a in durable.assigned if a.lsn not in pushed]
+    if unpushed:
+        return ("assigned-not-pushed",
+                f"lists LSN {', '.join(map(str, unpushed[:6]))}, which the device did not push in this "
+                f"session (R-DUR-6)")
     return None
 
 

@@ -136,7 +136,8 @@ class World(NemesisActions, DeviceActions):
         frame_kib = self.swarm.kinds.get("small-frames", 0.0)
         self.max_frame = int(frame_kib * 1024) if frame_kib else DEFAULT_MAX_FRAME
         """Both ends offer this frame size (``small-frames``: 1-4 KiB, so that photos span chunks,
-        pulls span RECORDS frames and a DURABLE lists fewer changes than a commit made)."""
+        pulls span RECORDS frames and pushes come in batches of the 30 to 126 changes one DURABLE
+        of the frame lists)."""
         self.limits = Limits(pull_records=4, max_frame=self.max_frame,
                              max_batch=min(256, (self.max_frame - 36) // 32))
         self.backups: list[SimSnapshot] = []
