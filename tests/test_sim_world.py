@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from sidekick_testbed.emulator.flash import PowerLoss
+from sidekick_testbed.emulator.handset.sync_errors import AuthRefused, ConnectionLost, ServerError
 from sidekick_testbed.emulator.sim.devices import cut_op_match
 from sidekick_testbed.emulator.sim.flash_reader import ChipView, read_chip
 from sidekick_testbed.emulator.sim.ledger import Ledger, key_of
 from sidekick_testbed.emulator.sim.nemesis import FAULT_KINDS, Swarm, draw_swarm, parse_faults
 from sidekick_testbed.emulator.sim.options import GEOMETRY, SimOptions
-from sidekick_testbed.emulator.sim.oracle import check_device, check_heal, check_server_history
+from sidekick_testbed.emulator.sim.oracle import check_device, check_failure, check_heal, check_server_history
 from sidekick_testbed.emulator.sim.shrink import shrink
 from sidekick_testbed.emulator.sim.simflash import SimFlash
 from sidekick_testbed.emulator.sim.story import tell
@@ -31,6 +32,7 @@ from sidekick_testbed.emulator.sim.trace import (
 )
 from sidekick_testbed.emulator.sim.world import World, run_world
 from sidekick_testbed.emulator.store import RecordStore
+from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import Change, Commit, Durable, HelloOk, Push
 from sidekick_testbed.protocol.records import Note, Photo, Record
 
@@ -332,3 +334,16 @@ def test_an_exception_nobody_handled_is_a_crash_violation_with_a_trace(monkeypat
     assert "RuntimeError: planted" in result.violation.text and "broken" in result.violation.text
     assert result.events[-1]["kind"] == "violation"
     assert load_trace(write_trace(tmp_path / "t.json", to_trace(result)))["violation"]["invariant"] == "crash"
+
+
+def test_a_failed_sync_reads_the_server_error_as_it_was_sent() -> None:
+    storage = ServerError(ErrorCode.STORAGE, True, "disk full")
+    refused = AuthRefused(ErrorCode.AUTH_FAILED, True, "bad key")
+    assert check_failure("d", storage, ErrorCode.STORAGE) is None
+    assert check_failure("d", refused, ErrorCode.AUTH_FAILED) is None
+    assert check_failure("d", ConnectionLost("gone"), None) is None  # not a server error
+    for error, received in [(AuthRefused(ErrorCode.STORAGE, True, ""), ErrorCode.STORAGE),  # not to be retried
+                            (ServerError(ErrorCode.AUTH_FAILED, True, ""), ErrorCode.AUTH_FAILED),
+                            (storage, None), (storage, ErrorCode.BUSY)]:
+        misread = check_failure("d", error, received)
+        assert misread is not None and misread.what == "misread-error", (error, received)

@@ -57,6 +57,8 @@ class SimDevice:
     """Its user freed space since its last sync that worked (``_free_space``)."""
     refused_op: UserOp | None = None
     """That write, which its user tries again once the room is made."""
+    last_error: int | None = None
+    """The code of the last ERROR the handset received in the sync under way."""
     pulled: list[Record] = field(default_factory=list)
     """The records of the pull under way, as the device received them."""
     rebooting: bool = False

@@ -20,13 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidekick_testbed.emulator.handset.sync_errors import AuthRefused, ServerError, SyncError
 from sidekick_testbed.emulator.sim.flash_reader import DURABLE, ChipView
 from sidekick_testbed.emulator.sim.ledger import Key, Ledger, key_of
+from sidekick_testbed.protocol.errors import ErrorCode
 from sidekick_testbed.protocol.messages import BlobAck, Durable, HelloOk, Message, PullAck
 from sidekick_testbed.protocol.records import Photo, Record
 
-__all__ = ["INVARIANTS", "Violation", "check_chip", "check_device", "check_heal", "check_server_history",
-           "check_wire"]
+__all__ = ["INVARIANTS", "Violation", "check_chip", "check_device", "check_failure", "check_heal",
+           "check_server_history", "check_wire"]
 
 INVARIANTS = {
     "discard-before-durable": "1: no device discards a version before DURABLE in the server's current generation",
@@ -315,3 +317,28 @@ def check_heal(ledger: Ledger, account: str, server_heads: Sequence[Record],
                     {"device": device, "record": record.record_id.hex(), "blob": body.blob_id.hex()},
                 )
     return None
+
+
+# ---------------------------------------------------------------------------------------- 4
+
+
+def check_failure(device: str, error: SyncError, received: int | None) -> Violation | None:
+    """How a handset reads a server's ERROR (``received``: the code of the last ERROR it received in
+    the sync): a sync that fails on a server error reports that code, as refused credentials (which
+    a handset does not retry) exactly when it is AUTH_FAILED."""
+    if not isinstance(error, ServerError):
+        return None
+    refused = received == ErrorCode.AUTH_FAILED
+    if received is not None and error.code == received and isinstance(error, AuthRefused) == refused:
+        return None
+    said = "no ERROR" if received is None else f"ERROR {_code_name(received)}"
+    return Violation("crash", "misread-error",
+                     f"{device}'s sync failed with {type(error).__name__} ({error}), but the server sent {said}",
+                     {"device": device, "raised": type(error).__name__, "received": received})
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"0x{code:04x}"

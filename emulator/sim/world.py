@@ -48,6 +48,7 @@ from sidekick_testbed.emulator.sim.options import (
 from sidekick_testbed.emulator.sim.oracle import (
     Violation,
     check_device,
+    check_failure,
     check_heal,
     check_server_history,
     check_wire,
@@ -64,6 +65,7 @@ from sidekick_testbed.protocol.messages import (
     Bye,
     Commit,
     Durable,
+    Error,
     Hello,
     HelloOk,
     Message,
@@ -337,6 +339,8 @@ class World(NemesisActions, DeviceActions):
         chip = self._chip(device) if direction == "sent" and isinstance(message, PullAck) else None
         if isinstance(message, Hello):
             device.device_id = message.device_id
+        elif isinstance(message, Error) and direction == "received":
+            device.last_error = message.code
         failed = self.store_faults.failed_lsns.get((device.account, device.device_id)) \
             if isinstance(message, Durable) else None
         violation = check_wire(self.ledger, name, direction, message, chip, failed)
@@ -567,6 +571,7 @@ class World(NemesisActions, DeviceActions):
         if device.syncing or not device.handset.powered:
             return None
         device.syncing = True
+        device.last_error = None
         self.sessions += 1
         self.timeline.record("sync", dev=device.name)
         report: SyncReport | None = None
@@ -580,6 +585,9 @@ class World(NemesisActions, DeviceActions):
                 return None
         except SyncError as exc:
             outcome = f"{type(exc).__name__}: {exc}"
+            misread = check_failure(device.name, exc, device.last_error)
+            if misread is not None:
+                self._fail(misread)
         except PowerLoss:
             outcome = "power lost"
             self._power_lost(device)
