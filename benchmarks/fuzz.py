@@ -28,6 +28,7 @@ import pstats
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sidekick_testbed.emulator.sim.options import ALL_MUTANTS, SimOptions
@@ -121,6 +122,10 @@ def reader_cost(runs: int, start: int = 3000) -> dict[str, Any]:
             "share_of_run_cpu": round(spent["read"] / max(total, 1e-9), 3)}
 
 
+_ROOT = str(Path(__file__).resolve().parent.parent) + "/"
+"""The repository's root: file names in the profile are shown relative to it."""
+
+
 def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
     """The functions where clean runs spend most time (cProfile, by own time)."""
     profiler = cProfile.Profile()
@@ -131,7 +136,7 @@ def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
     stats = pstats.Stats(profiler, stream=io.StringIO())
     rows = []
     for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{filename.split('site-packages/')[-1].split('/work/main/')[-1]}:{line}({name})",
+        rows.append({"function": f"{filename.split('site-packages/')[-1].split(_ROOT)[-1]}:{line}({name})",
                      "calls": calls, "own_seconds": round(tottime, 3), "cumulative_seconds": round(cumtime, 3)})
     rows.sort(key=lambda row: row["own_seconds"], reverse=True)
     return rows[:top]
@@ -140,7 +145,6 @@ def profile_summary(runs: int, top: int = 15) -> list[dict[str, Any]]:
 def scaling(runs: int) -> dict[str, Any]:
     """One campaign of ``runs`` seeds on each executor (see the module docstring)."""
     import resource
-    from pathlib import Path
 
     from cluster import Busy, cpu_seconds, local_cluster
 
