@@ -40,9 +40,10 @@ class SimDevice:
     full: bool = False
     """The store refused a write as full and the oracle's own accounting agrees (``_store_full``)."""
     beyond: bool = False
-    """Its user deleted everything whose deletion frees space and the oracle's accounting still
-    finds no room for what it must pull (``_free_space``): if its store then refuses the pull as
-    full (and the oracle believes it), the one handset left out of the convergence check."""
+    """Nothing more can be freed (``_free_space``): its user deleted everything whose deletion frees
+    space and the oracle's accounting still finds no room for what it must pull, or the delete
+    meant to free space was itself refused as full (and the oracle believes it). If its store then
+    refuses the pull as full (believed too), the one handset left out of the convergence check."""
     device_id: bytes = b""
     """The id the device named in its last HELLO."""
     last_good: ChipView | None = None

@@ -516,8 +516,8 @@ class World(NemesisActions, DeviceActions):
             if stuck:
                 self._fail(Violation("convergence", "full-after-freeing",
                                      f"{stuck[0]} is still refused as full after its user freed space (the oracle's "
-                                     f"accounting found room for what it must take, or a delete that frees space "
-                                     f"was refused): no sync went through in {rounds} rounds",
+                                     f"accounting found room for what it must take): no sync went through in "
+                                     f"{rounds} rounds",
                                      {"device": stuck[0], "rounds": rounds}))
                 return
             self._fail(Violation("convergence", "not-quiet",
