@@ -5,10 +5,12 @@
 2. ``durable-lost``: a server keeping its generation never loses a version it confirmed, never
    claims durable what it was not asked to commit, never advances an anchor without PULL_ACK,
    never applies one (device, LSN) twice, never acknowledges blob bytes no device sent, never
-   assigns in DURABLE a version to a change it does not confirm or was not pushed;
+   assigns in DURABLE a version to a change it does not confirm or was not pushed, nor another
+   version than its history keeps as what that change produced;
 3. ``convergence``: after heal, every leaf version is on the server (head or conflict copy) and
    every device of its account holds exactly the server's live records; syncs go quiet;
-4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog).
+4. ``crash``: no untyped exception, no corrupt store after a power cut, no hang (sim-time watchdog),
+   no server ERROR misread by a handset (its code, and refused credentials only for AUTH_FAILED).
 
 Handsets are read by the oracle's own reader of the on-flash format (``emulator.sim.flash_reader``),
 never through the record store under test: what counts is what a reboot would find on the chip.
